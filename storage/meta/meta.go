@@ -1,0 +1,30 @@
+package meta
+
+import (
+	"errors"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// ErrNotFound is returned when a repository, manifest or tag is not recorded.
+var ErrNotFound = errors.New("not found")
+
+// Manifest is what the metadata store knows of one manifest in one repository. Its bytes live in
+// the content store; this is the index over them (tag resolution, referrers, listing).
+type Manifest struct {
+	Repo         string
+	Digest       digest.Digest
+	MediaType    string
+	Size         int64
+	ArtifactType string            // the manifest's artifactType, else its config media type (image manifests)
+	Subject      digest.Digest     // "" when the manifest names no subject
+	Annotations  map[string]string // copied into referrers responses
+	Created      time.Time
+}
+
+// Page asks for one page of a lexically ordered listing: entries after Last, at most N (N <= 0: all).
+type Page struct {
+	Last string
+	N    int
+}

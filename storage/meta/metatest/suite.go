@@ -1,0 +1,285 @@
+package metatest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/gatehouse-dev/gatehouse/storage/meta"
+)
+
+// Store is the full interface of a metadata store as the suite exercises it.
+type Store interface {
+	Ping(ctx context.Context) error
+	RepositoryPut(ctx context.Context, repo string) error
+	RepositoryExists(ctx context.Context, repo string) (bool, error)
+	Catalog(ctx context.Context, p meta.Page) (repos []string, more bool, err error)
+	ManifestPut(ctx context.Context, m meta.Manifest, tags ...string) error
+	ManifestGet(ctx context.Context, repo string, dgst digest.Digest) (meta.Manifest, error)
+	ManifestDelete(ctx context.Context, repo string, dgst digest.Digest) error
+	TagGet(ctx context.Context, repo, tag string) (digest.Digest, error)
+	TagList(ctx context.Context, repo string, p meta.Page) (tags []string, more bool, err error)
+	TagDelete(ctx context.Context, repo, tag string) error
+	Referrers(ctx context.Context, repo string, subject digest.Digest, artifactType string) ([]meta.Manifest, error)
+	Close() error
+}
+
+// Run runs the suite; open returns a new, empty store for each subtest.
+func Run(t *testing.T, open func(t *testing.T) Store) {
+	ctx := context.Background()
+	tests := map[string]func(t *testing.T, s Store){
+		"ManifestRoundTrip":      testManifestRoundTrip,
+		"ManifestPutIdempotent":  testManifestPutIdempotent,
+		"TagsMoveAndDelete":      testTagsMoveAndDelete,
+		"ManifestDeleteDropsTag": testManifestDeleteDropsTags,
+		"TagListPagination":      testTagListPagination,
+		"Catalog":                testCatalog,
+		"Referrers":              testReferrers,
+		"RepositoriesIsolated":   testRepositoriesIsolated,
+		"ConcurrentWriters":      testConcurrentWriters,
+	}
+	for name, fn := range tests {
+		t.Run(name, func(t *testing.T) {
+			s := open(t)
+			t.Cleanup(func() { s.Close() })
+			if err := s.Ping(ctx); err != nil {
+				t.Fatalf("Ping: %v", err)
+			}
+			fn(t, s)
+		})
+	}
+}
+
+func dg(s string) digest.Digest { return digest.FromString(s) }
+
+func manifest(repo, content string) meta.Manifest {
+	return meta.Manifest{
+		Repo: repo, Digest: dg(content), MediaType: "application/vnd.oci.image.manifest.v1+json",
+		Size: int64(len(content)), Created: time.Unix(1700000000, 0).UTC(),
+	}
+}
+
+func mustPut(t *testing.T, s Store, m meta.Manifest, tags ...string) {
+	t.Helper()
+	if err := s.ManifestPut(context.Background(), m, tags...); err != nil {
+		t.Fatalf("ManifestPut(%s %s): %v", m.Repo, m.Digest, err)
+	}
+}
+
+func testManifestRoundTrip(t *testing.T, s Store) {
+	ctx := context.Background()
+	want := manifest("team/app", "m1")
+	want.ArtifactType = "application/vnd.example+type"
+	want.Subject = dg("subject")
+	want.Annotations = map[string]string{"org.opencontainers.image.created": "2026-01-01T00:00:00Z"}
+	mustPut(t, s, want, "v1")
+	got, err := s.ManifestGet(ctx, "team/app", want.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, got, cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("ManifestGet (-want +got):\n%s", diff)
+	}
+	if _, err := s.ManifestGet(ctx, "team/app", dg("other")); !errors.Is(err, meta.ErrNotFound) {
+		t.Errorf("ManifestGet(unknown) err = %v, want ErrNotFound", err)
+	}
+	d, err := s.TagGet(ctx, "team/app", "v1")
+	if err != nil || d != want.Digest {
+		t.Errorf("TagGet = %s, %v; want %s", d, err, want.Digest)
+	}
+	ok, err := s.RepositoryExists(ctx, "team/app")
+	if err != nil || !ok {
+		t.Errorf("RepositoryExists = %v, %v; want true", ok, err)
+	}
+}
+
+func testManifestPutIdempotent(t *testing.T, s Store) {
+	ctx := context.Background()
+	m := manifest("r", "m1")
+	mustPut(t, s, m, "a")
+	mustPut(t, s, m, "b")
+	for _, tag := range []string{"a", "b"} {
+		if d, err := s.TagGet(ctx, "r", tag); err != nil || d != m.Digest {
+			t.Errorf("TagGet(%s) = %s, %v", tag, d, err)
+		}
+	}
+}
+
+func testTagsMoveAndDelete(t *testing.T, s Store) {
+	ctx := context.Background()
+	m1, m2 := manifest("r", "m1"), manifest("r", "m2")
+	mustPut(t, s, m1, "latest")
+	mustPut(t, s, m2, "latest")
+	if d, _ := s.TagGet(ctx, "r", "latest"); d != m2.Digest {
+		t.Errorf("tag did not move: %s, want %s", d, m2.Digest)
+	}
+	if err := s.TagDelete(ctx, "r", "latest"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.TagGet(ctx, "r", "latest"); !errors.Is(err, meta.ErrNotFound) {
+		t.Errorf("TagGet after delete err = %v", err)
+	}
+	if err := s.TagDelete(ctx, "r", "latest"); !errors.Is(err, meta.ErrNotFound) {
+		t.Errorf("second TagDelete err = %v, want ErrNotFound", err)
+	}
+	// the manifest itself stays
+	if _, err := s.ManifestGet(ctx, "r", m2.Digest); err != nil {
+		t.Errorf("manifest gone with its tag: %v", err)
+	}
+}
+
+func testManifestDeleteDropsTags(t *testing.T, s Store) {
+	ctx := context.Background()
+	m := manifest("r", "m1")
+	mustPut(t, s, m, "a", "b")
+	if err := s.ManifestDelete(ctx, "r", m.Digest); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ManifestGet(ctx, "r", m.Digest); !errors.Is(err, meta.ErrNotFound) {
+		t.Errorf("ManifestGet after delete err = %v", err)
+	}
+	tags, _, err := s.TagList(ctx, "r", meta.Page{})
+	if err != nil || len(tags) != 0 {
+		t.Errorf("tags after manifest delete = %v, %v; want none", tags, err)
+	}
+	if err := s.ManifestDelete(ctx, "r", m.Digest); !errors.Is(err, meta.ErrNotFound) {
+		t.Errorf("second ManifestDelete err = %v, want ErrNotFound", err)
+	}
+}
+
+func testTagListPagination(t *testing.T, s Store) {
+	ctx := context.Background()
+	m := manifest("r", "m")
+	mustPut(t, s, m, "c", "a", "b", "e", "d")
+	tests := []struct {
+		page     meta.Page
+		want     []string
+		wantMore bool
+	}{
+		{meta.Page{}, []string{"a", "b", "c", "d", "e"}, false},
+		{meta.Page{N: 2}, []string{"a", "b"}, true},
+		{meta.Page{N: 2, Last: "b"}, []string{"c", "d"}, true},
+		{meta.Page{N: 2, Last: "d"}, []string{"e"}, false},
+		{meta.Page{N: 5}, []string{"a", "b", "c", "d", "e"}, false},
+		{meta.Page{Last: "e"}, nil, false},
+	}
+	for _, tt := range tests {
+		got, more, err := s.TagList(ctx, "r", tt.page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(tt.want, got, cmpopts.EquateEmpty()); diff != "" || more != tt.wantMore {
+			t.Errorf("TagList(%+v) = %v more=%v; want %v more=%v", tt.page, got, more, tt.want, tt.wantMore)
+		}
+	}
+}
+
+func testCatalog(t *testing.T, s Store) {
+	ctx := context.Background()
+	for _, r := range []string{"b/x", "a", "c"} {
+		if err := s.RepositoryPut(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.RepositoryPut(ctx, "a"); err != nil {
+		t.Fatalf("RepositoryPut twice: %v", err)
+	}
+	got, more, err := s.Catalog(ctx, meta.Page{N: 2})
+	if err != nil || more != true || !cmp.Equal(got, []string{"a", "b/x"}) {
+		t.Errorf("Catalog(n=2) = %v %v %v", got, more, err)
+	}
+	got, more, err = s.Catalog(ctx, meta.Page{N: 2, Last: "b/x"})
+	if err != nil || more || !cmp.Equal(got, []string{"c"}) {
+		t.Errorf("Catalog(last=b/x) = %v %v %v", got, more, err)
+	}
+	if ok, _ := s.RepositoryExists(ctx, "zzz"); ok {
+		t.Error("RepositoryExists(zzz) = true")
+	}
+}
+
+func testReferrers(t *testing.T, s Store) {
+	ctx := context.Background()
+	subject := dg("image")
+	sig := manifest("r", "sig")
+	sig.Subject, sig.ArtifactType = subject, "application/vnd.dev.cosign.artifact.sig.v1+json"
+	sbom := manifest("r", "sbom")
+	sbom.Subject, sbom.ArtifactType = subject, "application/spdx+json"
+	sbom.Annotations = map[string]string{"k": "v"}
+	other := manifest("r", "unrelated")
+	elsewhere := manifest("r2", "sig-in-other-repo")
+	elsewhere.Subject = subject
+	for _, m := range []meta.Manifest{sig, sbom, other, elsewhere} {
+		mustPut(t, s, m)
+	}
+	got, err := s.Referrers(ctx, "r", subject, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	byDigest := cmpopts.SortSlices(func(a, b meta.Manifest) bool { return a.Digest < b.Digest })
+	if diff := cmp.Diff([]meta.Manifest{sig, sbom}, got, byDigest, cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("Referrers (-want +got):\n%s", diff)
+	}
+	got, err = s.Referrers(ctx, "r", subject, "application/spdx+json")
+	if err != nil || len(got) != 1 || got[0].Digest != sbom.Digest {
+		t.Errorf("Referrers(filter) = %v, %v", got, err)
+	}
+	if err := s.ManifestDelete(ctx, "r", sig.Digest); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.Referrers(ctx, "r", subject, "")
+	if len(got) != 1 {
+		t.Errorf("Referrers after deleting one = %d entries, want 1", len(got))
+	}
+	if got, _ := s.Referrers(ctx, "r", dg("nothing"), ""); len(got) != 0 {
+		t.Errorf("Referrers(unknown subject) = %v", got)
+	}
+}
+
+func testRepositoriesIsolated(t *testing.T, s Store) {
+	ctx := context.Background()
+	m := manifest("a", "m")
+	mustPut(t, s, m, "t")
+	if _, err := s.ManifestGet(ctx, "b", m.Digest); !errors.Is(err, meta.ErrNotFound) {
+		t.Errorf("manifest of repo a visible in b: %v", err)
+	}
+	if _, err := s.TagGet(ctx, "b", "t"); !errors.Is(err, meta.ErrNotFound) {
+		t.Errorf("tag of repo a visible in b: %v", err)
+	}
+	if _, err := s.TagGet(ctx, "a/sub", "t"); !errors.Is(err, meta.ErrNotFound) {
+		t.Errorf("tag of repo a visible in a/sub: %v", err)
+	}
+}
+
+func testConcurrentWriters(t *testing.T, s Store) {
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for i := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range 4 {
+				m := manifest("r", fmt.Sprintf("m-%d-%d", i, j))
+				if err := s.ManifestPut(ctx, m, fmt.Sprintf("t%d", i)); err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("concurrent ManifestPut: %v", err)
+	}
+	tags, _, err := s.TagList(ctx, "r", meta.Page{})
+	if err != nil || len(tags) != 16 {
+		t.Errorf("after concurrent writes: %d tags, %v; want 16", len(tags), err)
+	}
+}

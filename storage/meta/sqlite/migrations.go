@@ -1,0 +1,31 @@
+package sqlite
+
+// migrations are applied in order, each once, each in its own transaction. Never edit one that
+// has shipped: append a new one.
+var migrations = []string{
+	// 1: repositories, manifests (with subject for referrers), tags.
+	`CREATE TABLE repositories (
+		name       TEXT PRIMARY KEY,
+		created_at INTEGER NOT NULL
+	);
+	CREATE TABLE manifests (
+		repo          TEXT NOT NULL,
+		digest        TEXT NOT NULL,
+		media_type    TEXT NOT NULL,
+		size          INTEGER NOT NULL,
+		artifact_type TEXT NOT NULL DEFAULT '',
+		subject       TEXT NOT NULL DEFAULT '',
+		annotations   TEXT NOT NULL DEFAULT '',
+		created_at    INTEGER NOT NULL,
+		PRIMARY KEY (repo, digest)
+	);
+	CREATE INDEX manifests_by_subject ON manifests (repo, subject) WHERE subject <> '';
+	CREATE TABLE tags (
+		repo       TEXT NOT NULL,
+		tag        TEXT NOT NULL,
+		digest     TEXT NOT NULL,
+		updated_at INTEGER NOT NULL,
+		PRIMARY KEY (repo, tag)
+	);
+	CREATE INDEX tags_by_digest ON tags (repo, digest);`,
+}

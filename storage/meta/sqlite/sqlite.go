@@ -1,0 +1,282 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+
+	"github.com/gatehouse-dev/gatehouse/storage/meta"
+)
+
+// Store is a metadata store in one SQLite database file.
+type Store struct {
+	db *sql.DB
+}
+
+// Open opens (creating if needed) the database at path and applies pending migrations.
+func Open(ctx context.Context, path string) (*Store, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("metadata: %w", err)
+	}
+	q := url.Values{}
+	for _, p := range []string{"busy_timeout(10000)", "journal_mode(WAL)", "synchronous(NORMAL)", "foreign_keys(1)"} {
+		q.Add("_pragma", p)
+	}
+	q.Set("_txlock", "immediate")
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("metadata: open %s: %w", path, err)
+	}
+	db.SetMaxOpenConns(8)
+	s := &Store{db: db}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("metadata: migrate %s: %w", path, err)
+	}
+	return s, nil
+}
+
+func (s *Store) migrate(ctx context.Context) error {
+	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)`); err != nil {
+		return err
+	}
+	var have int
+	if err := s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&have); err != nil {
+		return err
+	}
+	if have > len(migrations) {
+		return fmt.Errorf("database schema version %d is newer than this binary knows (%d); upgrade Gatehouse", have, len(migrations))
+	}
+	for v := have + 1; v <= len(migrations); v++ {
+		err := s.tx(ctx, func(tx *sql.Tx) error {
+			if _, err := tx.ExecContext(ctx, migrations[v-1]); err != nil {
+				return fmt.Errorf("migration %d: %w", v, err)
+			}
+			_, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)`, v, time.Now().Unix())
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SchemaVersion reports the highest applied migration.
+func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
+	var v int
+	err := s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&v)
+	return v, err
+}
+
+func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Ping checks that the database answers a query.
+func (s *Store) Ping(ctx context.Context) error {
+	var one int
+	return s.db.QueryRowContext(ctx, `SELECT 1`).Scan(&one)
+}
+
+// RepositoryPut records a repository (idempotent).
+func (s *Store) RepositoryPut(ctx context.Context, repo string) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO repositories (name, created_at) VALUES (?, ?) ON CONFLICT (name) DO NOTHING`, repo, time.Now().Unix())
+	return err
+}
+
+// RepositoryExists reports whether anything was ever written to repo.
+func (s *Store) RepositoryExists(ctx context.Context, repo string) (bool, error) {
+	var one int
+	err := s.db.QueryRowContext(ctx, `SELECT 1 FROM repositories WHERE name = ?`, repo).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// Catalog lists repository names in lexical order.
+func (s *Store) Catalog(ctx context.Context, p meta.Page) ([]string, bool, error) {
+	return s.page(ctx, `SELECT name FROM repositories WHERE name > ? ORDER BY name LIMIT ?`, p)
+}
+
+// ManifestPut records a manifest, its repository, and points tags at it, in one transaction.
+func (s *Store) ManifestPut(ctx context.Context, m meta.Manifest, tags ...string) error {
+	var ann string
+	if len(m.Annotations) > 0 {
+		b, err := json.Marshal(m.Annotations)
+		if err != nil {
+			return err
+		}
+		ann = string(b)
+	}
+	created := m.Created
+	if created.IsZero() {
+		created = time.Now()
+	}
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		now := time.Now().Unix()
+		if _, err := tx.ExecContext(ctx, `INSERT INTO repositories (name, created_at) VALUES (?, ?) ON CONFLICT (name) DO NOTHING`, m.Repo, now); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO manifests (repo, digest, media_type, size, artifact_type, subject, annotations, created_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (repo, digest) DO NOTHING`,
+			m.Repo, m.Digest.String(), m.MediaType, m.Size, m.ArtifactType, m.Subject.String(), ann, created.UnixNano())
+		if err != nil {
+			return err
+		}
+		for _, t := range tags {
+			_, err := tx.ExecContext(ctx, `INSERT INTO tags (repo, tag, digest, updated_at) VALUES (?, ?, ?, ?)
+				ON CONFLICT (repo, tag) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at`,
+				m.Repo, t, m.Digest.String(), now)
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+const manifestCols = `repo, digest, media_type, size, artifact_type, subject, annotations, created_at`
+
+func scanManifest(sc interface{ Scan(...any) error }) (meta.Manifest, error) {
+	var m meta.Manifest
+	var dgst, subject, ann string
+	var created int64
+	if err := sc.Scan(&m.Repo, &dgst, &m.MediaType, &m.Size, &m.ArtifactType, &subject, &ann, &created); err != nil {
+		return meta.Manifest{}, err
+	}
+	m.Digest, m.Subject = digest.Digest(dgst), digest.Digest(subject)
+	m.Created = time.Unix(0, created).UTC()
+	if ann != "" {
+		if err := json.Unmarshal([]byte(ann), &m.Annotations); err != nil {
+			return meta.Manifest{}, fmt.Errorf("annotations of %s: %w", dgst, err)
+		}
+	}
+	return m, nil
+}
+
+// ManifestGet returns the record of one manifest in repo.
+func (s *Store) ManifestGet(ctx context.Context, repo string, dgst digest.Digest) (meta.Manifest, error) {
+	m, err := scanManifest(s.db.QueryRowContext(ctx, `SELECT `+manifestCols+` FROM manifests WHERE repo = ? AND digest = ?`, repo, dgst.String()))
+	if errors.Is(err, sql.ErrNoRows) {
+		return meta.Manifest{}, meta.ErrNotFound
+	}
+	return m, err
+}
+
+// ManifestDelete removes a manifest and every tag that points at it.
+func (s *Store) ManifestDelete(ctx context.Context, repo string, dgst digest.Digest) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM manifests WHERE repo = ? AND digest = ?`, repo, dgst.String())
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return meta.ErrNotFound
+		}
+		_, err = tx.ExecContext(ctx, `DELETE FROM tags WHERE repo = ? AND digest = ?`, repo, dgst.String())
+		return err
+	})
+}
+
+// TagGet resolves a tag to a manifest digest.
+func (s *Store) TagGet(ctx context.Context, repo, tag string) (digest.Digest, error) {
+	var d string
+	err := s.db.QueryRowContext(ctx, `SELECT digest FROM tags WHERE repo = ? AND tag = ?`, repo, tag).Scan(&d)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", meta.ErrNotFound
+	}
+	return digest.Digest(d), err
+}
+
+// TagList lists a repository's tags in lexical order.
+func (s *Store) TagList(ctx context.Context, repo string, p meta.Page) ([]string, bool, error) {
+	return s.page(ctx, `SELECT tag FROM tags WHERE repo = ? AND tag > ? ORDER BY tag LIMIT ?`, p, repo)
+}
+
+// TagDelete removes one tag; the manifest stays.
+func (s *Store) TagDelete(ctx context.Context, repo, tag string) error {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM tags WHERE repo = ? AND tag = ?`, repo, tag)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return meta.ErrNotFound
+	}
+	return nil
+}
+
+// Referrers lists the manifests in repo whose subject is the given digest, optionally only those
+// of one artifact type.
+func (s *Store) Referrers(ctx context.Context, repo string, subject digest.Digest, artifactType string) ([]meta.Manifest, error) {
+	q := `SELECT ` + manifestCols + ` FROM manifests WHERE repo = ? AND subject = ?`
+	args := []any{repo, subject.String()}
+	if artifactType != "" {
+		q += ` AND artifact_type = ?`
+		args = append(args, artifactType)
+	}
+	rows, err := s.db.QueryContext(ctx, q+` ORDER BY created_at, digest`, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []meta.Manifest
+	for rows.Next() {
+		m, err := scanManifest(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// page runs a listing query whose last two parameters are "after" and "limit", fetching one row
+// more than asked to learn whether another page follows.
+func (s *Store) page(ctx context.Context, q string, p meta.Page, args ...any) ([]string, bool, error) {
+	limit := -1
+	if p.N > 0 {
+		limit = p.N + 1
+	}
+	rows, err := s.db.QueryContext(ctx, q, append(args, p.Last, limit)...)
+	if err != nil {
+		return nil, false, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var v string
+		if err := rows.Scan(&v); err != nil {
+			return nil, false, err
+		}
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, false, err
+	}
+	if p.N > 0 && len(out) > p.N {
+		return out[:p.N], true, nil
+	}
+	return out, false, nil
+}
