@@ -1,0 +1,299 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole configuration of `gatehouse serve`.
+type Config struct {
+	// Listen is the address the registry listens on.
+	Listen string `yaml:"listen"`
+	// Data is the default home of everything that names no path of its own.
+	Data string `yaml:"data"`
+	// Log sets the log format and level.
+	Log Log `yaml:"log"`
+	// TLS, when present, serves HTTPS; absent, plain HTTP (and the log says so).
+	TLS *TLS `yaml:"tls"`
+	// Storage is where blob and manifest bytes are kept.
+	Storage Storage `yaml:"storage"`
+	// Metadata is where tags, manifests' index and referrers are kept.
+	Metadata Metadata `yaml:"metadata"`
+	// Limits bound what clients may send.
+	Limits Limits `yaml:"limits"`
+	// Uploads controls blob upload sessions.
+	Uploads Uploads `yaml:"uploads"`
+	// Cache sizes the in-memory caches.
+	Cache Cache `yaml:"cache"`
+}
+
+// Log configures logging.
+type Log struct {
+	Format string `yaml:"format"` // text | json
+	Level  string `yaml:"level"`  // debug | info | warn | error
+}
+
+// TLS configures HTTPS.
+type TLS struct {
+	Cert     string `yaml:"cert"`      // PEM certificate chain
+	Key      string `yaml:"key"`       // PEM private key
+	ClientCA string `yaml:"client_ca"` // when set, clients must present a certificate signed by this CA
+}
+
+// Storage selects a distribution/v3 storage driver and its settings.
+type Storage struct {
+	Driver     string            `yaml:"driver"`     // filesystem | inmemory
+	Delete     bool              `yaml:"delete"`     // allow manifest, tag and blob deletion
+	Redirect   bool              `yaml:"redirect"`   // send blob GETs to the driver's direct URL when it has one
+	Filesystem FilesystemStorage `yaml:"filesystem"` // settings of the filesystem driver
+}
+
+// FilesystemStorage configures the filesystem driver.
+type FilesystemStorage struct {
+	Root       string `yaml:"root"`        // default: <data>/content
+	MaxThreads int    `yaml:"max_threads"` // concurrent filesystem operations (default 100)
+}
+
+// Metadata selects the metadata store.
+type Metadata struct {
+	Driver string `yaml:"driver"` // sqlite
+	SQLite SQLite `yaml:"sqlite"`
+}
+
+// SQLite configures the embedded metadata store.
+type SQLite struct {
+	Path string `yaml:"path"` // default: <data>/meta.db
+}
+
+// Limits bound requests.
+type Limits struct {
+	ManifestSize     ByteSize `yaml:"manifest_size"`     // largest manifest body accepted (default 4MiB)
+	NameLength       int      `yaml:"name_length"`       // longest repository name (default 255)
+	DigestAlgorithms []string `yaml:"digest_algorithms"` // accepted digest algorithms (default sha256, sha512)
+}
+
+// Uploads configures upload sessions.
+type Uploads struct {
+	Expiry        Duration `yaml:"expiry"`         // a session older than this is refused and purged (default 24h)
+	PurgeInterval Duration `yaml:"purge_interval"` // how often expired sessions are deleted (default 1h)
+}
+
+// Cache sizes in-memory caches.
+type Cache struct {
+	Manifests int `yaml:"manifests"` // manifests kept in memory for the pull path (default 8192; 0 turns it off)
+}
+
+// Default returns the embedded default configuration.
+func Default() Config {
+	c := Config{}
+	c.applyDefaults()
+	return c
+}
+
+// Load reads a configuration file strictly and completes it with defaults.
+func Load(path string) (Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	c, err := Parse(b)
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes YAML strictly (unknown keys are errors), applies defaults and validates.
+func Parse(b []byte) (Config, error) { return ParseWithOverrides(b, Overrides{}) }
+
+// applyDefaults fills what the file left out.
+func (c *Config) applyDefaults() {
+	def := func(s *string, v string) {
+		if *s == "" {
+			*s = v
+		}
+	}
+	def(&c.Listen, "127.0.0.1:5000")
+	def(&c.Data, "./data")
+	def(&c.Log.Format, "text")
+	def(&c.Log.Level, "info")
+	def(&c.Storage.Driver, "filesystem")
+	def(&c.Storage.Filesystem.Root, filepath.Join(c.Data, "content"))
+	if c.Storage.Filesystem.MaxThreads == 0 {
+		c.Storage.Filesystem.MaxThreads = 100
+	}
+	def(&c.Metadata.Driver, "sqlite")
+	def(&c.Metadata.SQLite.Path, filepath.Join(c.Data, "meta.db"))
+	if c.Limits.ManifestSize == 0 {
+		c.Limits.ManifestSize = 4 << 20
+	}
+	if c.Limits.NameLength == 0 {
+		c.Limits.NameLength = 255
+	}
+	if len(c.Limits.DigestAlgorithms) == 0 {
+		c.Limits.DigestAlgorithms = []string{"sha256", "sha512"}
+	}
+	if c.Uploads.Expiry == 0 {
+		c.Uploads.Expiry = Duration(24 * time.Hour)
+	}
+	if c.Uploads.PurgeInterval == 0 {
+		c.Uploads.PurgeInterval = Duration(time.Hour)
+	}
+	if c.Cache.Manifests == 0 {
+		c.Cache.Manifests = 8192
+	}
+}
+
+// Validate reports every problem, each naming its key.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	oneOf := func(key, v string, allowed ...string) {
+		for _, a := range allowed {
+			if v == a {
+				return
+			}
+		}
+		bad(key, "%q is not one of %s", v, strings.Join(allowed, ", "))
+	}
+	if _, _, err := splitHostPort(c.Listen); err != nil {
+		bad("listen", "%v", err)
+	}
+	oneOf("log.format", c.Log.Format, "text", "json")
+	oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
+	if c.TLS != nil {
+		if c.TLS.Cert == "" || c.TLS.Key == "" {
+			bad("tls", "cert and key are both required when tls is present")
+		}
+	}
+	oneOf("storage.driver", c.Storage.Driver, "filesystem", "inmemory")
+	if c.Storage.Filesystem.MaxThreads < 25 {
+		bad("storage.filesystem.max_threads", "must be at least 25 (distribution's minimum), got %d", c.Storage.Filesystem.MaxThreads)
+	}
+	oneOf("metadata.driver", c.Metadata.Driver, "sqlite")
+	if c.Limits.ManifestSize < 1024 {
+		bad("limits.manifest_size", "must be at least 1KiB, got %d bytes", c.Limits.ManifestSize)
+	}
+	if c.Limits.NameLength < 1 || c.Limits.NameLength > 4096 {
+		bad("limits.name_length", "must be between 1 and 4096, got %d", c.Limits.NameLength)
+	}
+	for _, a := range c.Limits.DigestAlgorithms {
+		oneOf("limits.digest_algorithms", a, "sha256", "sha512")
+	}
+	if c.Uploads.Expiry < Duration(time.Minute) {
+		bad("uploads.expiry", "must be at least 1m, got %s", c.Uploads.Expiry)
+	}
+	if c.Uploads.PurgeInterval < Duration(time.Second) {
+		bad("uploads.purge_interval", "must be at least 1s, got %s", c.Uploads.PurgeInterval)
+	}
+	if c.Cache.Manifests < 0 {
+		bad("cache.manifests", "must not be negative")
+	}
+	return errors.Join(errs...)
+}
+
+func splitHostPort(addr string) (string, int, error) {
+	i := strings.LastIndexByte(addr, ':')
+	if i < 0 {
+		return "", 0, fmt.Errorf("%q is not host:port", addr)
+	}
+	port, err := strconv.Atoi(addr[i+1:])
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("%q has no valid port", addr)
+	}
+	return addr[:i], port, nil
+}
+
+// Duration is a Go duration written as a string ("90s", "10m").
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a Go duration such as 90s or 10m", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes the duration as a string.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// ByteSize is a size in bytes, written as a number or with a unit (512KiB, 4MiB, 1GB).
+type ByteSize int64
+
+var units = []struct {
+	suffix string
+	mult   int64
+}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"B", 1}}
+
+// UnmarshalYAML parses a size.
+func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
+	v, err := ParseByteSize(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*b = v
+	return nil
+}
+
+// ParseByteSize parses "4194304", "4MiB", "512KiB", "1GB".
+func ParseByteSize(s string) (ByteSize, error) {
+	s = strings.TrimSpace(s)
+	mult := int64(1)
+	for _, u := range units {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%q is not a size such as 4194304, 512KiB or 4MiB", s)
+	}
+	return ByteSize(n * mult), nil
+}
+
+// Overrides are command-line settings that take precedence over the file.
+type Overrides struct {
+	Listen, Data, LogFormat, LogLevel string
+}
+
+// ParseWithOverrides is Parse with command-line overrides applied before defaults, so that
+// --data also moves every path that defaults under it.
+func ParseWithOverrides(b []byte, o Overrides) (Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, err
+	}
+	set := func(dst *string, v string) {
+		if v != "" {
+			*dst = v
+		}
+	}
+	set(&c.Listen, o.Listen)
+	set(&c.Data, o.Data)
+	set(&c.Log.Format, o.LogFormat)
+	set(&c.Log.Level, o.LogLevel)
+	c.applyDefaults()
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}

@@ -1,0 +1,111 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDefault(t *testing.T) {
+	c := Default()
+	if err := c.Validate(); err != nil {
+		t.Fatalf("embedded default does not validate: %v", err)
+	}
+	if c.Listen != "127.0.0.1:5000" || c.Data != "./data" {
+		t.Errorf("listen/data = %q %q", c.Listen, c.Data)
+	}
+	if c.Storage.Filesystem.Root != filepath.Join("data", "content") || c.Metadata.SQLite.Path != filepath.Join("data", "meta.db") {
+		t.Errorf("paths under data: %q %q", c.Storage.Filesystem.Root, c.Metadata.SQLite.Path)
+	}
+	if c.Limits.ManifestSize != 4<<20 {
+		t.Errorf("manifest size %d", c.Limits.ManifestSize)
+	}
+}
+
+func TestParse(t *testing.T) {
+	c, err := Parse([]byte(`
+listen: 0.0.0.0:6000
+data: /var/lib/gatehouse
+storage: {driver: inmemory, delete: true}
+limits: {manifest_size: 512KiB, digest_algorithms: [sha256]}
+uploads: {expiry: 90m}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Limits.ManifestSize != 512<<10 || time.Duration(c.Uploads.Expiry) != 90*time.Minute || !c.Storage.Delete {
+		t.Errorf("parsed %+v", c)
+	}
+	if c.Metadata.SQLite.Path != "/var/lib/gatehouse/meta.db" {
+		t.Errorf("data did not move the default sqlite path: %q", c.Metadata.SQLite.Path)
+	}
+}
+
+func TestParseRefuses(t *testing.T) {
+	tests := []struct{ name, yaml, want string }{
+		{"unknown key", "listen: :5000\nlisten_addr: x\n", "field listen_addr not found"},
+		{"unknown nested key", "storage: {driver: filesystem, bucket: x}\n", "field bucket not found"},
+		{"bad duration", "uploads: {expiry: 3 days}\n", "not a Go duration"},
+		{"bad size", "limits: {manifest_size: lots}\n", "not a size"},
+		{"bad driver", "storage: {driver: floppy}\n", "storage.driver"},
+		{"bad algorithm", "limits: {digest_algorithms: [md5]}\n", "limits.digest_algorithms"},
+		{"tls half", "tls: {cert: a.pem}\n", "tls: cert and key"},
+		{"bad listen", "listen: nowhere\n", "listen:"},
+		{"two errors at once", "log: {format: xml, level: loud}\n", "log.level"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.yaml))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("Parse error = %v, want it to mention %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestReadmeDocumentsEveryKey keeps the README's configuration reference true: every key of the
+// config struct must appear there as a dotted path.
+func TestReadmeDocumentsEveryKey(t *testing.T) {
+	readme, err := os.ReadFile("../../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range Keys() {
+		if !strings.Contains(string(readme), "`"+key+"`") {
+			t.Errorf("README.md does not document config key `%s`", key)
+		}
+	}
+}
+
+// Keys lists every configuration key as a dotted path.
+func Keys() []string {
+	var out []string
+	var walk func(prefix string, t reflect.Type)
+	walk = func(prefix string, t reflect.Type) {
+		for t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		for i := 0; i < t.NumField(); i++ {
+			f := t.Field(i)
+			tag := strings.Split(f.Tag.Get("yaml"), ",")[0]
+			if tag == "" || tag == "-" {
+				continue
+			}
+			key := prefix + tag
+			ft := f.Type
+			for ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct {
+				walk(key+".", ft)
+				continue
+			}
+			out = append(out, key)
+		}
+	}
+	walk("", reflect.TypeOf(Config{}))
+	return out
+}

@@ -1,0 +1,113 @@
+// Command gatehouse is the one Gatehouse binary. It only wires: it parses the configuration,
+// builds the parts (content store, metadata store, API) and starts them.
+//
+//	gatehouse serve [--config FILE] [--listen ADDR] [--data DIR] [--log-format text|json] [--log-level LEVEL]
+//	gatehouse config check FILE
+//	gatehouse version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/gatehouse-dev/gatehouse/cmd/gatehouse/config"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		var ue usageError
+		if errors.As(err, &ue) {
+			fmt.Fprintln(os.Stderr, "gatehouse:", err)
+			fmt.Fprint(os.Stderr, usage)
+			os.Exit(2)
+		}
+		fmt.Fprintln(os.Stderr, "gatehouse:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `usage:
+  gatehouse serve [--config FILE] [--listen ADDR] [--data DIR] [--log-format text|json] [--log-level debug|info|warn|error]
+  gatehouse config check FILE
+  gatehouse version
+`
+
+type usageError struct{ msg string }
+
+func (u usageError) Error() string { return u.msg }
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return usageError{"no command given"}
+	}
+	switch args[0] {
+	case "serve":
+		return serveCmd(ctx, args[1:], stderr)
+	case "config":
+		if len(args) != 3 || args[1] != "check" {
+			return usageError{"config takes: check FILE"}
+		}
+		if _, err := config.Load(args[2]); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s: ok\n", args[2])
+		return nil
+	case "version":
+		fmt.Fprintln(stdout, version())
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	return usageError{fmt.Sprintf("unknown command %q", args[0])}
+}
+
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		return "gatehouse " + bi.Main.Version + " (" + bi.GoVersion + ")"
+	}
+	return "gatehouse (unknown version)"
+}
+
+// serveFlags are the command-line overrides of the common settings.
+func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "", "configuration file (YAML); absent: the embedded default")
+	listen := fs.String("listen", "", "listen address, overrides listen:")
+	data := fs.String("data", "", "data directory, overrides data: (and the paths that default under it)")
+	logFormat := fs.String("log-format", "", "text or json, overrides log.format")
+	logLevel := fs.String("log-level", "", "debug, info, warn or error, overrides log.level")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Sprintf("serve takes no arguments, got %q", fs.Args())}
+	}
+	raw := []byte{}
+	if *cfgPath != "" {
+		b, err := os.ReadFile(*cfgPath)
+		if err != nil {
+			return fmt.Errorf("config: %w", err)
+		}
+		raw = b
+	}
+	cfg, err := config.ParseWithOverrides(raw, config.Overrides{Listen: *listen, Data: *data, LogFormat: *logFormat, LogLevel: *logLevel})
+	if err != nil {
+		if *cfgPath != "" {
+			return fmt.Errorf("config %s: %w", *cfgPath, err)
+		}
+		return err
+	}
+	return serve(ctx, cfg, *cfgPath, stderr)
+}

@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/sirupsen/logrus"
+
+	"github.com/gatehouse-dev/gatehouse/cmd/gatehouse/config"
+	"github.com/gatehouse-dev/gatehouse/proxy/api"
+	"github.com/gatehouse-dev/gatehouse/storage/content"
+	"github.com/gatehouse-dev/gatehouse/storage/meta/sqlite"
+)
+
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// logrusToSlog forwards distribution's own logrus errors into our log and drops its chatter.
+type logrusToSlog struct{ log *slog.Logger }
+
+func (h logrusToSlog) Levels() []logrus.Level {
+	return []logrus.Level{logrus.PanicLevel, logrus.FatalLevel, logrus.ErrorLevel}
+}
+
+func (h logrusToSlog) Fire(e *logrus.Entry) error {
+	h.log.Debug("storage: "+e.Message, "component", "distribution")
+	return nil
+}
+
+func newDriver(ctx context.Context, s config.Storage) (storagedriver.StorageDriver, error) {
+	switch s.Driver {
+	case "filesystem":
+		if err := os.MkdirAll(s.Filesystem.Root, 0o750); err != nil {
+			return nil, fmt.Errorf("storage.filesystem.root: %w", err)
+		}
+		return factory.Create(ctx, "filesystem", map[string]any{
+			"rootdirectory": s.Filesystem.Root,
+			"maxthreads":    s.Filesystem.MaxThreads,
+		})
+	case "inmemory":
+		return factory.Create(ctx, "inmemory", nil)
+	}
+	return nil, fmt.Errorf("storage.driver %q is not built in", s.Driver)
+}
+
+func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Writer) error {
+	log := newLogger(cfg.Log, stderr)
+	logrus.SetOutput(io.Discard)
+	logrus.AddHook(logrusToSlog{log})
+
+	if cfgPath == "" {
+		log.Info("no --config given: running on the embedded default", "data", cfg.Data)
+	}
+	driver, err := newDriver(ctx, cfg.Storage)
+	if err != nil {
+		return err
+	}
+	store, err := content.New(ctx, driver, content.WithDelete(cfg.Storage.Delete), content.WithRedirect(cfg.Storage.Redirect))
+	if err != nil {
+		return err
+	}
+	md, err := sqlite.Open(ctx, cfg.Metadata.SQLite.Path)
+	if err != nil {
+		return err
+	}
+	defer md.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	algs := make([]digest.Algorithm, len(cfg.Limits.DigestAlgorithms))
+	for i, a := range cfg.Limits.DigestAlgorithms {
+		algs[i] = digest.Algorithm(a)
+	}
+	handler, err := api.New(store, md,
+		api.WithLogger(log),
+		api.WithMaxManifestSize(int64(cfg.Limits.ManifestSize)),
+		api.WithMaxNameLength(cfg.Limits.NameLength),
+		api.WithDigestAlgorithms(algs...),
+		api.WithDelete(cfg.Storage.Delete),
+		api.WithUploadExpiry(time.Duration(cfg.Uploads.Expiry)),
+		api.WithManifestCache(cfg.Cache.Manifests),
+		api.WithMetricsRegistry(reg),
+	)
+	if err != nil {
+		return err
+	}
+
+	srv := &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	if cfg.TLS != nil {
+		tc, err := tlsConfig(cfg.TLS)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		ln = tls.NewListener(ln, tc)
+		log.Info("serving HTTPS", "addr", ln.Addr().String(), "client_ca", cfg.TLS.ClientCA != "")
+	} else {
+		log.Warn("serving plain HTTP (no tls: in the config); clients must be told the registry is insecure", "addr", ln.Addr().String())
+	}
+	log.Info("gatehouse ready", "addr", ln.Addr().String(), "storage", cfg.Storage.Driver, "metadata", cfg.Metadata.Driver, "delete", cfg.Storage.Delete)
+
+	go purgeUploads(ctx, log, store, time.Duration(cfg.Uploads.Expiry), time.Duration(cfg.Uploads.PurgeInterval))
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down: finishing in-flight requests (30s at most)")
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func tlsConfig(c *config.TLS) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(c.Cert, c.Key)
+	if err != nil {
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if c.ClientCA != "" {
+		pem, err := os.ReadFile(c.ClientCA)
+		if err != nil {
+			return nil, fmt.Errorf("tls.client_ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("tls.client_ca: %s holds no PEM certificate", c.ClientCA)
+		}
+		tc.ClientCAs, tc.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	}
+	return tc, nil
+}
+
+// purgeUploads deletes upload sessions older than the expiry, at every interval.
+func purgeUploads(ctx context.Context, log *slog.Logger, store *content.Store, expiry, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			n, errs := store.PurgeUploads(ctx, time.Now().Add(-expiry))
+			if n > 0 || len(errs) > 0 {
+				log.Info("purged expired upload sessions", "files", n, "errors", len(errs))
+			}
+		}
+	}
+}

@@ -1,0 +1,192 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"mime"
+	"net/url"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/gatehouse-dev/gatehouse/proxy/apierr"
+)
+
+// Manifest media types accepted on push.
+const (
+	mtOCIManifest    = v1.MediaTypeImageManifest
+	mtOCIIndex       = v1.MediaTypeImageIndex
+	mtDockerManifest = "application/vnd.docker.distribution.manifest.v2+json"
+	mtDockerList     = "application/vnd.docker.distribution.manifest.list.v2+json"
+	mtSchema1        = "application/vnd.docker.distribution.manifest.v1+json"
+	mtSchema1Signed  = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+)
+
+var acceptedManifestTypes = []string{mtOCIManifest, mtOCIIndex, mtDockerManifest, mtDockerList}
+
+// nonDistributable layers are fetched by clients from their URLs, so a push need not carry them.
+var nonDistributable = map[string]bool{
+	"application/vnd.oci.image.layer.nondistributable.v1.tar":      true,
+	"application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": true,
+	"application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": true,
+	"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip":    true,
+}
+
+// parsedManifest is what a push needs to know of a manifest.
+type parsedManifest struct {
+	MediaType    string
+	Blobs        []v1.Descriptor // config and layers that must already be in the repository
+	Manifests    []v1.Descriptor // an index's children, which must already be in the repository
+	Subject      *v1.Descriptor
+	ArtifactType string
+	Annotations  map[string]string
+}
+
+type rawManifest struct {
+	SchemaVersion *int              `json:"schemaVersion"`
+	MediaType     string            `json:"mediaType"`
+	ArtifactType  string            `json:"artifactType"`
+	Config        *v1.Descriptor    `json:"config"`
+	Layers        []v1.Descriptor   `json:"layers"`
+	Manifests     []v1.Descriptor   `json:"manifests"`
+	Subject       *v1.Descriptor    `json:"subject"`
+	Annotations   map[string]string `json:"annotations"`
+	FSLayers      json.RawMessage   `json:"fsLayers"`
+}
+
+// parseManifest checks a pushed manifest: its media type (from Content-Type, which must agree
+// with the body's mediaType), its JSON shape, and every descriptor in it.
+func parseManifest(contentType string, body []byte, algs []digest.Algorithm) (parsedManifest, error) {
+	ct := contentType
+	if ct != "" {
+		if mt, _, err := mime.ParseMediaType(ct); err == nil {
+			ct = mt
+		}
+	}
+	var raw rawManifest
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(&raw); err != nil {
+		return parsedManifest{}, apierr.New(apierr.ManifestInvalid, "the manifest is not valid JSON: %v", err)
+	}
+	if dec.More() {
+		return parsedManifest{}, apierr.New(apierr.ManifestInvalid, "the manifest has trailing data after its JSON object")
+	}
+	if ct == mtSchema1 || ct == mtSchema1Signed || raw.MediaType == mtSchema1 || raw.MediaType == mtSchema1Signed ||
+		(raw.SchemaVersion != nil && *raw.SchemaVersion == 1) || len(raw.FSLayers) > 0 {
+		return parsedManifest{}, apierr.New(apierr.ManifestInvalid,
+			"Docker schema1 manifests are not supported (deprecated since 2017 and unsigned by modern tools); push the image as OCI or Docker schema2, e.g. with `skopeo copy --format oci`")
+	}
+	mt := ct
+	if !isManifestType(mt) {
+		if ct != "" && ct != "application/json" && ct != "application/octet-stream" {
+			return parsedManifest{}, apierr.New(apierr.ManifestInvalid,
+				"Content-Type %q is not a manifest media type; send one of %s", contentType, strings.Join(acceptedManifestTypes, ", "))
+		}
+		mt = raw.MediaType // lenient clients that send no manifest type: trust the body
+		if !isManifestType(mt) {
+			return parsedManifest{}, apierr.New(apierr.ManifestInvalid,
+				"cannot tell the manifest's media type: Content-Type is %q and the body's mediaType is %q; send one of %s",
+				contentType, raw.MediaType, strings.Join(acceptedManifestTypes, ", "))
+		}
+	}
+	if raw.MediaType != "" && raw.MediaType != mt {
+		return parsedManifest{}, apierr.New(apierr.ManifestInvalid,
+			"Content-Type %q does not match the manifest's mediaType %q", mt, raw.MediaType)
+	}
+	if raw.SchemaVersion == nil || *raw.SchemaVersion != 2 {
+		return parsedManifest{}, apierr.New(apierr.ManifestInvalid, "schemaVersion must be 2")
+	}
+	p := parsedManifest{MediaType: mt, Subject: raw.Subject, ArtifactType: raw.ArtifactType, Annotations: raw.Annotations}
+	switch mt {
+	case mtOCIManifest, mtDockerManifest:
+		if raw.Config == nil {
+			return parsedManifest{}, apierr.New(apierr.ManifestInvalid, "an image manifest needs a config descriptor")
+		}
+		if raw.Manifests != nil {
+			return parsedManifest{}, apierr.New(apierr.ManifestInvalid, "an image manifest has no manifests field; is this an index?")
+		}
+		if raw.Layers == nil && mt == mtDockerManifest {
+			return parsedManifest{}, apierr.New(apierr.ManifestInvalid, "a Docker schema2 manifest needs a layers list")
+		}
+		if err := checkDescriptor("config", *raw.Config, algs); err != nil {
+			return parsedManifest{}, err
+		}
+		p.Blobs = append(p.Blobs, *raw.Config)
+		for i, l := range raw.Layers {
+			if err := checkDescriptor(fmt.Sprintf("layers[%d]", i), l, algs); err != nil {
+				return parsedManifest{}, err
+			}
+			if nonDistributable[l.MediaType] {
+				if err := checkURLs(fmt.Sprintf("layers[%d]", i), l.URLs); err != nil {
+					return parsedManifest{}, err
+				}
+				continue
+			}
+			p.Blobs = append(p.Blobs, l)
+		}
+		if p.ArtifactType == "" && mt == mtOCIManifest {
+			p.ArtifactType = raw.Config.MediaType
+		}
+	case mtOCIIndex, mtDockerList:
+		if raw.Manifests == nil {
+			return parsedManifest{}, apierr.New(apierr.ManifestInvalid, "an index needs a manifests list")
+		}
+		if raw.Config != nil || raw.Layers != nil {
+			return parsedManifest{}, apierr.New(apierr.ManifestInvalid, "an index has no config or layers; is this an image manifest?")
+		}
+		for i, m := range raw.Manifests {
+			if err := checkDescriptor(fmt.Sprintf("manifests[%d]", i), m, algs); err != nil {
+				return parsedManifest{}, err
+			}
+			p.Manifests = append(p.Manifests, m)
+		}
+	}
+	if raw.Subject != nil {
+		if err := checkDescriptor("subject", *raw.Subject, algs); err != nil {
+			return parsedManifest{}, err
+		}
+	}
+	return p, nil
+}
+
+func isManifestType(mt string) bool {
+	for _, t := range acceptedManifestTypes {
+		if mt == t {
+			return true
+		}
+	}
+	return false
+}
+
+func checkDescriptor(where string, d v1.Descriptor, algs []digest.Algorithm) error {
+	if d.MediaType == "" {
+		return apierr.New(apierr.ManifestInvalid, "%s has no mediaType", where)
+	}
+	if _, err := ParseDigest(d.Digest.String(), algs); err != nil {
+		return apierr.New(apierr.ManifestInvalid, "%s: %s", where, apierr.From(err).Message)
+	}
+	if d.Size < 0 {
+		return apierr.New(apierr.ManifestInvalid, "%s has a negative size", where)
+	}
+	if len(d.Data) > 0 {
+		if int64(len(d.Data)) != d.Size || d.Digest.Algorithm().FromBytes(d.Data) != d.Digest {
+			return apierr.New(apierr.ManifestInvalid, "%s: the embedded data does not match its digest and size", where)
+		}
+	}
+	return nil
+}
+
+func checkURLs(where string, urls []string) error {
+	if len(urls) == 0 {
+		return apierr.New(apierr.ManifestInvalid, "%s is non-distributable but names no URLs to fetch it from", where)
+	}
+	for _, u := range urls {
+		pu, err := url.Parse(u)
+		if err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" {
+			return apierr.New(apierr.ManifestInvalid, "%s: URL %q is not an absolute http(s) URL", where, u)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,235 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/gatehouse-dev/gatehouse/proxy/apierr"
+	"github.com/gatehouse-dev/gatehouse/storage/content"
+	"github.com/gatehouse-dev/gatehouse/storage/meta"
+)
+
+// cachedManifest is a manifest as served: small, immutable, keyed by repository and digest, so a
+// cached pull reads no database and no storage.
+type cachedManifest struct {
+	mediaType string
+	body      []byte
+}
+
+// maxCachedManifest keeps the cache's worst case bounded (entries × this).
+const maxCachedManifest = 256 << 10
+
+func cacheKey(repo string, d digest.Digest) string { return repo + "@" + d.String() }
+
+// resolve turns a manifest reference (tag or digest) into a digest.
+func (h *Handler) resolve(ctx context.Context, repo, ref string) (digest.Digest, error) {
+	if IsDigest(ref) {
+		return ParseDigest(ref, h.opts.algorithms)
+	}
+	if err := ValidateTag(ref); err != nil {
+		return "", err
+	}
+	d, err := h.meta.TagGet(ctx, repo, ref)
+	if errors.Is(err, meta.ErrNotFound) {
+		return "", apierr.New(apierr.ManifestUnknown, "tag %q is not in repository %s", ref, repo)
+	}
+	if err != nil {
+		return "", apierr.Unavailablef(err, "the metadata store did not answer while resolving tag %q", ref)
+	}
+	return d, nil
+}
+
+// manifest returns a manifest of repo, from memory when it can.
+func (h *Handler) manifest(ctx context.Context, repo string, d digest.Digest) (cachedManifest, error) {
+	key := cacheKey(repo, d)
+	if h.cache != nil {
+		if m, ok := h.cache.Get(key); ok {
+			return m, nil
+		}
+	}
+	rec, err := h.meta.ManifestGet(ctx, repo, d)
+	if errors.Is(err, meta.ErrNotFound) {
+		return cachedManifest{}, apierr.New(apierr.ManifestUnknown, "manifest %s is not in repository %s", d, repo)
+	}
+	if err != nil {
+		return cachedManifest{}, apierr.Unavailablef(err, "the metadata store did not answer while looking up manifest %s", d)
+	}
+	body, err := h.content.ManifestGet(ctx, d)
+	if err != nil {
+		// Recorded but unreadable or corrupt: never serve something else in its place.
+		return cachedManifest{}, apierr.Unavailablef(err, "manifest %s is recorded but its bytes could not be read intact from storage", d)
+	}
+	m := cachedManifest{mediaType: rec.MediaType, body: body}
+	if h.cache != nil && len(body) <= maxCachedManifest {
+		h.cache.Add(key, m)
+	}
+	return m, nil
+}
+
+// manifestGet serves GET and HEAD of a manifest by tag or digest (end-3).
+func (h *Handler) manifestGet(w http.ResponseWriter, r *http.Request, t Target) error {
+	ctx := r.Context()
+	d, err := h.resolve(ctx, t.Name, t.Ref)
+	if err != nil {
+		return err
+	}
+	m, err := h.manifest(ctx, t.Name, d)
+	if err != nil {
+		return err
+	}
+	hd := w.Header()
+	hd.Set("Content-Type", m.mediaType)
+	hd.Set("Docker-Content-Digest", d.String())
+	hd.Set("Content-Length", strconv.Itoa(len(m.body)))
+	hd.Set("ETag", `"`+d.String()+`"`)
+	if inm := r.Header.Get("If-None-Match"); inm != "" && inm == `"`+d.String()+`"` {
+		w.WriteHeader(http.StatusNotModified)
+		return nil
+	}
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(m.body)
+	}
+	return nil
+}
+
+// manifestPut stores a pushed manifest (end-7), with the OCI 1.1 subject and tag parameters.
+func (h *Handler) manifestPut(w http.ResponseWriter, r *http.Request, t Target) error {
+	ctx := r.Context()
+	limit := h.opts.maxManifestSize
+	if r.ContentLength > limit {
+		return tooLarge(r.ContentLength, limit)
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	if err != nil {
+		return apierr.New(apierr.ManifestInvalid, "reading the manifest body failed: %v", err)
+	}
+	if int64(len(body)) > limit {
+		return tooLarge(-1, limit)
+	}
+	if len(body) == 0 {
+		return apierr.New(apierr.ManifestInvalid, "the manifest body is empty")
+	}
+	p, err := parseManifest(r.Header.Get("Content-Type"), body, h.opts.algorithms)
+	if err != nil {
+		return err
+	}
+	var d digest.Digest
+	var tags []string
+	if IsDigest(t.Ref) {
+		if d, err = ParseDigest(t.Ref, h.opts.algorithms); err != nil {
+			return err
+		}
+		if got := d.Algorithm().FromBytes(body); got != d {
+			return apierr.New(apierr.DigestInvalid, "the manifest body has digest %s, not %s as the URL claims", got, d)
+		}
+	} else {
+		if err := ValidateTag(t.Ref); err != nil {
+			return err
+		}
+		d, tags = digest.FromBytes(body), []string{t.Ref}
+	}
+	for _, tag := range r.URL.Query()["tag"] {
+		if err := ValidateTag(tag); err != nil {
+			return err
+		}
+		tags = append(tags, tag)
+	}
+	for _, b := range p.Blobs {
+		if _, err := h.content.BlobStat(ctx, t.Name, b.Digest); err != nil {
+			if errors.Is(err, content.ErrBlobUnknown) {
+				return apierr.New(apierr.ManifestBlobUnknown, "the manifest references blob %s (%s), which is not in repository %s; push it first", b.Digest, b.MediaType, t.Name).
+					WithDetail(map[string]string{"digest": b.Digest.String()})
+			}
+			return apierr.Unavailablef(err, "storage did not answer while checking blob %s", b.Digest)
+		}
+	}
+	for _, c := range p.Manifests {
+		if _, err := h.meta.ManifestGet(ctx, t.Name, c.Digest); err != nil {
+			if errors.Is(err, meta.ErrNotFound) {
+				return apierr.New(apierr.ManifestBlobUnknown, "the index references manifest %s, which is not in repository %s; push it first", c.Digest, t.Name).
+					WithDetail(map[string]string{"digest": c.Digest.String()})
+			}
+			return apierr.Unavailablef(err, "the metadata store did not answer while checking manifest %s", c.Digest)
+		}
+	}
+	if err := h.content.ManifestPut(ctx, d, body); err != nil {
+		return apierr.Unavailablef(err, "storage did not accept the manifest bytes")
+	}
+	rec := meta.Manifest{Repo: t.Name, Digest: d, MediaType: p.MediaType, Size: int64(len(body)),
+		ArtifactType: p.ArtifactType, Annotations: p.Annotations, Created: time.Now().UTC()}
+	if p.Subject != nil {
+		rec.Subject = p.Subject.Digest
+	}
+	if err := h.meta.ManifestPut(ctx, rec, tags...); err != nil {
+		return apierr.Unavailablef(err, "the metadata store did not record the manifest")
+	}
+	hd := w.Header()
+	hd.Set("Location", "/v2/"+t.Name+"/manifests/"+d.String())
+	hd.Set("Docker-Content-Digest", d.String())
+	if p.Subject != nil {
+		hd.Set("OCI-Subject", p.Subject.Digest.String())
+	}
+	for _, tag := range tags {
+		hd.Add("OCI-Tag", tag)
+	}
+	hd.Set("Content-Length", "0")
+	w.WriteHeader(http.StatusCreated)
+	return nil
+}
+
+func tooLarge(n, limit int64) error {
+	var e *apierr.Error
+	if n > 0 {
+		e = apierr.New(apierr.SizeInvalid, "the manifest is %d bytes; this registry's limit is %d bytes (limits.manifest_size)", n, limit)
+	} else {
+		e = apierr.New(apierr.SizeInvalid, "the manifest is larger than this registry's limit of %d bytes (limits.manifest_size)", limit)
+	}
+	return e.WithStatus(http.StatusRequestEntityTooLarge)
+}
+
+// manifestDelete deletes a manifest by digest, or a tag (end-9).
+func (h *Handler) manifestDelete(w http.ResponseWriter, r *http.Request, t Target) error {
+	if !h.opts.deleteEnabled {
+		return errDeleteDisabled
+	}
+	ctx := r.Context()
+	if !IsDigest(t.Ref) {
+		if err := ValidateTag(t.Ref); err != nil {
+			return err
+		}
+		err := h.meta.TagDelete(ctx, t.Name, t.Ref)
+		if errors.Is(err, meta.ErrNotFound) {
+			return apierr.New(apierr.ManifestUnknown, "tag %q is not in repository %s", t.Ref, t.Name)
+		}
+		if err != nil {
+			return apierr.Unavailablef(err, "the metadata store did not delete tag %q", t.Ref)
+		}
+		w.WriteHeader(http.StatusAccepted)
+		return nil
+	}
+	d, err := ParseDigest(t.Ref, h.opts.algorithms)
+	if err != nil {
+		return err
+	}
+	err = h.meta.ManifestDelete(ctx, t.Name, d)
+	if h.cache != nil {
+		h.cache.Remove(cacheKey(t.Name, d))
+	}
+	if errors.Is(err, meta.ErrNotFound) {
+		return apierr.New(apierr.ManifestUnknown, "manifest %s is not in repository %s", d, t.Name)
+	}
+	if err != nil {
+		return apierr.Unavailablef(err, "the metadata store did not delete manifest %s", d)
+	}
+	w.WriteHeader(http.StatusAccepted)
+	return nil
+}
+
+var errDeleteDisabled = apierr.New(apierr.Unsupported, "deletion is disabled on this registry (storage.delete: false)").WithStatus(http.StatusMethodNotAllowed)

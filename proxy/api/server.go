@@ -1,0 +1,284 @@
+package api
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/gorilla/mux"
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/gatehouse-dev/gatehouse/proxy/apierr"
+	"github.com/gatehouse-dev/gatehouse/storage/content"
+	"github.com/gatehouse-dev/gatehouse/storage/meta"
+)
+
+// Metadata is the index the API keeps over stored content (storage/meta/sqlite implements it).
+type Metadata interface {
+	Ping(ctx context.Context) error
+	RepositoryPut(ctx context.Context, repo string) error
+	RepositoryExists(ctx context.Context, repo string) (bool, error)
+	Catalog(ctx context.Context, p meta.Page) ([]string, bool, error)
+	ManifestPut(ctx context.Context, m meta.Manifest, tags ...string) error
+	ManifestGet(ctx context.Context, repo string, dgst digest.Digest) (meta.Manifest, error)
+	ManifestDelete(ctx context.Context, repo string, dgst digest.Digest) error
+	TagGet(ctx context.Context, repo, tag string) (digest.Digest, error)
+	TagList(ctx context.Context, repo string, p meta.Page) ([]string, bool, error)
+	TagDelete(ctx context.Context, repo, tag string) error
+	Referrers(ctx context.Context, repo string, subject digest.Digest, artifactType string) ([]meta.Manifest, error)
+}
+
+// Handler serves the OCI Distribution API plus /healthz, /readyz and /metrics.
+type Handler struct {
+	content *content.Store
+	meta    Metadata
+	opts    options
+	router  *mux.Router
+	cache   *lru.Cache[string, cachedManifest]
+	uploads uploadLocks
+	metrics *metrics
+}
+
+type options struct {
+	logger          *slog.Logger
+	maxManifestSize int64
+	maxNameLength   int
+	algorithms      []digest.Algorithm
+	deleteEnabled   bool
+	uploadExpiry    time.Duration
+	cacheEntries    int
+	registry        *prometheus.Registry
+}
+
+// Option configures a Handler.
+type Option func(*options)
+
+// WithLogger sets the logger (default: slog.Default()).
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
+
+// WithMaxManifestSize limits manifest bodies (default 4 MiB).
+func WithMaxManifestSize(n int64) Option { return func(o *options) { o.maxManifestSize = n } }
+
+// WithMaxNameLength limits repository names (default 255).
+func WithMaxNameLength(n int) Option { return func(o *options) { o.maxNameLength = n } }
+
+// WithDigestAlgorithms sets the digest algorithms accepted (default sha256 and sha512).
+func WithDigestAlgorithms(algs ...digest.Algorithm) Option {
+	return func(o *options) { o.algorithms = algs }
+}
+
+// WithDelete enables manifest, tag and blob deletion (default off).
+func WithDelete(on bool) Option { return func(o *options) { o.deleteEnabled = on } }
+
+// WithUploadExpiry sets how long an upload session may stay open (default 24h).
+func WithUploadExpiry(d time.Duration) Option { return func(o *options) { o.uploadExpiry = d } }
+
+// WithManifestCache sets how many manifests are kept in memory (default 8192; 0 disables).
+func WithManifestCache(entries int) Option { return func(o *options) { o.cacheEntries = entries } }
+
+// WithMetricsRegistry sets the Prometheus registry that /metrics exposes and the handler's
+// metrics are registered in (default: a new registry).
+func WithMetricsRegistry(r *prometheus.Registry) Option { return func(o *options) { o.registry = r } }
+
+// New returns the API handler over a content store and a metadata store.
+func New(c *content.Store, md Metadata, opts ...Option) (*Handler, error) {
+	o := options{
+		logger:          slog.Default(),
+		maxManifestSize: 4 << 20,
+		maxNameLength:   255,
+		algorithms:      []digest.Algorithm{digest.SHA256, digest.SHA512},
+		uploadExpiry:    24 * time.Hour,
+		cacheEntries:    8192,
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.registry == nil {
+		o.registry = prometheus.NewRegistry()
+	}
+	h := &Handler{content: c, meta: md, opts: o}
+	if o.cacheEntries > 0 {
+		cache, err := lru.New[string, cachedManifest](o.cacheEntries)
+		if err != nil {
+			return nil, err
+		}
+		h.cache = cache
+	}
+	m, err := newMetrics(o.registry)
+	if err != nil {
+		return nil, err
+	}
+	h.metrics = m
+	h.router = h.routes()
+	return h, nil
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.router.ServeHTTP(w, r) }
+
+type handlerFunc func(w http.ResponseWriter, r *http.Request, t Target) error
+
+func (h *Handler) routes() *mux.Router {
+	r := mux.NewRouter().SkipClean(true).UseEncodedPath()
+	r.Handle("/healthz", h.wrap("healthz", h.healthz)).Methods(http.MethodGet, http.MethodHead)
+	r.Handle("/readyz", h.wrap("readyz", h.readyz)).Methods(http.MethodGet, http.MethodHead)
+	r.Handle("/metrics", h.instrument("metrics", promhttp.HandlerFor(h.opts.registry, promhttp.HandlerOpts{}))).Methods(http.MethodGet)
+
+	oci := func(kind Kind, fn handlerFunc, methods ...string) {
+		r.MatcherFunc(h.matchKind(kind)).Methods(methods...).Handler(h.wrap(string(kind), fn))
+	}
+	oci(KindBase, h.base, http.MethodGet, http.MethodHead)
+	oci(KindCatalog, h.catalog, http.MethodGet)
+	oci(KindManifest, h.manifestGet, http.MethodGet, http.MethodHead)
+	oci(KindManifest, h.manifestPut, http.MethodPut)
+	oci(KindManifest, h.manifestDelete, http.MethodDelete)
+	oci(KindBlob, h.blobGet, http.MethodGet, http.MethodHead)
+	oci(KindBlob, h.blobDelete, http.MethodDelete)
+	oci(KindUploadStart, h.uploadStart, http.MethodPost)
+	oci(KindUpload, h.uploadStatus, http.MethodGet)
+	oci(KindUpload, h.uploadPatch, http.MethodPatch)
+	oci(KindUpload, h.uploadPut, http.MethodPut)
+	oci(KindUpload, h.uploadCancel, http.MethodDelete)
+	oci(KindTags, h.tagsList, http.MethodGet)
+	oci(KindReferrers, h.referrers, http.MethodGet)
+	// Everything else: the precise error for a malformed path, or 405 for a known endpoint
+	// reached with a method it does not have, or 404.
+	r.PathPrefix("/").Handler(h.wrap("other", h.unmatched))
+	return r
+}
+
+// matchKind matches requests whose path parses to the given endpoint, remembering the parse.
+func (h *Handler) matchKind(kind Kind) mux.MatcherFunc {
+	return func(r *http.Request, _ *mux.RouteMatch) bool {
+		t, err := ParsePath(r.URL.EscapedPath(), h.opts.maxNameLength)
+		return err == nil && t.Kind == kind
+	}
+}
+
+func (h *Handler) unmatched(w http.ResponseWriter, r *http.Request, _ Target) error {
+	t, err := ParsePath(r.URL.EscapedPath(), h.opts.maxNameLength)
+	if err != nil {
+		return err
+	}
+	return apierr.New(apierr.Unsupported, "%s is not a method of the %s endpoint", r.Method, t.Kind).WithStatus(http.StatusMethodNotAllowed)
+}
+
+var requestIDRegexp = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+func requestID(r *http.Request) string {
+	if id := r.Header.Get("X-Request-Id"); requestIDRegexp.MatchString(id) {
+		return id
+	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// wrap adapts a handler that returns an error: it parses the target, sets the common headers,
+// writes any error as an OCI body, logs, and records metrics.
+func (h *Handler) wrap(route string, fn handlerFunc) http.Handler {
+	return h.instrument(route, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := requestID(r)
+		w.Header().Set("X-Request-Id", id)
+		w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+		t, _ := ParsePath(r.URL.EscapedPath(), h.opts.maxNameLength)
+		err := fn(w, r, t)
+		if err == nil {
+			return
+		}
+		e := apierr.Write(w, r, err)
+		attrs := []any{"request_id", id, "method", r.Method, "path", r.URL.Path, "route", route,
+			"status", e.HTTPStatus(), "code", e.Code.String(), "msg", e.Message}
+		if t.Name != "" {
+			attrs = append(attrs, "repo", t.Name)
+		}
+		if e.Err != nil {
+			attrs = append(attrs, "err", e.Err.Error())
+		}
+		if e.HTTPStatus() >= 500 {
+			h.opts.logger.Error("request failed", attrs...)
+		} else {
+			h.opts.logger.Info("request refused", attrs...)
+		}
+	}))
+}
+
+func writeJSON(w http.ResponseWriter, r *http.Request, status int, contentType string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", contentType)
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(status)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(b)
+	}
+	return nil
+}
+
+// base answers the API version check (end-1).
+func (h *Handler) base(w http.ResponseWriter, r *http.Request, _ Target) error {
+	return writeJSON(w, r, http.StatusOK, "application/json", struct{}{})
+}
+
+func (h *Handler) healthz(w http.ResponseWriter, r *http.Request, _ Target) error {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = io.WriteString(w, "ok\n")
+	return nil
+}
+
+// readyz reports whether the content store and the metadata store answer.
+func (h *Handler) readyz(w http.ResponseWriter, r *http.Request, _ Target) error {
+	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	defer cancel()
+	checks := map[string]func(context.Context) error{"storage": h.content.Ping, "metadata": h.meta.Ping}
+	status := map[string]string{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	ready := true
+	for name, check := range checks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := check(ctx)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				ready = false
+				status[name] = err.Error()
+				return
+			}
+			status[name] = "ok"
+		}()
+	}
+	wg.Wait()
+	code := http.StatusOK
+	if !ready {
+		code = http.StatusServiceUnavailable
+	}
+	return writeJSON(w, r, code, "application/json", status)
+}
+
+// uploadLocks serialises requests on one upload session; striped so it never grows.
+type uploadLocks [256]sync.Mutex
+
+func (l *uploadLocks) lock(id string) func() {
+	var hsh uint8
+	for i := 0; i < len(id); i++ {
+		hsh = hsh*31 + id[i]
+	}
+	m := &l[hsh]
+	m.Lock()
+	return m.Unlock
+}
