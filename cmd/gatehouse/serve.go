@@ -101,7 +101,7 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 		api.WithDigestAlgorithms(algs...),
 		api.WithDelete(cfg.Storage.Delete),
 		api.WithUploadExpiry(time.Duration(cfg.Uploads.Expiry)),
-		api.WithManifestCache(cfg.Cache.Manifests),
+		api.WithManifestCache(*cfg.Cache.Manifests),
 		api.WithMetricsRegistry(reg),
 	)
 	if err != nil {

@@ -89,7 +89,7 @@ type Uploads struct {
 
 // Cache sizes in-memory caches.
 type Cache struct {
-	Manifests int `yaml:"manifests"` // manifests kept in memory for the pull path (default 8192; 0 turns it off)
+	Manifests *int `yaml:"manifests"` // manifests kept in memory for the pull path (default 8192; 0 turns it off)
 }
 
 // Default returns the embedded default configuration.
@@ -148,8 +148,9 @@ func (c *Config) applyDefaults() {
 	if c.Uploads.PurgeInterval == 0 {
 		c.Uploads.PurgeInterval = Duration(time.Hour)
 	}
-	if c.Cache.Manifests == 0 {
-		c.Cache.Manifests = 8192
+	if c.Cache.Manifests == nil {
+		n := 8192
+		c.Cache.Manifests = &n
 	}
 }
 
@@ -197,7 +198,7 @@ func (c *Config) Validate() error {
 	if c.Uploads.PurgeInterval < Duration(time.Second) {
 		bad("uploads.purge_interval", "must be at least 1s, got %s", c.Uploads.PurgeInterval)
 	}
-	if c.Cache.Manifests < 0 {
+	if *c.Cache.Manifests < 0 {
 		bad("cache.manifests", "must not be negative")
 	}
 	return errors.Join(errs...)

@@ -32,11 +32,12 @@ data: /var/lib/gatehouse
 storage: {driver: inmemory, delete: true}
 limits: {manifest_size: 512KiB, digest_algorithms: [sha256]}
 uploads: {expiry: 90m}
+cache: {manifests: 0}
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Limits.ManifestSize != 512<<10 || time.Duration(c.Uploads.Expiry) != 90*time.Minute || !c.Storage.Delete {
+	if c.Limits.ManifestSize != 512<<10 || time.Duration(c.Uploads.Expiry) != 90*time.Minute || !c.Storage.Delete || *c.Cache.Manifests != 0 {
 		t.Errorf("parsed %+v", c)
 	}
 	if c.Metadata.SQLite.Path != "/var/lib/gatehouse/meta.db" {
@@ -108,4 +109,17 @@ func Keys() []string {
 	}
 	walk("", reflect.TypeOf(Config{}))
 	return out
+}
+
+// TestExampleConfig keeps deploy/gatehouse.example.yaml loadable and equal to the defaults it
+// claims to show.
+func TestExampleConfig(t *testing.T) {
+	c, err := Load("../../../deploy/gatehouse.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := Default()
+	if !reflect.DeepEqual(c, def) {
+		t.Errorf("example config differs from the defaults:\n got %+v\nwant %+v", c, def)
+	}
 }
