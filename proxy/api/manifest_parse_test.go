@@ -17,7 +17,6 @@ func desc(mt, content string) string {
 	return `{"mediaType":"` + mt + `","digest":"` + digest.FromString(content).String() + `","size":` + strconv.Itoa(len(content)) + `}`
 }
 
-
 func TestParseManifest(t *testing.T) {
 	cfg := desc("application/vnd.oci.image.config.v1+json", "cfg")
 	layer := desc("application/vnd.oci.image.layer.v1.tar+gzip", "layer")
