@@ -10,7 +10,6 @@ import (
 
 	"github.com/distribution/distribution/v3"
 	"github.com/opencontainers/go-digest"
-	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/gatehouse-dev/gatehouse/proxy/apierr"
 	"github.com/gatehouse-dev/gatehouse/storage/content"
@@ -98,18 +97,12 @@ func (h *Handler) mount(r *http.Request, repo, from string, d digest.Digest) (bo
 		}
 		return true, nil
 	}
-	if d.Algorithm() != digest.Canonical {
-		return false, nil // kept under sha256 only; the client uploads it
-	}
-	desc, err := h.content.BlobExistsAnywhere(ctx, d)
+	_, err := h.content.BlobMountAnywhere(ctx, repo, d)
 	if errors.Is(err, content.ErrBlobUnknown) {
 		return false, nil
 	}
 	if err != nil {
-		return false, apierr.Unavailablef(err, "storage did not answer while looking up blob %s", d)
-	}
-	if _, err := h.content.BlobLink(ctx, repo, desc); err != nil {
-		return false, apierr.Unavailablef(err, "storage could not link blob %s", d)
+		return false, apierr.Unavailablef(err, "storage could not mount blob %s", d)
 	}
 	return true, nil
 }
@@ -236,7 +229,7 @@ func (h *Handler) finish(w http.ResponseWriter, r *http.Request, repo string, u 
 		}
 	}
 	size := u.Size()
-	if _, err := u.Commit(ctx, v1.Descriptor{Digest: d}); err != nil {
+	if _, err := h.content.BlobCommit(ctx, u, d); err != nil {
 		u.Cancel(ctx)
 		var bad distribution.ErrBlobInvalidDigest
 		if errors.As(err, &bad) {

@@ -186,11 +186,16 @@ func (s *Store) copyBlob(ctx context.Context, src, dst distribution.BlobStore, d
 		return v1.Descriptor{}, mapBlobErr(err)
 	}
 	defer rc.Close()
+	return s.copyInto(ctx, dst, rc, dgst, size)
+}
+
+// copyInto uploads r into dst and commits it under dgst (re-verifying the bytes).
+func (s *Store) copyInto(ctx context.Context, dst distribution.BlobStore, r io.Reader, dgst digest.Digest, size int64) (v1.Descriptor, error) {
 	bw, err := dst.Create(ctx)
 	if err != nil {
 		return v1.Descriptor{}, err
 	}
-	if _, err := io.Copy(bw, rc); err != nil {
+	if _, err := io.Copy(bw, r); err != nil {
 		bw.Cancel(ctx)
 		return v1.Descriptor{}, err
 	}
@@ -201,38 +206,69 @@ func (s *Store) copyBlob(ctx context.Context, src, dst distribution.BlobStore, d
 	return v1.Descriptor{MediaType: "application/octet-stream", Digest: dgst, Size: size}, nil
 }
 
-// BlobExistsAnywhere returns the descriptor of a blob held in the global store under a canonical
-// digest, whichever repository it was pushed to. It backs the OCI 1.1 mount without "from".
-func (s *Store) BlobExistsAnywhere(ctx context.Context, dgst digest.Digest) (v1.Descriptor, error) {
-	desc, err := s.ns.BlobStatter().Stat(ctx, dgst)
-	return desc, mapBlobErr(err)
-}
-
-// BlobLink links a blob that exists in the global store into repo (the digest-less mount).
-func (s *Store) BlobLink(ctx context.Context, repo string, desc v1.Descriptor) (v1.Descriptor, error) {
+// BlobMountAnywhere links a blob into repo from wherever it was pushed, without a source
+// repository (the OCI 1.1 mount without "from"). Canonical digests are linked in place; other
+// algorithms are found through the alias recorded at their commit and copied through an upload,
+// which re-verifies the digest. ErrBlobUnknown means the caller should upload the blob.
+func (s *Store) BlobMountAnywhere(ctx context.Context, repo string, dgst digest.Digest) (v1.Descriptor, error) {
+	canonical := dgst
+	if dgst.Algorithm() != digest.Canonical {
+		b, err := s.driver.GetContent(ctx, aliasPath(dgst))
+		if err != nil {
+			return v1.Descriptor{}, mapBlobErr(err)
+		}
+		if canonical, err = digest.Parse(string(b)); err != nil {
+			return v1.Descriptor{}, ErrBlobUnknown // a torn alias is as good as none
+		}
+	}
+	desc, err := s.ns.BlobStatter().Stat(ctx, canonical)
+	if err != nil {
+		return v1.Descriptor{}, mapBlobErr(err)
+	}
 	dst, err := s.blobs(ctx, repo)
 	if err != nil {
 		return v1.Descriptor{}, err
 	}
-	// WithMountFrom with a precomputed Stat skips the source lookup and only links.
+	if dgst != canonical {
+		rc, err := s.driver.Reader(ctx, blobDataPath(canonical), 0)
+		if err != nil {
+			return v1.Descriptor{}, mapBlobErr(err)
+		}
+		defer rc.Close()
+		return s.copyInto(ctx, dst, rc, dgst, desc.Size)
+	}
 	named, _ := reference.WithName(repo)
-	ref, err := reference.WithDigest(named, desc.Digest)
+	ref, err := reference.WithDigest(named, canonical)
 	if err != nil {
 		return v1.Descriptor{}, err
 	}
-	_, err = dst.Create(ctx, func() distribution.BlobCreateOption {
-		return createOption(func(o *distribution.CreateOptions) {
-			o.Mount.ShouldMount, o.Mount.From, o.Mount.Stat = true, ref, &desc
-		})
-	}())
+	// WithMountFrom with a precomputed Stat skips the source lookup and only links.
+	_, err = dst.Create(ctx, createOption(func(o *distribution.CreateOptions) {
+		o.Mount.ShouldMount, o.Mount.From, o.Mount.Stat = true, ref, &desc
+	}))
 	var mounted distribution.ErrBlobMounted
 	if errors.As(err, &mounted) {
 		return mounted.Descriptor, nil
 	}
 	if err == nil {
-		return v1.Descriptor{}, fmt.Errorf("link of %s started an upload instead", desc.Digest)
+		return v1.Descriptor{}, fmt.Errorf("link of %s started an upload instead", canonical)
 	}
 	return v1.Descriptor{}, err
+}
+
+// BlobCommit finishes an upload under the client's digest. For a non-canonical digest it records
+// which canonical digest holds the bytes, so BlobMountAnywhere can find them later.
+func (s *Store) BlobCommit(ctx context.Context, u Upload, dgst digest.Digest) (v1.Descriptor, error) {
+	desc, err := u.Commit(ctx, v1.Descriptor{Digest: dgst})
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	if dgst.Algorithm() != digest.Canonical && desc.Digest != dgst {
+		if err := s.driver.PutContent(ctx, aliasPath(dgst), []byte(desc.Digest.String())); err != nil {
+			return v1.Descriptor{}, fmt.Errorf("recording %s as an alias of %s: %w", dgst, desc.Digest, err)
+		}
+	}
+	return desc, nil
 }
 
 type createOption func(*distribution.CreateOptions)
@@ -316,6 +352,7 @@ func (s *Store) ManifestDelete(ctx context.Context, dgst digest.Digest) error {
 const (
 	registryRoot = "/docker/registry/v2"
 	manifestRoot = "/gatehouse/v1/manifests"
+	aliasRoot    = "/gatehouse/v1/aliases"
 )
 
 // blobDataPath is distribution's layout for blob bytes (registry/storage/paths.go, blobDataPathSpec);
@@ -323,6 +360,11 @@ const (
 func blobDataPath(d digest.Digest) string {
 	enc := d.Encoded()
 	return path.Join(registryRoot, "blobs", d.Algorithm().String(), enc[:2], enc, "data")
+}
+
+// aliasPath records which canonical digest holds the bytes of a non-canonical digest.
+func aliasPath(d digest.Digest) string {
+	return path.Join(aliasRoot, d.Algorithm().String(), d.Encoded())
 }
 
 func manifestPath(d digest.Digest) string {

@@ -116,23 +116,56 @@ func TestDigestMismatchRefused(t *testing.T) {
 	}
 }
 
-func TestBlobLinkAnywhere(t *testing.T) {
+func TestBlobMountAnywhere(t *testing.T) {
+	for name, d := range drivers(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			s, _ := New(ctx, d)
+			data := []byte("shared")
+			for _, alg := range []digest.Algorithm{digest.SHA256, digest.SHA512} {
+				dgst := alg.FromBytes(data)
+				u, err := s.UploadCreate(ctx, "a")
+				if err != nil {
+					t.Fatal(err)
+				}
+				u.Write(data)
+				if _, err := s.BlobCommit(ctx, u, dgst); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := s.BlobMountAnywhere(ctx, "z", dgst); err != nil {
+					t.Fatalf("%s: %v", alg, err)
+				}
+				desc, err := s.BlobStat(ctx, "z", dgst)
+				if err != nil {
+					t.Fatalf("%s not linked: %v", alg, err)
+				}
+				if got := readAll(t, s, desc); !bytes.Equal(got, data) {
+					t.Errorf("%s read %q", alg, got)
+				}
+			}
+			for _, absent := range []digest.Digest{digest.FromString("nope"), digest.SHA512.FromString("nope")} {
+				if _, err := s.BlobMountAnywhere(ctx, "z", absent); !errors.Is(err, ErrBlobUnknown) {
+					t.Errorf("MountAnywhere(absent %s) = %v", absent.Algorithm(), err)
+				}
+			}
+		})
+	}
+}
+
+func TestBlobMountAnywhereDistrustsAliases(t *testing.T) {
 	ctx := context.Background()
-	s, _ := New(ctx, inmemory.New())
-	data := []byte("shared")
-	push(t, s, "a", data, digest.FromBytes(data))
-	desc, err := s.BlobExistsAnywhere(ctx, digest.FromBytes(data))
-	if err != nil {
-		t.Fatal(err)
+	d := inmemory.New()
+	s, _ := New(ctx, d)
+	other := []byte("other bytes")
+	push(t, s, "a", other, digest.FromBytes(other))
+	// an alias that points a sha512 digest at bytes that do not hash to it
+	claimed := digest.SHA512.FromString("claimed")
+	d.PutContent(ctx, aliasPath(claimed), []byte(digest.FromBytes(other).String()))
+	if _, err := s.BlobMountAnywhere(ctx, "z", claimed); err == nil {
+		t.Fatal("mounted bytes under a digest they do not have")
 	}
-	if _, err := s.BlobLink(ctx, "z", desc); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.BlobStat(ctx, "z", digest.FromBytes(data)); err != nil {
-		t.Errorf("not linked: %v", err)
-	}
-	if _, err := s.BlobExistsAnywhere(ctx, digest.FromString("nope")); !errors.Is(err, ErrBlobUnknown) {
-		t.Errorf("ExistsAnywhere(absent) = %v", err)
+	if _, err := s.BlobStat(ctx, "z", claimed); !errors.Is(err, ErrBlobUnknown) {
+		t.Errorf("a lying alias linked a blob: %v", err)
 	}
 }
 
