@@ -475,12 +475,13 @@ func blobGets(url string, size int64, n int, digest string) (float64, error) {
 				return
 			}
 			defer resp.Body.Close()
-			var w io.Writer = io.Discard
+			var w io.Writer = discard{}
 			h := sha256.New()
 			if digest != "" {
 				w = h
 			}
-			got, err := io.Copy(w, resp.Body)
+			// 1 MiB reads keep the client's syscalls from capping what the server can send
+			got, err := io.CopyBuffer(w, resp.Body, make([]byte, 1<<20))
 			if err != nil || got != size || resp.StatusCode != 200 {
 				errs <- fmt.Errorf("GET %s: status %d, %d of %d bytes, %v", url, resp.StatusCode, got, size, err)
 				return
@@ -497,6 +498,11 @@ func blobGets(url string, size int64, n int, digest string) (float64, error) {
 	}
 	return float64(size*int64(n)) / (1 << 20) / time.Since(start).Seconds(), nil
 }
+
+// discard is io.Discard without ReadFrom, so io.CopyBuffer uses the large buffer it is given.
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }
 
 // peakRSS is the high-water mark of resident memory of a process and its children (nginx
 // workers), in MiB.

@@ -124,7 +124,23 @@ func New(c *content.Store, md Metadata, opts ...Option) (*Handler, error) {
 	return h, nil
 }
 
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.router.ServeHTTP(w, r) }
+// ServeHTTP parses the path once, so neither the route matchers nor the handlers parse it again.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	t, err := ParsePath(r.URL.EscapedPath(), h.opts.maxNameLength)
+	h.router.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), parsedKey{}, parsedPath{t, err})))
+}
+
+type parsedKey struct{}
+
+type parsedPath struct {
+	target Target
+	err    error
+}
+
+func parsed(r *http.Request) parsedPath {
+	p, _ := r.Context().Value(parsedKey{}).(parsedPath)
+	return p
+}
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request, t Target) error
 
@@ -157,17 +173,16 @@ func (h *Handler) routes() *mux.Router {
 	return r
 }
 
-// matchKind matches requests whose path parses to the given endpoint, remembering the parse.
+// matchKind matches requests whose path parsed to the given endpoint.
 func (h *Handler) matchKind(kind Kind) mux.MatcherFunc {
 	return func(r *http.Request, _ *mux.RouteMatch) bool {
-		t, err := ParsePath(r.URL.EscapedPath(), h.opts.maxNameLength)
-		return err == nil && t.Kind == kind
+		p := parsed(r)
+		return p.err == nil && p.target.Kind == kind
 	}
 }
 
-func (h *Handler) unmatched(w http.ResponseWriter, r *http.Request, _ Target) error {
-	t, err := ParsePath(r.URL.EscapedPath(), h.opts.maxNameLength)
-	if err != nil {
+func (h *Handler) unmatched(w http.ResponseWriter, r *http.Request, t Target) error {
+	if err := parsed(r).err; err != nil {
 		return err
 	}
 	return apierr.New(apierr.Unsupported, "%s is not a method of the %s endpoint", r.Method, t.Kind).WithStatus(http.StatusMethodNotAllowed)
@@ -191,7 +206,7 @@ func (h *Handler) wrap(route string, fn handlerFunc) http.Handler {
 		id := requestID(r)
 		w.Header().Set("X-Request-Id", id)
 		w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
-		t, _ := ParsePath(r.URL.EscapedPath(), h.opts.maxNameLength)
+		t := parsed(r).target
 		err := fn(w, r, t)
 		if err == nil {
 			return
