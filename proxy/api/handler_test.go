@@ -45,12 +45,12 @@ func (c *countingMeta) Ping(ctx context.Context) error {
 }
 
 type fixture struct {
-	t    *testing.T
+	t    testing.TB
 	srv  *httptest.Server
 	meta *countingMeta
 }
 
-func newFixture(t *testing.T, opts ...Option) *fixture {
+func newFixture(t testing.TB, opts ...Option) *fixture {
 	t.Helper()
 	ctx := context.Background()
 	c, err := content.New(ctx, inmemory.New(), content.WithDelete(true))
