@@ -18,25 +18,20 @@ type response struct {
 	body   []byte
 }
 
-func (r response) code() string {
+// ociError is the first error of an OCI error body (zero when the body is not one).
+func (r response) ociError() (code, message string) {
 	var b struct {
 		Errors []struct{ Code, Message string }
 	}
 	if json.Unmarshal(r.body, &b) != nil || len(b.Errors) == 0 {
-		return ""
+		return "", ""
 	}
-	return b.Errors[0].Code
+	return b.Errors[0].Code, b.Errors[0].Message
 }
 
-func (r response) message() string {
-	var b struct {
-		Errors []struct{ Code, Message string }
-	}
-	if json.Unmarshal(r.body, &b) != nil || len(b.Errors) == 0 {
-		return ""
-	}
-	return b.Errors[0].Message
-}
+func (r response) code() string { c, _ := r.ociError(); return c }
+
+func (r response) message() string { _, m := r.ociError(); return m }
 
 // do sends a request with the path exactly as given (no cleaning, encoding kept).
 func do(t *testing.T, srv *server, method, path string, header map[string]string, body []byte) response {
