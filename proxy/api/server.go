@@ -209,6 +209,9 @@ func (h *Handler) wrap(route string, fn handlerFunc) http.Handler {
 		t := parsed(r).target
 		err := fn(w, r, t)
 		if err == nil {
+			if h.opts.logger.Enabled(r.Context(), slog.LevelDebug) {
+				h.opts.logger.Debug("request", "request_id", id, "method", r.Method, "path", r.URL.Path, "route", route, "repo", t.Name)
+			}
 			return
 		}
 		e := apierr.Write(w, r, err)
