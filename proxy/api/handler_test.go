@@ -17,6 +17,7 @@ import (
 	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/gatehouse-dev/gatehouse/proxy/manifest"
 	"github.com/gatehouse-dev/gatehouse/storage/content"
 	"github.com/gatehouse-dev/gatehouse/storage/meta"
 	"github.com/gatehouse-dev/gatehouse/storage/meta/sqlite"
@@ -97,7 +98,7 @@ func (f *fixture) pushImage(repo, tag string) ([]byte, digest.Digest) {
 		f.t.Fatalf("blob: %d %s", r.StatusCode, readBody(r))
 	}
 	m := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"` + cd.String() + `","size":` + strconv.Itoa(len(cfg)) + `},"layers":[]}`)
-	if r := f.do("PUT", "/v2/"+repo+"/manifests/"+tag, mtOCIManifest, m); r.StatusCode != 201 {
+	if r := f.do("PUT", "/v2/"+repo+"/manifests/"+tag, manifest.OCIManifest, m); r.StatusCode != 201 {
 		f.t.Fatalf("manifest: %d %s", r.StatusCode, readBody(r))
 	}
 	return m, digest.FromBytes(m)
@@ -111,7 +112,7 @@ func TestCachedPullReadsNoMetadata(t *testing.T) {
 		if got := readBody(r); r.StatusCode != 200 || got != string(m) {
 			t.Fatalf("GET %d: %d %s", i, r.StatusCode, got)
 		}
-		if r.Header.Get("Content-Type") != mtOCIManifest || r.Header.Get("Docker-Content-Digest") != d.String() || r.Header.Get("Content-Length") != strconv.Itoa(len(m)) {
+		if r.Header.Get("Content-Type") != manifest.OCIManifest || r.Header.Get("Docker-Content-Digest") != d.String() || r.Header.Get("Content-Length") != strconv.Itoa(len(m)) {
 			t.Fatalf("headers %v", r.Header)
 		}
 	}
@@ -182,7 +183,7 @@ func TestReferrers(t *testing.T) {
 	cd := digest.FromBytes(cfg)
 	f.do("POST", "/v2/r/blobs/uploads/?digest="+cd.String(), "", cfg)
 	sig := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/vnd.example.sig","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"` + cd.String() + `","size":2},"layers":[],"subject":{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"` + subject.String() + `","size":1},"annotations":{"k":"v"}}`)
-	r := f.do("PUT", "/v2/r/manifests/"+digest.FromBytes(sig).String(), mtOCIManifest, sig)
+	r := f.do("PUT", "/v2/r/manifests/"+digest.FromBytes(sig).String(), manifest.OCIManifest, sig)
 	if r.StatusCode != 201 || r.Header.Get("OCI-Subject") != subject.String() {
 		t.Fatalf("PUT referrer: %d, OCI-Subject %q", r.StatusCode, r.Header.Get("OCI-Subject"))
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/gatehouse-dev/gatehouse/proxy/apierr"
+	"github.com/gatehouse-dev/gatehouse/proxy/manifest"
 	"github.com/gatehouse-dev/gatehouse/storage/content"
 	"github.com/gatehouse-dev/gatehouse/storage/meta"
 )
@@ -116,7 +117,7 @@ func (h *Handler) manifestPut(w http.ResponseWriter, r *http.Request, t Target) 
 	if len(body) == 0 {
 		return apierr.New(apierr.ManifestInvalid, "the manifest body is empty")
 	}
-	p, err := parseManifest(r.Header.Get("Content-Type"), body, h.opts.algorithms)
+	p, err := manifest.Parse(r.Header.Get("Content-Type"), body, h.opts.algorithms)
 	if err != nil {
 		return err
 	}

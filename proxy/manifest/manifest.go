@@ -1,4 +1,4 @@
-package api
+package manifest
 
 import (
 	"bytes"
@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"mime"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
@@ -14,17 +15,18 @@ import (
 	"github.com/gatehouse-dev/gatehouse/proxy/apierr"
 )
 
-// Manifest media types accepted on push.
+// Manifest media types Gatehouse stores.
 const (
-	mtOCIManifest    = v1.MediaTypeImageManifest
-	mtOCIIndex       = v1.MediaTypeImageIndex
-	mtDockerManifest = "application/vnd.docker.distribution.manifest.v2+json"
-	mtDockerList     = "application/vnd.docker.distribution.manifest.list.v2+json"
-	mtSchema1        = "application/vnd.docker.distribution.manifest.v1+json"
-	mtSchema1Signed  = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+	OCIManifest    = v1.MediaTypeImageManifest
+	OCIIndex       = v1.MediaTypeImageIndex
+	DockerManifest = "application/vnd.docker.distribution.manifest.v2+json"
+	DockerList     = "application/vnd.docker.distribution.manifest.list.v2+json"
+	schema1        = "application/vnd.docker.distribution.manifest.v1+json"
+	schema1Signed  = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 )
 
-var acceptedManifestTypes = []string{mtOCIManifest, mtOCIIndex, mtDockerManifest, mtDockerList}
+// MediaTypes are the manifest media types Gatehouse accepts and stores.
+var MediaTypes = []string{OCIManifest, OCIIndex, DockerManifest, DockerList}
 
 // nonDistributable layers are fetched by clients from their URLs, so a push need not carry them.
 var nonDistributable = map[string]bool{
@@ -34,8 +36,8 @@ var nonDistributable = map[string]bool{
 	"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip":    true,
 }
 
-// parsedManifest is what a push needs to know of a manifest.
-type parsedManifest struct {
+// Parsed is what Gatehouse needs to know of a manifest to store and index it.
+type Parsed struct {
 	MediaType    string
 	Blobs        []v1.Descriptor // config and layers that must already be in the repository
 	Manifests    []v1.Descriptor // an index's children, which must already be in the repository
@@ -56,9 +58,9 @@ type rawManifest struct {
 	FSLayers      json.RawMessage   `json:"fsLayers"`
 }
 
-// parseManifest checks a pushed manifest: its media type (from Content-Type, which must agree
+// Parse checks a manifest: its media type (from Content-Type, which must agree
 // with the body's mediaType), its JSON shape, and every descriptor in it.
-func parseManifest(contentType string, body []byte, algs []digest.Algorithm) (parsedManifest, error) {
+func Parse(contentType string, body []byte, algs []digest.Algorithm) (Parsed, error) {
 	ct := contentType
 	if ct != "" {
 		if mt, _, err := mime.ParseMediaType(ct); err == nil {
@@ -68,104 +70,101 @@ func parseManifest(contentType string, body []byte, algs []digest.Algorithm) (pa
 	var raw rawManifest
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(&raw); err != nil {
-		return parsedManifest{}, apierr.New(apierr.ManifestInvalid, "the manifest is not valid JSON: %v", err)
+		return Parsed{}, apierr.New(apierr.ManifestInvalid, "the manifest is not valid JSON: %v", err)
 	}
 	if dec.More() {
-		return parsedManifest{}, apierr.New(apierr.ManifestInvalid, "the manifest has trailing data after its JSON object")
+		return Parsed{}, apierr.New(apierr.ManifestInvalid, "the manifest has trailing data after its JSON object")
 	}
-	if ct == mtSchema1 || ct == mtSchema1Signed || raw.MediaType == mtSchema1 || raw.MediaType == mtSchema1Signed ||
+	if ct == schema1 || ct == schema1Signed || raw.MediaType == schema1 || raw.MediaType == schema1Signed ||
 		(raw.SchemaVersion != nil && *raw.SchemaVersion == 1) || len(raw.FSLayers) > 0 {
-		return parsedManifest{}, apierr.New(apierr.ManifestInvalid,
+		return Parsed{}, apierr.New(apierr.ManifestInvalid,
 			"Docker schema1 manifests are not supported (deprecated since 2017 and unsigned by modern tools); push the image as OCI or Docker schema2, e.g. with `skopeo copy --format oci`")
 	}
 	mt := ct
-	if !isManifestType(mt) {
+	if !IsMediaType(mt) {
 		if ct != "" && ct != "application/json" && ct != "application/octet-stream" {
-			return parsedManifest{}, apierr.New(apierr.ManifestInvalid,
-				"Content-Type %q is not a manifest media type; send one of %s", contentType, strings.Join(acceptedManifestTypes, ", "))
+			return Parsed{}, apierr.New(apierr.ManifestInvalid,
+				"Content-Type %q is not a manifest media type; send one of %s", contentType, strings.Join(MediaTypes, ", "))
 		}
 		mt = raw.MediaType // lenient clients that send no manifest type: trust the body
-		if !isManifestType(mt) {
-			return parsedManifest{}, apierr.New(apierr.ManifestInvalid,
+		if !IsMediaType(mt) {
+			return Parsed{}, apierr.New(apierr.ManifestInvalid,
 				"cannot tell the manifest's media type: Content-Type is %q and the body's mediaType is %q; send one of %s",
-				contentType, raw.MediaType, strings.Join(acceptedManifestTypes, ", "))
+				contentType, raw.MediaType, strings.Join(MediaTypes, ", "))
 		}
 	}
 	if raw.MediaType != "" && raw.MediaType != mt {
-		return parsedManifest{}, apierr.New(apierr.ManifestInvalid,
+		return Parsed{}, apierr.New(apierr.ManifestInvalid,
 			"Content-Type %q does not match the manifest's mediaType %q", mt, raw.MediaType)
 	}
 	if raw.SchemaVersion == nil || *raw.SchemaVersion != 2 {
-		return parsedManifest{}, apierr.New(apierr.ManifestInvalid, "schemaVersion must be 2")
+		return Parsed{}, apierr.New(apierr.ManifestInvalid, "schemaVersion must be 2")
 	}
-	p := parsedManifest{MediaType: mt, Subject: raw.Subject, ArtifactType: raw.ArtifactType, Annotations: raw.Annotations}
+	p := Parsed{MediaType: mt, Subject: raw.Subject, ArtifactType: raw.ArtifactType, Annotations: raw.Annotations}
 	switch mt {
-	case mtOCIManifest, mtDockerManifest:
+	case OCIManifest, DockerManifest:
 		if raw.Config == nil {
-			return parsedManifest{}, apierr.New(apierr.ManifestInvalid, "an image manifest needs a config descriptor")
+			return Parsed{}, apierr.New(apierr.ManifestInvalid, "an image manifest needs a config descriptor")
 		}
 		if raw.Manifests != nil {
-			return parsedManifest{}, apierr.New(apierr.ManifestInvalid, "an image manifest has no manifests field; is this an index?")
+			return Parsed{}, apierr.New(apierr.ManifestInvalid, "an image manifest has no manifests field; is this an index?")
 		}
-		if raw.Layers == nil && mt == mtDockerManifest {
-			return parsedManifest{}, apierr.New(apierr.ManifestInvalid, "a Docker schema2 manifest needs a layers list")
+		if raw.Layers == nil && mt == DockerManifest {
+			return Parsed{}, apierr.New(apierr.ManifestInvalid, "a Docker schema2 manifest needs a layers list")
 		}
 		if err := checkDescriptor("config", *raw.Config, algs); err != nil {
-			return parsedManifest{}, err
+			return Parsed{}, err
 		}
 		p.Blobs = append(p.Blobs, *raw.Config)
 		for i, l := range raw.Layers {
 			if err := checkDescriptor(fmt.Sprintf("layers[%d]", i), l, algs); err != nil {
-				return parsedManifest{}, err
+				return Parsed{}, err
 			}
 			if nonDistributable[l.MediaType] {
 				if err := checkURLs(fmt.Sprintf("layers[%d]", i), l.URLs); err != nil {
-					return parsedManifest{}, err
+					return Parsed{}, err
 				}
 				continue
 			}
 			p.Blobs = append(p.Blobs, l)
 		}
-		if p.ArtifactType == "" && mt == mtOCIManifest {
+		if p.ArtifactType == "" && mt == OCIManifest {
 			p.ArtifactType = raw.Config.MediaType
 		}
-	case mtOCIIndex, mtDockerList:
+	case OCIIndex, DockerList:
 		if raw.Manifests == nil {
-			return parsedManifest{}, apierr.New(apierr.ManifestInvalid, "an index needs a manifests list")
+			return Parsed{}, apierr.New(apierr.ManifestInvalid, "an index needs a manifests list")
 		}
 		if raw.Config != nil || raw.Layers != nil {
-			return parsedManifest{}, apierr.New(apierr.ManifestInvalid, "an index has no config or layers; is this an image manifest?")
+			return Parsed{}, apierr.New(apierr.ManifestInvalid, "an index has no config or layers; is this an image manifest?")
 		}
 		for i, m := range raw.Manifests {
 			if err := checkDescriptor(fmt.Sprintf("manifests[%d]", i), m, algs); err != nil {
-				return parsedManifest{}, err
+				return Parsed{}, err
 			}
 			p.Manifests = append(p.Manifests, m)
 		}
 	}
 	if raw.Subject != nil {
 		if err := checkDescriptor("subject", *raw.Subject, algs); err != nil {
-			return parsedManifest{}, err
+			return Parsed{}, err
 		}
 	}
 	return p, nil
 }
 
-func isManifestType(mt string) bool {
-	for _, t := range acceptedManifestTypes {
-		if mt == t {
-			return true
-		}
-	}
-	return false
-}
+// IsMediaType reports whether mt is one of the manifest media types Gatehouse stores.
+func IsMediaType(mt string) bool { return slices.Contains(MediaTypes, mt) }
 
 func checkDescriptor(where string, d v1.Descriptor, algs []digest.Algorithm) error {
 	if d.MediaType == "" {
 		return apierr.New(apierr.ManifestInvalid, "%s has no mediaType", where)
 	}
-	if _, err := ParseDigest(d.Digest.String(), algs); err != nil {
-		return apierr.New(apierr.ManifestInvalid, "%s: %s", where, apierr.From(err).Message)
+	if err := d.Digest.Validate(); err != nil {
+		return apierr.New(apierr.ManifestInvalid, "%s: %q is not a valid digest: %v", where, d.Digest, err)
+	}
+	if !slices.Contains(algs, d.Digest.Algorithm()) {
+		return apierr.New(apierr.ManifestInvalid, "%s: digest algorithm %q is not accepted here", where, d.Digest.Algorithm())
 	}
 	if d.Size < 0 {
 		return apierr.New(apierr.ManifestInvalid, "%s has a negative size", where)
