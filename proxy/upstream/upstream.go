@@ -1,0 +1,391 @@
+package upstream
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/gatehouse-dev/gatehouse/proxy/manifest"
+)
+
+// Error is an upstream failure. Status 0 means the upstream could not be reached at all.
+type Error struct {
+	Status     int
+	Code       string        // the OCI error code the upstream sent, if any
+	Message    string        // what the upstream said, or what went wrong
+	RetryAfter time.Duration // from a 429's Retry-After
+	Upstream   string
+}
+
+func (e *Error) Error() string {
+	if e.Status == 0 {
+		return fmt.Sprintf("upstream %s unreachable: %s", e.Upstream, e.Message)
+	}
+	if e.Code != "" {
+		return fmt.Sprintf("upstream %s answered %d %s: %s", e.Upstream, e.Status, e.Code, e.Message)
+	}
+	return fmt.Sprintf("upstream %s answered %d: %s", e.Upstream, e.Status, e.Message)
+}
+
+// NotFound reports whether the upstream said the thing does not exist (or is not there for us).
+func (e *Error) NotFound() bool { return e.Status == http.StatusNotFound }
+
+// Temporary reports whether the upstream could not answer now (down, rate limited, failing):
+// the cases in which a cached copy may stand in.
+func (e *Error) Temporary() bool {
+	return e.Status == 0 || e.Status == http.StatusTooManyRequests || e.Status >= 500
+}
+
+// AsError returns err's *Error, if it has one.
+func AsError(err error) (*Error, bool) {
+	var e *Error
+	ok := errors.As(err, &e)
+	return e, ok
+}
+
+// Options configure a Client.
+type Options struct {
+	// URL of the registry: scheme and host (http:// for plain-HTTP registries).
+	URL string
+	// Auth authenticates to the registry (nil: anonymous).
+	Auth authn.Authenticator
+	// Timeout bounds connecting and waiting for response headers; blob bodies may take longer
+	// but fail after Timeout without progress. Default 30s.
+	Timeout time.Duration
+	// TLS configures HTTPS (nil: system roots).
+	TLS *tls.Config
+	// MaxManifestSize bounds manifest bodies read from the upstream (default 4 MiB).
+	MaxManifestSize int64
+	// Observe, if set, is told of every upstream response (kind is manifest, blob, tags or
+	// referrers; status 0 for a transport failure).
+	Observe func(kind string, status int)
+}
+
+// Client talks to one upstream registry.
+type Client struct {
+	opts       Options
+	base       string // scheme://host
+	reg        name.Registry
+	rt         http.RoundTripper
+	transports *lru.Cache[string, http.RoundTripper] // per repository (bearer scopes are per repository)
+	mu         sync.Mutex
+	backoff    time.Time // no requests until then (a 429's Retry-After)
+	backoffErr *Error
+}
+
+// New returns a client for the upstream at o.URL.
+func New(o Options) (*Client, error) {
+	u, err := url.Parse(o.URL)
+	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+		return nil, fmt.Errorf("upstream url %q must be http(s)://host[:port]", o.URL)
+	}
+	if u.Path != "" && u.Path != "/" {
+		return nil, fmt.Errorf("upstream url %q: registries serve /v2/ at the root; give no path", o.URL)
+	}
+	var nopts []name.Option
+	if u.Scheme == "http" {
+		nopts = append(nopts, name.Insecure)
+	}
+	reg, err := name.NewRegistry(u.Host, nopts...)
+	if err != nil {
+		return nil, fmt.Errorf("upstream url %q: %w", o.URL, err)
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 30 * time.Second
+	}
+	if o.MaxManifestSize == 0 {
+		o.MaxManifestSize = 4 << 20
+	}
+	if o.Auth == nil {
+		o.Auth = authn.Anonymous
+	}
+	tr := &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: o.Timeout, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:       o.TLS,
+		TLSHandshakeTimeout:   o.Timeout,
+		ResponseHeaderTimeout: o.Timeout,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+		ForceAttemptHTTP2:     true,
+	}
+	cache, _ := lru.New[string, http.RoundTripper](1024)
+	return &Client{opts: o, base: u.Scheme + "://" + u.Host, reg: reg, rt: tr, transports: cache}, nil
+}
+
+// URL is the upstream's address, for messages.
+func (c *Client) URL() string { return c.base }
+
+func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper, error) {
+	if t, ok := c.transports.Get(repo); ok {
+		return t, nil
+	}
+	t, err := transport.NewWithContext(ctx, c.reg, c.opts.Auth, c.rt, []string{"repository:" + repo + ":pull"})
+	if err != nil {
+		return nil, c.wrap(err)
+	}
+	c.transports.Add(repo, t)
+	return t, nil
+}
+
+// wrap turns a transport or ping failure into an *Error.
+func (c *Client) wrap(err error) error {
+	var te *transport.Error
+	if errors.As(err, &te) {
+		e := &Error{Status: te.StatusCode, Upstream: c.base, Message: te.Error()}
+		if len(te.Errors) > 0 {
+			e.Code, e.Message = string(te.Errors[0].Code), te.Errors[0].Message
+		}
+		return e
+	}
+	if _, ok := AsError(err); ok {
+		return err
+	}
+	return &Error{Upstream: c.base, Message: err.Error()}
+}
+
+// do sends one request to the upstream for repo, honouring a pending backoff, and turns any
+// status other than want into an *Error (the body is closed then).
+func (c *Client) do(ctx context.Context, kind, method, repo, path string, header http.Header, want ...int) (*http.Response, error) {
+	c.mu.Lock()
+	if time.Now().Before(c.backoff) {
+		e := *c.backoffErr
+		e.RetryAfter = time.Until(c.backoff)
+		c.mu.Unlock()
+		return nil, &e
+	}
+	c.mu.Unlock()
+	t, err := c.transport(ctx, repo)
+	if err != nil {
+		c.observe(kind, err)
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+"/v2/"+repo+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := (&http.Client{Transport: t, Timeout: 0}).Do(req)
+	if err != nil {
+		err = c.wrap(err)
+		c.observe(kind, err)
+		return nil, err
+	}
+	if c.opts.Observe != nil {
+		c.opts.Observe(kind, resp.StatusCode)
+	}
+	for _, w := range want {
+		if resp.StatusCode == w {
+			return resp, nil
+		}
+	}
+	defer resp.Body.Close()
+	e := &Error{Status: resp.StatusCode, Upstream: c.base, Message: http.StatusText(resp.StatusCode)}
+	if method != http.MethodHead {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		var oci struct {
+			Errors []struct{ Code, Message string }
+		}
+		if json.Unmarshal(body, &oci) == nil && len(oci.Errors) > 0 {
+			e.Code, e.Message = oci.Errors[0].Code, oci.Errors[0].Message
+		}
+	}
+	if resp.StatusCode == http.StatusTooManyRequests {
+		e.RetryAfter = retryAfter(resp.Header.Get("Retry-After"))
+		c.mu.Lock()
+		c.backoff, c.backoffErr = time.Now().Add(e.RetryAfter), e
+		c.mu.Unlock()
+	}
+	return nil, e
+}
+
+func (c *Client) observe(kind string, err error) {
+	if c.opts.Observe == nil {
+		return
+	}
+	status := 0
+	if e, ok := AsError(err); ok {
+		status = e.Status
+	}
+	c.opts.Observe(kind, status)
+}
+
+// retryAfter reads seconds or an HTTP date; absent or unreadable means one minute, and the
+// wait is capped at ten.
+func retryAfter(v string) time.Duration {
+	d := time.Minute
+	if s, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && s >= 0 {
+		d = time.Duration(s) * time.Second
+	} else if t, err := http.ParseTime(v); err == nil {
+		d = time.Until(t)
+	}
+	return max(0, min(d, 10*time.Minute))
+}
+
+var acceptManifests = http.Header{"Accept": {strings.Join(manifest.MediaTypes, ", ")}}
+
+// ManifestHead asks for a manifest's descriptor without its body.
+func (c *Client) ManifestHead(ctx context.Context, repo, ref string) (v1.Descriptor, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
+	defer cancel()
+	resp, err := c.do(ctx, "manifest", http.MethodHead, repo, "/manifests/"+ref, acceptManifests, http.StatusOK)
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	resp.Body.Close()
+	d, _ := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
+	return v1.Descriptor{MediaType: mediaType(resp.Header), Digest: d, Size: resp.ContentLength}, nil
+}
+
+// Manifest is a manifest as the upstream served it.
+type Manifest struct {
+	MediaType string
+	Digest    digest.Digest
+	Body      []byte
+}
+
+// ManifestGet fetches a manifest. Fetched by digest, the body must hash to it; fetched by tag,
+// it must hash to the Docker-Content-Digest the upstream sent (when it sent one).
+func (c *Client) ManifestGet(ctx context.Context, repo, ref string) (Manifest, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
+	defer cancel()
+	resp, err := c.do(ctx, "manifest", http.MethodGet, repo, "/manifests/"+ref, acceptManifests, http.StatusOK)
+	if err != nil {
+		return Manifest{}, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, c.opts.MaxManifestSize+1))
+	if err != nil {
+		return Manifest{}, &Error{Upstream: c.base, Message: "reading manifest " + ref + ": " + err.Error()}
+	}
+	if int64(len(body)) > c.opts.MaxManifestSize {
+		return Manifest{}, &Error{Status: http.StatusBadGateway, Upstream: c.base, Message: fmt.Sprintf("manifest %s is larger than %d bytes", ref, c.opts.MaxManifestSize)}
+	}
+	want, err := digest.Parse(ref)
+	if err != nil { // a tag: trust only a digest the body proves
+		want, _ = digest.Parse(resp.Header.Get("Docker-Content-Digest"))
+	}
+	got := digest.FromBytes(body)
+	if want != "" {
+		got = want.Algorithm().FromBytes(body)
+		if got != want {
+			return Manifest{}, &Error{Status: http.StatusBadGateway, Upstream: c.base, Message: fmt.Sprintf("manifest %s: the body has digest %s, not %s", ref, got, want)}
+		}
+	}
+	return Manifest{MediaType: mediaType(resp.Header), Digest: got, Body: body}, nil
+}
+
+func mediaType(h http.Header) string {
+	mt := h.Get("Content-Type")
+	if i := strings.IndexByte(mt, ';'); i >= 0 {
+		mt = strings.TrimSpace(mt[:i])
+	}
+	return mt
+}
+
+// BlobGet opens a blob stream; size is -1 when the upstream does not say. The caller verifies
+// the digest while reading (this client does not buffer).
+func (c *Client) BlobGet(ctx context.Context, repo string, d digest.Digest) (io.ReadCloser, int64, error) {
+	resp, err := c.do(ctx, "blob", http.MethodGet, repo, "/blobs/"+d.String(), nil, http.StatusOK)
+	if err != nil {
+		return nil, 0, err
+	}
+	return &stallReader{rc: resp.Body, timeout: c.opts.Timeout}, resp.ContentLength, nil
+}
+
+// BlobHead asks whether the upstream repository holds a blob, and its size.
+func (c *Client) BlobHead(ctx context.Context, repo string, d digest.Digest) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
+	defer cancel()
+	resp, err := c.do(ctx, "blob", http.MethodHead, repo, "/blobs/"+d.String(), nil, http.StatusOK)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	return resp.ContentLength, nil
+}
+
+// Referrers lists the upstream's referrers of a digest. Registries without the referrers API
+// answer 404; that is reported as an empty list.
+func (c *Client) Referrers(ctx context.Context, repo string, d digest.Digest) ([]v1.Descriptor, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
+	defer cancel()
+	resp, err := c.do(ctx, "referrers", http.MethodGet, repo, "/referrers/"+d.String(), nil, http.StatusOK)
+	if e, ok := AsError(err); ok && e.NotFound() {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var idx v1.Index
+	if err := json.NewDecoder(io.LimitReader(resp.Body, c.opts.MaxManifestSize)).Decode(&idx); err != nil {
+		return nil, &Error{Status: http.StatusBadGateway, Upstream: c.base, Message: "referrers of " + d.String() + " are not an image index: " + err.Error()}
+	}
+	return idx.Manifests, nil
+}
+
+// TagList lists a repository's tags upstream, one page (n <= 0: the upstream's default page).
+func (c *Client) TagList(ctx context.Context, repo string, n int, last string) (tags []string, more bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
+	defer cancel()
+	q := url.Values{}
+	if n > 0 {
+		q.Set("n", strconv.Itoa(n))
+	}
+	if last != "" {
+		q.Set("last", last)
+	}
+	path := "/tags/list"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	resp, err := c.do(ctx, "tags", http.MethodGet, repo, path, nil, http.StatusOK)
+	if err != nil {
+		return nil, false, err
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Tags []string `json:"tags"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&body); err != nil {
+		return nil, false, &Error{Status: http.StatusBadGateway, Upstream: c.base, Message: "tag list is not JSON: " + err.Error()}
+	}
+	return body.Tags, resp.Header.Get("Link") != "", nil
+}
+
+// stallReader fails a read that makes no progress for timeout (an upstream that hangs mid-blob).
+type stallReader struct {
+	rc      io.ReadCloser
+	timeout time.Duration
+}
+
+func (s *stallReader) Read(p []byte) (int, error) {
+	timer := time.AfterFunc(s.timeout, func() { s.rc.Close() })
+	n, err := s.rc.Read(p)
+	if !timer.Stop() && err != nil {
+		return n, fmt.Errorf("upstream stalled: no data for %s: %w", s.timeout, err)
+	}
+	return n, err
+}
+
+func (s *stallReader) Close() error { return s.rc.Close() }
