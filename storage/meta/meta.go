@@ -28,3 +28,10 @@ type Page struct {
 	Last string
 	N    int
 }
+
+// Tag is a tag and when it was last written and last confirmed (for pull routes: by the upstream).
+type Tag struct {
+	Digest  digest.Digest
+	Updated time.Time // when the tag last pointed somewhere new
+	Checked time.Time // when the tag's digest was last written or confirmed
+}

@@ -27,6 +27,8 @@ type Store interface {
 	TagGet(ctx context.Context, repo, tag string) (digest.Digest, error)
 	TagList(ctx context.Context, repo string, p meta.Page) (tags []string, more bool, err error)
 	TagDelete(ctx context.Context, repo, tag string) error
+	TagInfo(ctx context.Context, repo, tag string) (meta.Tag, error)
+	TagTouch(ctx context.Context, repo, tag string, dgst digest.Digest, at time.Time) error
 	Referrers(ctx context.Context, repo string, subject digest.Digest, artifactType string) ([]meta.Manifest, error)
 	Close() error
 }
@@ -44,6 +46,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		"Referrers":              testReferrers,
 		"RepositoriesIsolated":   testRepositoriesIsolated,
 		"ConcurrentWriters":      testConcurrentWriters,
+		"TagTimestamps":          testTagTimestamps,
 	}
 	for name, fn := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -281,5 +284,31 @@ func testConcurrentWriters(t *testing.T, s Store) {
 	tags, _, err := s.TagList(ctx, "r", meta.Page{})
 	if err != nil || len(tags) != 16 {
 		t.Errorf("after concurrent writes: %d tags, %v; want 16", len(tags), err)
+	}
+}
+
+func testTagTimestamps(t *testing.T, s Store) {
+	ctx := context.Background()
+	m1, m2 := manifest("r", "m1"), manifest("r", "m2")
+	before := time.Now().Add(-time.Second)
+	mustPut(t, s, m1, "latest")
+	info, err := s.TagInfo(ctx, "r", "latest")
+	if err != nil || info.Digest != m1.Digest || info.Checked.Before(before) || info.Updated.Before(before.Truncate(time.Second)) {
+		t.Fatalf("TagInfo = %+v, %v", info, err)
+	}
+	at := time.Now().Add(time.Hour)
+	if err := s.TagTouch(ctx, "r", "latest", m1.Digest, at); err != nil {
+		t.Fatal(err)
+	}
+	info, _ = s.TagInfo(ctx, "r", "latest")
+	if !info.Checked.Equal(at.UTC().Truncate(time.Nanosecond)) && info.Checked.Sub(at).Abs() > time.Millisecond {
+		t.Errorf("Checked = %s, want %s", info.Checked, at)
+	}
+	// touching with a digest the tag no longer has must not confirm it
+	if err := s.TagTouch(ctx, "r", "latest", m2.Digest, at); !errors.Is(err, meta.ErrNotFound) {
+		t.Errorf("TagTouch(wrong digest) = %v, want ErrNotFound", err)
+	}
+	if _, err := s.TagInfo(ctx, "r", "nope"); !errors.Is(err, meta.ErrNotFound) {
+		t.Errorf("TagInfo(unknown) = %v", err)
 	}
 }

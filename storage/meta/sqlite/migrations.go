@@ -28,4 +28,8 @@ var migrations = []string{
 		PRIMARY KEY (repo, tag)
 	);
 	CREATE INDEX tags_by_digest ON tags (repo, digest);`,
+	// 2: when a tag was last confirmed, so pull routes know when to revalidate and how stale a
+	// cached tag is.
+	`ALTER TABLE tags ADD COLUMN checked_at INTEGER NOT NULL DEFAULT 0;
+	UPDATE tags SET checked_at = updated_at * 1000000000;`,
 }

@@ -146,9 +146,11 @@ func (s *Store) ManifestPut(ctx context.Context, m meta.Manifest, tags ...string
 			return err
 		}
 		for _, t := range tags {
-			_, err := tx.ExecContext(ctx, `INSERT INTO tags (repo, tag, digest, updated_at) VALUES (?, ?, ?, ?)
-				ON CONFLICT (repo, tag) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at`,
-				m.Repo, t, m.Digest.String(), now)
+			_, err := tx.ExecContext(ctx, `INSERT INTO tags (repo, tag, digest, updated_at, checked_at) VALUES (?, ?, ?, ?, ?)
+				ON CONFLICT (repo, tag) DO UPDATE SET
+					updated_at = CASE WHEN tags.digest = excluded.digest THEN tags.updated_at ELSE excluded.updated_at END,
+					digest = excluded.digest, checked_at = excluded.checked_at`,
+				m.Repo, t, m.Digest.String(), now, nowNano())
 			if err != nil {
 				return err
 			}
@@ -209,6 +211,34 @@ func (s *Store) TagGet(ctx context.Context, repo, tag string) (digest.Digest, er
 	}
 	return digest.Digest(d), err
 }
+
+// TagInfo returns a tag with its timestamps.
+func (s *Store) TagInfo(ctx context.Context, repo, tag string) (meta.Tag, error) {
+	var d string
+	var updated, checked int64
+	err := s.db.QueryRowContext(ctx, `SELECT digest, updated_at, checked_at FROM tags WHERE repo = ? AND tag = ?`, repo, tag).Scan(&d, &updated, &checked)
+	if errors.Is(err, sql.ErrNoRows) {
+		return meta.Tag{}, meta.ErrNotFound
+	}
+	if err != nil {
+		return meta.Tag{}, err
+	}
+	return meta.Tag{Digest: digest.Digest(d), Updated: time.Unix(updated, 0).UTC(), Checked: time.Unix(0, checked).UTC()}, nil
+}
+
+// TagTouch records that a tag was confirmed to still point at dgst; ErrNotFound if it does not.
+func (s *Store) TagTouch(ctx context.Context, repo, tag string, dgst digest.Digest, at time.Time) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE tags SET checked_at = ? WHERE repo = ? AND tag = ? AND digest = ?`, at.UnixNano(), repo, tag, dgst.String())
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return meta.ErrNotFound
+	}
+	return nil
+}
+
+func nowNano() int64 { return time.Now().UnixNano() }
 
 // TagList lists a repository's tags in lexical order.
 func (s *Store) TagList(ctx context.Context, repo string, p meta.Page) ([]string, bool, error) {
