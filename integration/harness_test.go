@@ -91,7 +91,7 @@ func startGatehouse(t *testing.T, extraYAML string) *server {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "gatehouse.yaml")
-	body := fmt.Sprintf("listen: 127.0.0.1:0\ndata: %s\nlog: {format: json, level: info}\n%s", filepath.Join(dir, "data"), extraYAML)
+	body := fmt.Sprintf("listen: 127.0.0.1:0\ndata: %s\nlog: {format: json, level: debug}\n%s", filepath.Join(dir, "data"), extraYAML)
 	if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -230,4 +230,18 @@ func tryRun(env []string, name string, args ...string) error {
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Env = append(os.Environ(), env...)
 	return cmd.Run()
+}
+
+// runFail runs a tool that must fail and returns its combined output.
+func runFail(t *testing.T, env []string, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("%s %s succeeded; it should have failed:\n%s", filepath.Base(name), strings.Join(args, " "), out)
+	}
+	return string(out)
 }

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
@@ -24,6 +25,9 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/cmd/gatehouse/config"
 	"github.com/gatehouse-dev/gatehouse/proxy/api"
+	"github.com/gatehouse-dev/gatehouse/proxy/pull"
+	"github.com/gatehouse-dev/gatehouse/proxy/route"
+	"github.com/gatehouse-dev/gatehouse/proxy/upstream"
 	"github.com/gatehouse-dev/gatehouse/storage/content"
 	"github.com/gatehouse-dev/gatehouse/storage/meta/sqlite"
 )
@@ -94,7 +98,18 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 	for i, a := range cfg.Limits.DigestAlgorithms {
 		algs[i] = digest.Algorithm(a)
 	}
+	pullMetrics := pull.NewMetrics(reg)
+	table, upstreams, err := buildRoutes(cfg, pullMetrics)
+	if err != nil {
+		return err
+	}
+	for _, r := range table.Routes() {
+		log.Info("route", "prefix", r.Prefix, "kind", r.Kind, "upstream", r.Upstream)
+	}
+	puller := pull.New(store, md, upstreams, pull.WithLogger(log), pull.WithDigestAlgorithms(algs...), pull.WithMetrics(pullMetrics))
 	handler, err := api.New(store, md,
+		api.WithRoutes(table),
+		api.WithPuller(puller),
 		api.WithLogger(log),
 		api.WithMaxManifestSize(int64(cfg.Limits.ManifestSize)),
 		api.WithMaxNameLength(cfg.Limits.NameLength),
@@ -151,6 +166,66 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// buildRoutes turns the configured routes into the route table and one upstream client per
+// pull route.
+func buildRoutes(cfg config.Config, m *pull.Metrics) (*route.Table, map[string]pull.Upstream, error) {
+	var routes []route.Route
+	upstreams := map[string]pull.Upstream{}
+	for i, rc := range cfg.Routes {
+		r := route.Route{Prefix: rc.Prefix, Kind: route.Kind(rc.Kind), Allow: rc.Allow, Deny: rc.Deny,
+			TagTTL: time.Duration(rc.TagTTL), MaxStale: time.Duration(rc.MaxStale)}
+		if rc.LibraryNamespace != nil {
+			r.LibraryNamespace = *rc.LibraryNamespace
+		}
+		if rc.Kind == "pull" {
+			up, err := newUpstream(rc.Upstream, cfg.Limits, m.Upstream(rc.Prefix))
+			if err != nil {
+				return nil, nil, fmt.Errorf("routes[%d] (%s): %w", i, rc.Prefix, err)
+			}
+			r.Upstream = up.URL()
+			upstreams[rc.Prefix] = up
+		}
+		routes = append(routes, r)
+	}
+	t, err := route.NewTable(routes)
+	return t, upstreams, err
+}
+
+func newUpstream(u *config.Upstream, limits config.Limits, observe func(string, int)) (*upstream.Client, error) {
+	o := upstream.Options{URL: u.URL, Timeout: time.Duration(u.Timeout), MaxManifestSize: int64(limits.ManifestSize), Observe: observe}
+	if c := u.Credentials; c != nil {
+		var err error
+		switch {
+		case c.File != "":
+			o.Auth, err = upstream.CredentialsFile(c.File)
+		case c.DockerConfig != "":
+			host := strings.TrimPrefix(strings.TrimPrefix(u.URL, "https://"), "http://")
+			o.Auth, err = upstream.DockerConfig(c.DockerConfig, host)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if t := u.TLS; t != nil {
+		o.TLS = &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: t.InsecureSkipVerify}
+		if t.CA != "" {
+			pem, err := os.ReadFile(t.CA)
+			if err != nil {
+				return nil, fmt.Errorf("upstream.tls.ca: %w", err)
+			}
+			pool, err := x509.SystemCertPool()
+			if err != nil {
+				pool = x509.NewCertPool()
+			}
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("upstream.tls.ca: %s holds no PEM certificate", t.CA)
+			}
+			o.TLS.RootCAs = pool
+		}
+	}
+	return upstream.New(o)
 }
 
 func tlsConfig(c *config.TLS) (*tls.Config, error) {

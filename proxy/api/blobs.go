@@ -10,6 +10,7 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/gatehouse-dev/gatehouse/proxy/apierr"
+	"github.com/gatehouse-dev/gatehouse/proxy/route"
 	"github.com/gatehouse-dev/gatehouse/storage/content"
 )
 
@@ -32,6 +33,38 @@ func (h *Handler) blobGet(w http.ResponseWriter, r *http.Request, t Target) erro
 		return err
 	}
 	desc, err := h.blobStat(r, t.Name, d)
+	pullRoute := t.Route.Route != nil && t.Route.Route.Kind == route.Pull
+	if err != nil && pullRoute && apierr.From(err).Code == apierr.BlobUnknown {
+		if r.Method == http.MethodHead {
+			size, err := h.puller.BlobHead(r.Context(), t.Route, d)
+			if err != nil {
+				return err
+			}
+			w.Header().Set("Docker-Content-Digest", d.String())
+			w.Header().Set("Content-Type", "application/octet-stream")
+			w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+			w.WriteHeader(http.StatusOK)
+			return nil
+		}
+		// Stream the first fetch to this client unless it asked for a range (then fetch whole
+		// and serve the range from the store).
+		var stream http.ResponseWriter
+		if r.Header.Get("Range") == "" {
+			stream = w
+		}
+		served, err := h.puller.Blob(r.Context(), t.Route, d, stream)
+		if served {
+			if err != nil {
+				h.opts.logger.Warn("aborting a blob response: the upstream transfer failed", "repo", t.Name, "digest", d, "err", err)
+				panic(http.ErrAbortHandler) // the client must see a cut-off body, not a complete wrong one
+			}
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		desc, err = h.blobStat(r, t.Name, d)
+	}
 	if err != nil {
 		return err
 	}
@@ -59,6 +92,9 @@ func (h *Handler) blobGet(w http.ResponseWriter, r *http.Request, t Target) erro
 	defer rc.Close()
 	// ServeContent answers Range and If-None-Match; from an *os.File the body leaves via sendfile.
 	http.ServeContent(w, r, "", time.Time{}, rc)
+	if sw, ok := w.(*statusWriter); ok && pullRoute {
+		h.puller.CountServed(t.Route, sw.written)
+	}
 	return nil
 }
 

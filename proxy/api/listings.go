@@ -8,6 +8,7 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/gatehouse-dev/gatehouse/proxy/apierr"
+	"github.com/gatehouse-dev/gatehouse/proxy/route"
 	"github.com/gatehouse-dev/gatehouse/storage/meta"
 )
 
@@ -41,6 +42,9 @@ func (h *Handler) tagsList(w http.ResponseWriter, r *http.Request, t Target) err
 		return err
 	}
 	ctx := r.Context()
+	if t.Route.Route != nil && t.Route.Route.Kind == route.Pull {
+		return h.pullTags(w, r, t, p)
+	}
 	ok, err := h.meta.RepositoryExists(ctx, t.Name)
 	if err != nil {
 		return apierr.Unavailablef(err, "the metadata store did not answer")
@@ -60,6 +64,29 @@ func (h *Handler) tagsList(w http.ResponseWriter, r *http.Request, t Target) err
 	}
 	if more {
 		setNextLink(w, "/v2/"+t.Name+"/tags/list", p, tags[len(tags)-1])
+	}
+	return writeJSON(w, r, http.StatusOK, "application/json", struct {
+		Name string   `json:"name"`
+		Tags []string `json:"tags"`
+	}{t.Name, tags})
+}
+
+// pullTags lists a pull route repository's tags as its upstream has them (the cached ones while
+// the upstream cannot answer, marked stale).
+func (h *Handler) pullTags(w http.ResponseWriter, r *http.Request, t Target, p meta.Page) error {
+	tags := []string{}
+	if p.N > 0 {
+		got, more, stale, err := h.puller.Tags(r.Context(), t.Route, p)
+		if err != nil {
+			return err
+		}
+		if stale != "" {
+			setStale(w, stale)
+		}
+		tags = append(tags, got...)
+		if more && len(tags) > 0 {
+			setNextLink(w, "/v2/"+t.Name+"/tags/list", p, tags[len(tags)-1])
+		}
 	}
 	return writeJSON(w, r, http.StatusOK, "application/json", struct {
 		Name string   `json:"name"`

@@ -12,6 +12,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/proxy/apierr"
 	"github.com/gatehouse-dev/gatehouse/proxy/manifest"
+	"github.com/gatehouse-dev/gatehouse/proxy/route"
 	"github.com/gatehouse-dev/gatehouse/storage/content"
 	"github.com/gatehouse-dev/gatehouse/storage/meta"
 )
@@ -28,30 +29,42 @@ const maxCachedManifest = 256 << 10
 
 func cacheKey(repo string, d digest.Digest) string { return repo + "@" + d.String() }
 
-// resolve turns a manifest reference (tag or digest) into a digest.
-func (h *Handler) resolve(ctx context.Context, repo, ref string) (digest.Digest, error) {
-	if IsDigest(ref) {
-		return ParseDigest(ref, h.opts.algorithms)
+// resolve turns a manifest reference (tag or digest) into a digest. On a pull route a tag is
+// resolved through the cache and its upstream; stale then says why a cached tag is served.
+func (h *Handler) resolve(ctx context.Context, t Target) (d digest.Digest, stale string, err error) {
+	if IsDigest(t.Ref) {
+		d, err := ParseDigest(t.Ref, h.opts.algorithms)
+		return d, "", err
 	}
-	if err := ValidateTag(ref); err != nil {
-		return "", err
+	if err := ValidateTag(t.Ref); err != nil {
+		return "", "", err
 	}
-	d, err := h.meta.TagGet(ctx, repo, ref)
+	if t.Route.Route != nil && t.Route.Route.Kind == route.Pull {
+		return h.puller.Tag(ctx, t.Route, t.Ref)
+	}
+	d, err = h.meta.TagGet(ctx, t.Name, t.Ref)
 	if errors.Is(err, meta.ErrNotFound) {
-		return "", apierr.New(apierr.ManifestUnknown, "tag %q is not in repository %s", ref, repo)
+		return "", "", apierr.New(apierr.ManifestUnknown, "tag %q is not in repository %s", t.Ref, t.Name)
 	}
 	if err != nil {
-		return "", apierr.Unavailablef(err, "the metadata store did not answer while resolving tag %q", ref)
+		return "", "", apierr.Unavailablef(err, "the metadata store did not answer while resolving tag %q", t.Ref)
 	}
-	return d, nil
+	return d, "", nil
 }
 
-// manifest returns a manifest of repo, from memory when it can.
-func (h *Handler) manifest(ctx context.Context, repo string, d digest.Digest) (cachedManifest, error) {
+// manifest returns a manifest of the target's repository, from memory when it can; on a pull
+// route a miss fetches it from the upstream first.
+func (h *Handler) manifest(ctx context.Context, t Target, d digest.Digest) (cachedManifest, error) {
+	repo := t.Name
 	key := cacheKey(repo, d)
 	if h.cache != nil {
 		if m, ok := h.cache.Get(key); ok {
 			return m, nil
+		}
+	}
+	if t.Route.Route != nil && t.Route.Route.Kind == route.Pull {
+		if err := h.puller.Manifest(ctx, t.Route, d); err != nil {
+			return cachedManifest{}, err
 		}
 	}
 	rec, err := h.meta.ManifestGet(ctx, repo, d)
@@ -76,15 +89,18 @@ func (h *Handler) manifest(ctx context.Context, repo string, d digest.Digest) (c
 // manifestGet serves GET and HEAD of a manifest by tag or digest (end-3).
 func (h *Handler) manifestGet(w http.ResponseWriter, r *http.Request, t Target) error {
 	ctx := r.Context()
-	d, err := h.resolve(ctx, t.Name, t.Ref)
+	d, stale, err := h.resolve(ctx, t)
 	if err != nil {
 		return err
 	}
-	m, err := h.manifest(ctx, t.Name, d)
+	m, err := h.manifest(ctx, t, d)
 	if err != nil {
 		return err
 	}
 	hd := w.Header()
+	if stale != "" {
+		setStale(w, stale)
+	}
 	hd.Set("Content-Type", m.mediaType)
 	hd.Set("Docker-Content-Digest", d.String())
 	hd.Set("Content-Length", strconv.Itoa(len(m.body)))
@@ -231,6 +247,12 @@ func (h *Handler) manifestDelete(w http.ResponseWriter, r *http.Request, t Targe
 	}
 	w.WriteHeader(http.StatusAccepted)
 	return nil
+}
+
+// setStale says a response comes from the cache because the upstream cannot answer.
+func setStale(w http.ResponseWriter, reason string) {
+	w.Header().Set("Warning", `110 gatehouse "Response is Stale"`)
+	w.Header().Set("Gatehouse-Stale", reason)
 }
 
 var errDeleteDisabled = apierr.New(apierr.Unsupported, "deletion is disabled on this registry (storage.delete: false)").WithStatus(http.StatusMethodNotAllowed)

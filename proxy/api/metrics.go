@@ -67,7 +67,8 @@ func (h *Handler) instrument(route string, next http.Handler) http.Handler {
 // *os.File still leave through sendfile, and Flush for streaming.
 type statusWriter struct {
 	http.ResponseWriter
-	status int
+	status  int
+	written int64
 }
 
 func (s *statusWriter) WriteHeader(code int) {
@@ -81,17 +82,24 @@ func (s *statusWriter) Write(b []byte) (int, error) {
 	if s.status == 0 {
 		s.status = http.StatusOK
 	}
-	return s.ResponseWriter.Write(b)
+	n, err := s.ResponseWriter.Write(b)
+	s.written += int64(n)
+	return n, err
 }
 
 func (s *statusWriter) ReadFrom(r io.Reader) (int64, error) {
 	if s.status == 0 {
 		s.status = http.StatusOK
 	}
+	var n int64
+	var err error
 	if rf, ok := s.ResponseWriter.(io.ReaderFrom); ok {
-		return rf.ReadFrom(r)
+		n, err = rf.ReadFrom(r)
+	} else {
+		n, err = io.Copy(s.ResponseWriter, r)
 	}
-	return io.Copy(s.ResponseWriter, r)
+	s.written += n
+	return n, err
 }
 
 func (s *statusWriter) Flush() {

@@ -8,6 +8,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/gatehouse-dev/gatehouse/proxy/apierr"
+	"github.com/gatehouse-dev/gatehouse/proxy/route"
 )
 
 // Kind names one endpoint of the OCI Distribution API.
@@ -28,8 +29,10 @@ const (
 // Target is what a request path addresses.
 type Target struct {
 	Kind Kind
-	Name string // repository name
+	Name string // repository name (after routing: the local name)
 	Ref  string // tag, digest or upload id, as sent
+	// Route is filled in after parsing, for endpoints that name a repository.
+	Route route.Resolved
 }
 
 var (

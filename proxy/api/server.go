@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -20,6 +22,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/gatehouse-dev/gatehouse/proxy/apierr"
+	"github.com/gatehouse-dev/gatehouse/proxy/pull"
+	"github.com/gatehouse-dev/gatehouse/proxy/route"
 	"github.com/gatehouse-dev/gatehouse/storage/content"
 	"github.com/gatehouse-dev/gatehouse/storage/meta"
 )
@@ -48,6 +52,8 @@ type Handler struct {
 	cache   *lru.Cache[string, cachedManifest]
 	uploads uploadLocks
 	metrics *metrics
+	routes  *route.Table
+	puller  *pull.Puller
 }
 
 type options struct {
@@ -59,6 +65,8 @@ type options struct {
 	uploadExpiry    time.Duration
 	cacheEntries    int
 	registry        *prometheus.Registry
+	routes          *route.Table
+	puller          *pull.Puller
 }
 
 // Option configures a Handler.
@@ -91,6 +99,12 @@ func WithManifestCache(entries int) Option { return func(o *options) { o.cacheEn
 // metrics are registered in (default: a new registry).
 func WithMetricsRegistry(r *prometheus.Registry) Option { return func(o *options) { o.registry = r } }
 
+// WithRoutes sets the route table (default: one push route that hosts every name).
+func WithRoutes(t *route.Table) Option { return func(o *options) { o.routes = t } }
+
+// WithPuller fills pull routes from their upstreams (required when the table has pull routes).
+func WithPuller(p *pull.Puller) Option { return func(o *options) { o.puller = p } }
+
 // New returns the API handler over a content store and a metadata store.
 func New(c *content.Store, md Metadata, opts ...Option) (*Handler, error) {
 	o := options{
@@ -107,7 +121,19 @@ func New(c *content.Store, md Metadata, opts ...Option) (*Handler, error) {
 	if o.registry == nil {
 		o.registry = prometheus.NewRegistry()
 	}
-	h := &Handler{content: c, meta: md, opts: o}
+	if o.routes == nil {
+		t, err := route.NewTable([]route.Route{{Prefix: "", Kind: route.Push}})
+		if err != nil {
+			return nil, err
+		}
+		o.routes = t
+	}
+	for _, r := range o.routes.Routes() {
+		if r.Kind == route.Pull && o.puller == nil {
+			return nil, fmt.Errorf("route %q is a pull route but no puller was given", r.Prefix)
+		}
+	}
+	h := &Handler{content: c, meta: md, opts: o, routes: o.routes, puller: o.puller}
 	if o.cacheEntries > 0 {
 		cache, err := lru.New[string, cachedManifest](o.cacheEntries)
 		if err != nil {
@@ -120,7 +146,7 @@ func New(c *content.Store, md Metadata, opts ...Option) (*Handler, error) {
 		return nil, err
 	}
 	h.metrics = m
-	h.router = h.routes()
+	h.router = h.newRouter()
 	return h, nil
 }
 
@@ -144,7 +170,7 @@ func parsed(r *http.Request) parsedPath {
 
 type handlerFunc func(w http.ResponseWriter, r *http.Request, t Target) error
 
-func (h *Handler) routes() *mux.Router {
+func (h *Handler) newRouter() *mux.Router {
 	r := mux.NewRouter().SkipClean(true).UseEncodedPath()
 	r.Handle("/healthz", h.wrap("healthz", h.healthz)).Methods(http.MethodGet, http.MethodHead)
 	r.Handle("/readyz", h.wrap("readyz", h.readyz)).Methods(http.MethodGet, http.MethodHead)
@@ -188,6 +214,35 @@ func (h *Handler) unmatched(w http.ResponseWriter, r *http.Request, t Target) er
 	return apierr.New(apierr.Unsupported, "%s is not a method of the %s endpoint", r.Method, t.Kind).WithStatus(http.StatusMethodNotAllowed)
 }
 
+// route resolves the target's repository to its route (path prefix, or containerd's ?ns=),
+// replaces the name with the local one, and refuses writes to read-only pull routes.
+func (h *Handler) route(r *http.Request, t *Target) error {
+	if t.Name == "" {
+		return nil
+	}
+	rt, err := h.routes.Resolve(t.Name, r.URL.Query().Get("ns"))
+	var noRoute *route.NoRouteError
+	var notAllowed *route.NotAllowedError
+	switch {
+	case errors.As(err, &noRoute):
+		return apierr.New(apierr.NameUnknown, "%s", noRoute.Error())
+	case errors.As(err, &notAllowed):
+		return apierr.New(apierr.Denied, "%s", notAllowed.Error())
+	case err != nil:
+		return err
+	}
+	if rt.Name != t.Name {
+		if err := ValidateName(rt.Name, h.opts.maxNameLength); err != nil {
+			return err
+		}
+	}
+	t.Name, t.Route = rt.Name, rt
+	if rt.Route.Kind == route.Pull && r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return apierr.New(apierr.Denied, "%s is served by route %q, a read-only pull-through cache of %s; push to a hosted repository instead", rt.Name, rt.Route.Prefix, rt.Route.Upstream)
+	}
+	return nil
+}
+
 var requestIDRegexp = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
 func requestID(r *http.Request) string {
@@ -207,10 +262,13 @@ func (h *Handler) wrap(route string, fn handlerFunc) http.Handler {
 		w.Header().Set("X-Request-Id", id)
 		w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 		t := parsed(r).target
-		err := fn(w, r, t)
+		err := h.route(r, &t)
+		if err == nil {
+			err = fn(w, r, t)
+		}
 		if err == nil {
 			if h.opts.logger.Enabled(r.Context(), slog.LevelDebug) {
-				h.opts.logger.Debug("request", "request_id", id, "method", r.Method, "path", r.URL.Path, "route", route, "repo", t.Name)
+				h.opts.logger.Debug("request", "request_id", id, "method", r.Method, "path", r.URL.Path, "query", r.URL.RawQuery, "route", route, "repo", t.Name)
 			}
 			return
 		}

@@ -88,7 +88,12 @@ func (h *Handler) mount(r *http.Request, repo, from string, d digest.Digest) (bo
 		if err := ValidateName(from, h.opts.maxNameLength); err != nil {
 			return false, err
 		}
-		_, err := h.content.BlobMount(ctx, repo, from, d)
+		frt, err := h.routes.Resolve(from, "")
+		if err != nil {
+			return false, nil // a source no route serves holds nothing to mount
+		}
+		from = frt.Name
+		_, err = h.content.BlobMount(ctx, repo, from, d)
 		if errors.Is(err, content.ErrBlobUnknown) {
 			return false, nil
 		}

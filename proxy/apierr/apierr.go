@@ -38,8 +38,9 @@ type Error struct {
 	Code    errcode.ErrorCode
 	Message string
 	Detail  any
-	Status  int   // 0: the code's registered status
-	Err     error // the cause, logged but never sent to the client
+	Status  int         // 0: the code's registered status
+	Err     error       // the cause, logged but never sent to the client
+	Header  http.Header // extra response headers (Retry-After, ...)
 }
 
 // New returns an Error with a formatted message.
@@ -52,6 +53,15 @@ func (e *Error) WithStatus(status int) *Error { e.Status = status; return e }
 
 // WithDetail attaches a JSON-encodable detail object.
 func (e *Error) WithDetail(detail any) *Error { e.Detail = detail; return e }
+
+// WithHeader adds a response header sent with the error.
+func (e *Error) WithHeader(key, value string) *Error {
+	if e.Header == nil {
+		e.Header = http.Header{}
+	}
+	e.Header.Add(key, value)
+	return e
+}
 
 // WithCause records the underlying error for logs.
 func (e *Error) WithCause(err error) *Error { e.Err = err; return e }
@@ -106,6 +116,9 @@ func From(err error) *Error {
 func Write(w http.ResponseWriter, r *http.Request, err error) *Error {
 	e := From(err)
 	status := e.HTTPStatus()
+	for k, v := range e.Header {
+		w.Header()[k] = v
+	}
 	w.Header().Set("Content-Type", "application/json")
 	if r.Method == http.MethodHead {
 		w.WriteHeader(status)

@@ -48,3 +48,11 @@ func TestWriteHeadHasNoBody(t *testing.T) {
 		t.Errorf("HEAD: status %d body %q, want 404 and no body", rec.Code, rec.Body)
 	}
 }
+
+func TestWriteHeaders(t *testing.T) {
+	rec := httptest.NewRecorder()
+	Write(rec, httptest.NewRequest("GET", "/v2/x/manifests/y", nil), New(TooManyRequests, "slow down").WithHeader("Retry-After", "30"))
+	if rec.Code != 429 || rec.Header().Get("Retry-After") != "30" {
+		t.Errorf("status %d, Retry-After %q", rec.Code, rec.Header().Get("Retry-After"))
+	}
+}

@@ -34,6 +34,60 @@ type Config struct {
 	Uploads Uploads `yaml:"uploads"`
 	// Cache sizes the in-memory caches.
 	Cache Cache `yaml:"cache"`
+	// Routes map repository names to pull-through caches of upstream registries and to hosted
+	// repositories. Absent: the embedded default (see DefaultRoutes).
+	Routes []Route `yaml:"routes"`
+}
+
+// Route is one route: a path prefix (also the containerd ?ns= value of a pull route) and what
+// serves the names under it.
+type Route struct {
+	Prefix string `yaml:"prefix"` // "" on a push route: every name no other route claims
+	Kind   string `yaml:"kind"`   // pull | push
+	// Upstream is the registry a pull route caches.
+	Upstream *Upstream `yaml:"upstream"`
+	// LibraryNamespace maps one-component names to library/<name> (Docker Hub's official
+	// images). Default: true for the docker.io prefix.
+	LibraryNamespace *bool    `yaml:"library_namespace"`
+	Allow            []string `yaml:"allow"`     // upstream repository globs allowed ("*" in a component, "**" across); empty: all
+	Deny             []string `yaml:"deny"`      // globs refused, even if allowed
+	TagTTL           Duration `yaml:"tag_ttl"`   // serve a cached tag this long before revalidating (default 10m)
+	MaxStale         Duration `yaml:"max_stale"` // serve a cached tag this long past its TTL while the upstream cannot answer (default 24h)
+}
+
+// Upstream is a registry a pull route caches.
+type Upstream struct {
+	URL         string       `yaml:"url"`         // https://host[:port] (http:// for a plain-HTTP registry)
+	Credentials *Credentials `yaml:"credentials"` // absent: anonymous
+	TLS         *UpstreamTLS `yaml:"tls"`
+	Timeout     Duration     `yaml:"timeout"` // connect and response-header timeout, and the longest a blob may stall (default 30s)
+}
+
+// Credentials are read from a file, never written inline.
+type Credentials struct {
+	File         string `yaml:"file"`          // JSON {"username": ..., "password": ...} or {"token": ...}
+	DockerConfig string `yaml:"docker_config"` // a Docker config.json; the entry for the upstream's host is used
+}
+
+// UpstreamTLS configures HTTPS to an upstream.
+type UpstreamTLS struct {
+	CA                 string `yaml:"ca"`                   // PEM bundle trusted in addition to the system roots
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"` // do not verify the upstream's certificate (tests only)
+}
+
+// DefaultRoutes are the routes of the embedded default: pull-through caches of the public
+// registries people pull from most, and a hosted route for every other name.
+func DefaultRoutes() []Route {
+	pull := func(prefix, url string) Route {
+		return Route{Prefix: prefix, Kind: "pull", Upstream: &Upstream{URL: url}}
+	}
+	return []Route{
+		pull("docker.io", "https://registry-1.docker.io"),
+		pull("ghcr.io", "https://ghcr.io"),
+		pull("quay.io", "https://quay.io"),
+		pull("registry.k8s.io", "https://registry.k8s.io"),
+		{Prefix: "", Kind: "push"},
+	}
 }
 
 // Log configures logging.
@@ -152,6 +206,28 @@ func (c *Config) applyDefaults() {
 		n := 8192
 		c.Cache.Manifests = &n
 	}
+	if c.Routes == nil {
+		c.Routes = DefaultRoutes()
+	}
+	for i := range c.Routes {
+		r := &c.Routes[i]
+		if r.Kind != "pull" {
+			continue
+		}
+		if r.LibraryNamespace == nil {
+			lib := r.Prefix == "docker.io"
+			r.LibraryNamespace = &lib
+		}
+		if r.TagTTL == 0 {
+			r.TagTTL = Duration(10 * time.Minute)
+		}
+		if r.MaxStale == 0 {
+			r.MaxStale = Duration(24 * time.Hour)
+		}
+		if r.Upstream != nil && r.Upstream.Timeout == 0 {
+			r.Upstream.Timeout = Duration(30 * time.Second)
+		}
+	}
 }
 
 // Validate reports every problem, each naming its key.
@@ -200,6 +276,45 @@ func (c *Config) Validate() error {
 	}
 	if *c.Cache.Manifests < 0 {
 		bad("cache.manifests", "must not be negative")
+	}
+	prefixes := map[string]int{}
+	for i, r := range c.Routes {
+		key := fmt.Sprintf("routes[%d]", i)
+		if j, dup := prefixes[r.Prefix]; dup {
+			bad(key+".prefix", "%q is also the prefix of routes[%d]", r.Prefix, j)
+		}
+		prefixes[r.Prefix] = i
+		if strings.HasPrefix(r.Prefix, "/") || strings.HasSuffix(r.Prefix, "/") || strings.ContainsAny(r.Prefix, ":@ ") {
+			bad(key+".prefix", "%q must be a repository path prefix (no leading or trailing '/', no ':', '@' or spaces)", r.Prefix)
+		}
+		switch r.Kind {
+		case "pull":
+			if r.Prefix == "" {
+				bad(key+".prefix", "a pull route needs a prefix (a catch-all pull route would send every name upstream)")
+			}
+			if r.Upstream == nil || r.Upstream.URL == "" {
+				bad(key+".upstream.url", "a pull route needs an upstream url")
+				continue
+			}
+			if !strings.HasPrefix(r.Upstream.URL, "https://") && !strings.HasPrefix(r.Upstream.URL, "http://") {
+				bad(key+".upstream.url", "%q must start with https:// (or http:// for a plain-HTTP registry)", r.Upstream.URL)
+			}
+			if cr := r.Upstream.Credentials; cr != nil && (cr.File == "") == (cr.DockerConfig == "") {
+				bad(key+".upstream.credentials", "give exactly one of file and docker_config")
+			}
+			if r.Upstream.Timeout < Duration(time.Second) {
+				bad(key+".upstream.timeout", "must be at least 1s, got %s", r.Upstream.Timeout)
+			}
+		case "push":
+			if r.Upstream != nil {
+				bad(key+".upstream", "a push route has no upstream")
+			}
+			if len(r.Allow) > 0 || len(r.Deny) > 0 || r.TagTTL != 0 || r.MaxStale != 0 || r.LibraryNamespace != nil {
+				bad(key, "allow, deny, tag_ttl, max_stale and library_namespace apply to pull routes only")
+			}
+		default:
+			bad(key+".kind", "%q is not pull or push", r.Kind)
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -25,6 +25,31 @@ func TestDefault(t *testing.T) {
 	}
 }
 
+func TestDefaultRoutes(t *testing.T) {
+	c := Default()
+	byPrefix := map[string]Route{}
+	for _, r := range c.Routes {
+		byPrefix[r.Prefix] = r
+	}
+	for _, p := range []string{"docker.io", "ghcr.io", "quay.io", "registry.k8s.io"} {
+		r, ok := byPrefix[p]
+		if !ok || r.Kind != "pull" || r.Upstream == nil || !strings.HasPrefix(r.Upstream.URL, "https://") {
+			t.Errorf("default route %s = %+v", p, r)
+		}
+	}
+	if !*byPrefix["docker.io"].LibraryNamespace || *byPrefix["ghcr.io"].LibraryNamespace {
+		t.Error("library_namespace defaults wrong")
+	}
+	if r, ok := byPrefix[""]; !ok || r.Kind != "push" {
+		t.Errorf("no hosted catch-all route: %+v", r)
+	}
+	// routes given in a file replace the defaults entirely
+	c, err := Parse([]byte("routes: [{prefix: ci, kind: push}]\n"))
+	if err != nil || len(c.Routes) != 1 {
+		t.Errorf("explicit routes: %+v %v", c.Routes, err)
+	}
+}
+
 func TestParse(t *testing.T) {
 	c, err := Parse([]byte(`
 listen: 0.0.0.0:6000
@@ -56,6 +81,13 @@ func TestParseRefuses(t *testing.T) {
 		{"tls half", "tls: {cert: a.pem}\n", "tls: cert and key"},
 		{"bad listen", "listen: nowhere\n", "listen:"},
 		{"two errors at once", "log: {format: xml, level: loud}\n", "log.level"},
+		{"pull route without upstream", "routes: [{prefix: docker.io, kind: pull}]\n", "routes[0].upstream.url"},
+		{"catch-all pull route", "routes: [{prefix: '', kind: pull, upstream: {url: 'https://x'}}]\n", "routes[0].prefix"},
+		{"duplicate prefix", "routes: [{prefix: a, kind: push}, {prefix: a, kind: push}]\n", "routes[1].prefix"},
+		{"upstream without scheme", "routes: [{prefix: a, kind: pull, upstream: {url: registry.example}}]\n", "must start with https://"},
+		{"both credentials", "routes: [{prefix: a, kind: pull, upstream: {url: 'https://x', credentials: {file: a, docker_config: b}}}]\n", "exactly one"},
+		{"push with ttl", "routes: [{prefix: a, kind: push, tag_ttl: 1m}]\n", "pull routes only"},
+		{"unknown route key", "routes: [{prefix: a, kind: push, forward: x}]\n", "field forward not found"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -102,6 +134,10 @@ func Keys() []string {
 			}
 			if ft.Kind() == reflect.Struct {
 				walk(key+".", ft)
+				continue
+			}
+			if ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct {
+				walk(key+"[].", ft.Elem())
 				continue
 			}
 			out = append(out, key)
