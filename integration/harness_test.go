@@ -245,3 +245,5 @@ func runFail(t *testing.T, env []string, name string, args ...string) string {
 	}
 	return string(out)
 }
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }

@@ -192,13 +192,14 @@ func (r *slowReader) Read(p []byte) (int, error) {
 
 func (r *slowReader) Close() error { return r.rc.Close() }
 
-// proxyConfig is a gatehouse config whose docker.io route pulls from upstream (a host:port).
-func proxyConfig(upstream, extraRoute string) string {
+// proxyConfig is a gatehouse config whose docker.io route pulls from upstream (a host:port);
+// routeYAML adds keys to that route (indented by four spaces).
+func proxyConfig(upstream, routeYAML string) string {
 	return fmt.Sprintf(`routes:
   - prefix: docker.io
     kind: pull
     upstream: {url: "http://%s", timeout: 5s}
 %s
   - {prefix: "", kind: push}
-`, upstream, extraRoute)
+`, upstream, routeYAML)
 }

@@ -52,7 +52,8 @@ func (h *Handler) blobGet(w http.ResponseWriter, r *http.Request, t Target) erro
 		if r.Header.Get("Range") == "" {
 			stream = w
 		}
-		served, err := h.puller.Blob(r.Context(), t.Route, d, stream)
+		var served bool
+		served, err = h.puller.Blob(r.Context(), t.Route, d, stream)
 		if served {
 			if err != nil {
 				h.opts.logger.Warn("aborting a blob response: the upstream transfer failed", "repo", t.Name, "digest", d, "err", err)
