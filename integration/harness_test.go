@@ -247,3 +247,21 @@ func runFail(t *testing.T, env []string, name string, args ...string) string {
 }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// waitMetric polls /metrics until a line contains want (10 s at most).
+func waitMetric(t *testing.T, s *server, want string) {
+	t.Helper()
+	var body []byte
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		resp, err := http.Get(s.url("/metrics"))
+		if err != nil {
+			continue
+		}
+		body, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(body), want) {
+			return
+		}
+	}
+	t.Fatalf("/metrics never showed %s; last:\n%s", want, body)
+}

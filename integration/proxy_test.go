@@ -132,7 +132,9 @@ func TestProxyPull(t *testing.T) {
 		t.Errorf("tagging on a pull route: %s", out)
 	}
 
-	// the signature came with the image: it verifies through the proxy with the upstream gone
+	// the signature came with the image (fetched in the background once the image's manifest
+	// was): it verifies through the proxy with the upstream gone
+	waitMetric(t, gh, `gatehouse_companions_fetched_total{kind="sig",route="docker.io"} 1`)
 	up.kill()
 	out = run(t, env, cosign, "verify", "--key", filepath.Join(keys, "cosign.pub"), "--insecure-ignore-tlog", "--allow-insecure-registry", gh.addr+"/docker.io/library/app@"+appDigest)
 	if !strings.Contains(out, appDigest) {

@@ -164,6 +164,7 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
+	puller.Close(10 * time.Second)
 	log.Info("stopped")
 	return nil
 }

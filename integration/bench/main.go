@@ -47,6 +47,11 @@ var (
 	streams      = flag.Int("streams", 32, "concurrent blob GETs in the parallel round")
 	rounds       = flag.Int("rounds", 3, "single-stream blob GETs per server (the best is reported)")
 	keep         = flag.Bool("keep", false, "keep the work directory")
+	proxyOnly    = flag.Bool("proxy-only", false, "run only the pull-through comparison")
+	registryOnly = flag.Bool("registry-only", false, "run only the registry comparison")
+	imageSize    = flag.String("image-size", "100MiB", "size of the image in the pull-through comparison")
+	proxyRounds  = flag.Int("proxy-rounds", 3, "rounds of the pull-through comparison (medians are reported)")
+	upstreamRate = flag.String("upstream-rate", "200MiB", "bandwidth of the emulated WAN link to the upstream, per second, for the second pull-through round (0: only the unlimited loopback round)")
 )
 
 type target struct {
@@ -86,6 +91,26 @@ func run() error {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "work directory %s\n", work)
+	if !*registryOnly {
+		size, err := parseSize(*imageSize)
+		if err != nil {
+			return err
+		}
+		rates := []int64{0}
+		if *upstreamRate != "0" {
+			r, err := parseSize(*upstreamRate)
+			if err != nil {
+				return err
+			}
+			rates = append(rates, r)
+		}
+		if err := proxyBench(work, size, *proxyRounds, rates); err != nil {
+			return fmt.Errorf("pull-through: %w", err)
+		}
+	}
+	if *proxyOnly {
+		return nil
+	}
 
 	// content: one large random blob, a small config, and a manifest over them
 	blobFile := filepath.Join(work, "blob")
@@ -99,12 +124,12 @@ func run() error {
 		configDigest, len(config), blobDigest, blobSize))
 	manifestDigest := digestOf(manifest)
 
-	gh, err := startGatehouse(work)
+	gh, err := startGatehouse(work, "gatehouse", "")
 	if err != nil {
 		return err
 	}
 	defer gh.stop()
-	dist, err := startDistribution(work)
+	dist, err := startDistribution(work, "distribution", "")
 	if err != nil {
 		return err
 	}
@@ -268,28 +293,41 @@ func startProcess(name, url string, cmd *exec.Cmd, logPath string) (*target, err
 	return nil, fmt.Errorf("%s did not answer at %s:\n%s", name, url, log)
 }
 
-func startGatehouse(work string) (*target, error) {
+func buildGatehouse(work string) (string, error) {
 	bin := filepath.Join(work, "gatehouse")
+	if fileExists(bin) {
+		return bin, nil
+	}
 	build := exec.Command("go", "build", "-o", bin, "./cmd/gatehouse")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
-		return nil, fmt.Errorf("building gatehouse (run from the repository root): %w", err)
+		return "", fmt.Errorf("building gatehouse (run from the repository root): %w", err)
+	}
+	return bin, nil
+}
+
+// startGatehouse starts gatehouse as name, with its data under work/name-data and extra YAML.
+func startGatehouse(work, name, extra string) (*target, error) {
+	bin, err := buildGatehouse(work)
+	if err != nil {
+		return nil, err
 	}
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	cfg := filepath.Join(work, "gatehouse.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf("listen: 127.0.0.1:%d\ndata: %s\nlog: {level: warn}\n", port, filepath.Join(work, "gatehouse-data"))), 0o644)
+	cfg := filepath.Join(work, name+".yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("listen: 127.0.0.1:%d\ndata: %s\nlog: {level: warn}\n%s", port, filepath.Join(work, name+"-data"), extra)), 0o644)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	t, err := startProcess("gatehouse", base+"/v2/", exec.Command(bin, "serve", "--config", cfg), filepath.Join(work, "gatehouse.log"))
+	t, err := startProcess(name, base+"/v2/", exec.Command(bin, "serve", "--config", cfg), filepath.Join(work, name+".log"))
 	if t != nil {
 		t.base = base
 	}
 	return t, err
 }
 
-func startDistribution(work string) (*target, error) {
+// startDistribution starts the distribution registry as name, with extra YAML (a proxy block).
+func startDistribution(work, name, extra string) (*target, error) {
 	bin, err := lookTool("registry")
 	if err != nil {
 		return nil, err
@@ -298,16 +336,16 @@ func startDistribution(work string) (*target, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg := filepath.Join(work, "distribution.yaml")
+	cfg := filepath.Join(work, name+".yaml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`version: 0.1
 log: {level: error, accesslog: {disabled: true}}
 storage:
   filesystem: {rootdirectory: %s}
   delete: {enabled: true}
 http: {addr: 127.0.0.1:%d}
-`, filepath.Join(work, "distribution-data"), port)), 0o644)
+%s`, filepath.Join(work, name+"-data"), port, extra)), 0o644)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	t, err := startProcess("distribution", base+"/v2/", exec.Command(bin, "serve", cfg), filepath.Join(work, "distribution.log"))
+	t, err := startProcess(name, base+"/v2/", exec.Command(bin, "serve", cfg), filepath.Join(work, name+".log"))
 	if t != nil {
 		t.base = base
 	}
@@ -362,59 +400,64 @@ http {
 
 // pushImage pushes the blob (streamed from its file), the config and the manifest.
 func pushImage(t *target, repo, blobFile, blobDigest string, config []byte, configDigest string, manifest []byte, manifestDigest string) error {
-	put := func(method, path, ctype string, body io.Reader, size int64, want int) error {
-		req, _ := http.NewRequest(method, t.base+path, body)
-		req.ContentLength = size
-		if ctype != "" {
-			req.Header.Set("Content-Type", ctype)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != want {
-			b, _ := io.ReadAll(resp.Body)
-			return fmt.Errorf("%s %s: %d %s", method, path, resp.StatusCode, b)
-		}
-		if resp.StatusCode == http.StatusAccepted {
-			return nil
-		}
-		return nil
+	if err := pushBlobFile(t.base, repo, blobFile, blobDigest); err != nil {
+		return err
 	}
-	upload := func(digest string, body io.Reader, size int64) error {
-		req, _ := http.NewRequest("POST", t.base+"/v2/"+repo+"/blobs/uploads/", nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		loc := resp.Header.Get("Location")
-		if resp.StatusCode != http.StatusAccepted || loc == "" {
-			return fmt.Errorf("start upload: %d", resp.StatusCode)
-		}
-		if !strings.HasPrefix(loc, "http") {
-			loc = t.base + loc
-		}
-		sep := "?"
-		if strings.Contains(loc, "?") {
-			sep = "&"
-		}
-		return put("PUT", strings.TrimPrefix(loc, t.base)+sep+"digest="+digest, "application/octet-stream", body, size, http.StatusCreated)
+	if err := pushBlob(t.base, repo, configDigest, bytes.NewReader(config), int64(len(config))); err != nil {
+		return err
 	}
-	f, err := os.Open(blobFile)
+	return putManifest(t.base, repo, manifestDigest, manifest)
+}
+
+func pushBlobFile(base, repo, path, digest string) error {
+	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	fi, _ := f.Stat()
-	if err := upload(blobDigest, f, fi.Size()); err != nil {
+	return pushBlob(base, repo, digest, f, fi.Size())
+}
+
+// pushBlob uploads a blob with POST then PUT.
+func pushBlob(base, repo, digest string, body io.Reader, size int64) error {
+	resp, err := http.Post(base+"/v2/"+repo+"/blobs/uploads/", "", nil)
+	if err != nil {
 		return err
 	}
-	if err := upload(configDigest, bytes.NewReader(config), int64(len(config))); err != nil {
+	resp.Body.Close()
+	loc := resp.Header.Get("Location")
+	if resp.StatusCode != http.StatusAccepted || loc == "" {
+		return fmt.Errorf("start upload: %d", resp.StatusCode)
+	}
+	if !strings.HasPrefix(loc, "http") {
+		loc = base + loc
+	}
+	sep := "?"
+	if strings.Contains(loc, "?") {
+		sep = "&"
+	}
+	return send("PUT", loc+sep+"digest="+digest, "application/octet-stream", body, size)
+}
+
+func putManifest(base, repo, ref string, manifest []byte) error {
+	return send("PUT", base+"/v2/"+repo+"/manifests/"+ref, "application/vnd.oci.image.manifest.v1+json", bytes.NewReader(manifest), int64(len(manifest)))
+}
+
+func send(method, url, ctype string, body io.Reader, size int64) error {
+	req, _ := http.NewRequest(method, url, body)
+	req.ContentLength = size
+	req.Header.Set("Content-Type", ctype)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
 		return err
 	}
-	return put("PUT", "/v2/"+repo+"/manifests/"+manifestDigest, "application/vnd.oci.image.manifest.v1+json", bytes.NewReader(manifest), int64(len(manifest)), http.StatusCreated)
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("%s %s: %d %s", method, url, resp.StatusCode, b)
+	}
+	return nil
 }
 
 var (

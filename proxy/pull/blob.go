@@ -78,6 +78,12 @@ func (p *Puller) fillOrWait(ctx context.Context, rt route.Resolved, up Upstream,
 	}
 	p.opts.metrics.cache(rt, "blob", "miss")
 	served, err := p.fetchBlob(ctx, rt, up, d, w)
+	var later errCommitLater
+	if errors.As(err, &later) {
+		// the client has its verified bytes; commit, then release the waiters
+		go func() { p.blobs.finish(key, f, later.commit()) }()
+		return served, nil
+	}
 	p.blobs.finish(key, f, stripAbort(err))
 	return served, err
 }
@@ -95,8 +101,11 @@ func stripAbort(err error) error {
 	return err
 }
 
-// fetchBlob reads the blob from the upstream once, teeing it to storage and (if w is set) to
-// the client. The client gets every byte but the last until the store has verified the digest.
+// fetchBlob reads the blob from the upstream once, verifying its digest as it goes, and hands
+// each chunk to the client (if w is set) and to a storage writer running beside it. The client
+// gets every byte but the last until the digest is verified; storage (its writes, and the
+// commit with its fsync) never holds the client up, and the fetch counts as done for waiting
+// requests only once the blob is committed.
 func (p *Puller) fetchBlob(ctx context.Context, rt route.Resolved, up Upstream, d digest.Digest, w http.ResponseWriter) (served bool, err error) {
 	// The read continues if the client leaves: waiters and the cache still want the blob.
 	fctx := context.WithoutCancel(ctx)
@@ -121,14 +130,35 @@ func (p *Puller) fetchBlob(ctx context.Context, rt route.Resolved, up Upstream, 
 		w.WriteHeader(http.StatusOK)
 		sink = &clientSink{w: w}
 	}
-	dst := io.Writer(u)
-	if sink != nil {
-		dst = io.MultiWriter(u, sink)
-	}
+	store := newStoreWriter(u)
+	verifier := d.Verifier()
 	start := time.Now()
-	n, err := io.CopyBuffer(dst, rc, make([]byte, 1<<20))
+	var n int64
+	var readErr error
+	for {
+		buf := chunkPool.Get().([]byte)
+		k, err := io.ReadFull(rc, buf)
+		if k > 0 {
+			n += int64(k)
+			verifier.Write(buf[:k])
+			if sink != nil {
+				sink.Write(buf[:k])
+			}
+			store.write(buf[:k]) // takes ownership of buf
+		} else {
+			chunkPool.Put(buf)
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			readErr = err
+			break
+		}
+	}
 	p.opts.metrics.upstreamBytes(rt, n)
 	fail := func(err error) (bool, error) {
+		store.close()
 		u.Cancel(fctx)
 		p.opts.log.Warn("blob from upstream refused", "repo", rt.Name, "digest", d, "bytes", n, "err", err)
 		if sink != nil {
@@ -136,28 +166,80 @@ func (p *Puller) fetchBlob(ctx context.Context, rt route.Resolved, up Upstream, 
 		}
 		return false, apierr.Unavailablef(err, "fetching blob %s from %s failed: %v", d, up.URL(), err)
 	}
-	if err != nil {
-		return fail(fmt.Errorf("the upstream transfer broke after %d bytes: %w", n, err))
-	}
-	if size >= 0 && n != size {
+	switch {
+	case readErr != nil:
+		return fail(fmt.Errorf("the upstream transfer broke after %d bytes: %w", n, readErr))
+	case size >= 0 && n != size:
 		return fail(fmt.Errorf("the upstream sent %d bytes of a %d-byte blob", n, size))
+	case !verifier.Verified():
+		return fail(fmt.Errorf("the %d bytes the upstream sent do not have digest %s", n, d))
 	}
-	if _, err := p.content.BlobCommit(fctx, u, d); err != nil {
-		return fail(fmt.Errorf("the bytes the upstream sent do not have digest %s (%v)", d, err))
+	commit := func() error {
+		if err := store.close(); err != nil {
+			u.Cancel(fctx)
+			return apierr.Unavailablef(err, "storage failed writing blob %s", d)
+		}
+		if _, err := p.content.BlobCommit(fctx, u, d); err != nil {
+			u.Cancel(fctx)
+			return apierr.Unavailablef(err, "storage could not commit blob %s", d)
+		}
+		if err := p.meta.RepositoryPut(fctx, rt.Name); err != nil {
+			p.opts.log.Error("could not record repository", "repo", rt.Name, "err", err)
+		}
+		p.opts.log.Debug("blob fetched from upstream", "repo", rt.Name, "digest", d, "bytes", n, "took", time.Since(start))
+		return nil
 	}
-	if err := p.meta.RepositoryPut(fctx, rt.Name); err != nil {
-		p.opts.log.Error("could not record repository", "repo", rt.Name, "err", err)
-	}
-	p.opts.log.Debug("blob fetched from upstream", "repo", rt.Name, "digest", d, "bytes", n, "took", time.Since(start))
 	if sink == nil {
-		return false, nil
+		return false, commit()
 	}
+	// verified: the client may have the last byte now; storage finishes behind it
 	if err := sink.release(); err != nil {
-		// the client went away; the blob is stored all the same
 		p.opts.log.Debug("client left during a blob fetch", "repo", rt.Name, "digest", d, "err", err)
 	}
 	p.opts.metrics.servedBytes(rt, n-sink.dropped)
-	return true, nil
+	return true, errCommitLater{commit}
+}
+
+// errCommitLater tells fillOrWait that the client is served and the commit is still to run.
+type errCommitLater struct{ commit func() error }
+
+func (errCommitLater) Error() string { return "commit pending" }
+
+var chunkPool = sync.Pool{New: func() any { return make([]byte, 1<<20) }}
+
+// storeWriter writes chunks to an upload on its own goroutine, so storage runs beside the
+// upstream read and the client instead of in turn with them. At most 32 chunks wait.
+type storeWriter struct {
+	ch   chan []byte
+	done chan error
+	once sync.Once
+	err  error
+}
+
+func newStoreWriter(w io.Writer) *storeWriter {
+	s := &storeWriter{ch: make(chan []byte, 32), done: make(chan error, 1)}
+	go func() {
+		var err error
+		for b := range s.ch {
+			if err == nil {
+				_, err = w.Write(b)
+			}
+			chunkPool.Put(b[:cap(b)])
+		}
+		s.done <- err
+	}()
+	return s
+}
+
+func (s *storeWriter) write(b []byte) { s.ch <- b }
+
+// close waits for every chunk to be written and returns the first write error.
+func (s *storeWriter) close() error {
+	s.once.Do(func() {
+		close(s.ch)
+		s.err = <-s.done
+	})
+	return s.err
 }
 
 // BlobHead answers HEAD for an uncached blob from the upstream, without fetching it.

@@ -14,6 +14,7 @@ type Metrics struct {
 	cacheRequests *prometheus.CounterVec
 	upBytes       *prometheus.CounterVec
 	srvBytes      *prometheus.CounterVec
+	companions    *prometheus.CounterVec
 }
 
 // NewMetrics registers the metrics with reg (nil: not registered anywhere).
@@ -35,9 +36,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "gatehouse_served_bytes_total",
 			Help: "Blob bytes sent to clients of pull routes, by route (from the cache and streamed from the upstream).",
 		}, []string{"route"}),
+		companions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gatehouse_companions_fetched_total",
+			Help: "Signatures, attestations, SBOMs (cosign tags) and OCI referrers fetched along with manifests, by route and kind.",
+		}, []string{"route", "kind"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.upstreamReqs, m.cacheRequests, m.upBytes, m.srvBytes)
+		reg.MustRegister(m.upstreamReqs, m.cacheRequests, m.upBytes, m.srvBytes, m.companions)
 	}
 	return m
 }
@@ -61,7 +66,6 @@ func (m *Metrics) servedBytes(rt route.Resolved, n int64) {
 	m.srvBytes.WithLabelValues(rt.Route.Prefix).Add(float64(n))
 }
 
-// ServedBytes counts bytes of a pull route's blob served from the cache.
-func (m *Metrics) ServedBytes(prefix string, n int64) {
-	m.srvBytes.WithLabelValues(prefix).Add(float64(n))
+func (m *Metrics) companion(rt route.Resolved, kind string) {
+	m.companions.WithLabelValues(rt.Route.Prefix, kind).Inc()
 }

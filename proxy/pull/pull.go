@@ -56,6 +56,7 @@ type Puller struct {
 	opts      options
 	flights   singleflight.Group // manifests and tag revalidations
 	blobs     blobFlights
+	bg        sync.WaitGroup // background companion fetches
 }
 
 type options struct {
@@ -179,7 +180,7 @@ func (p *Puller) ensure(ctx context.Context, rt route.Resolved, up Upstream, d d
 			return nil, err
 		}
 		if companions {
-			p.companions(fctx, rt, up, d)
+			p.companionsLater(ctx, rt, up, d)
 		}
 		return nil, nil
 	})
@@ -289,7 +290,7 @@ func (p *Puller) revalidate(ctx context.Context, rt route.Resolved, up Upstream,
 		if err := p.store(ctx, rt, m.Digest, m, tag); err != nil {
 			return "", "", err
 		}
-		p.companions(ctx, rt, up, m.Digest)
+		p.companionsLater(ctx, rt, up, m.Digest)
 		return m.Digest, "", nil
 	}
 	if err := p.ensure(ctx, rt, up, desc.Digest, true); err != nil {
@@ -329,6 +330,28 @@ func (p *Puller) Tags(ctx context.Context, rt route.Resolved, pg meta.Page) (tag
 	return tags, more, "upstream cannot answer (" + err.Error() + "); listing the tags cached here", nil
 }
 
+// companionsLater fetches manifest d's companions in the background: the client that asked for
+// the manifest does not wait for them.
+func (p *Puller) companionsLater(ctx context.Context, rt route.Resolved, up Upstream, d digest.Digest) {
+	p.bg.Add(1)
+	go func() {
+		defer p.bg.Done()
+		ctx, cancel := detach(ctx, p.opts.companionTimeout)
+		defer cancel()
+		p.companions(ctx, rt, up, d)
+	}()
+}
+
+// Close waits (up to timeout) for background companion fetches to finish.
+func (p *Puller) Close(timeout time.Duration) {
+	done := make(chan struct{})
+	go func() { p.bg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+	}
+}
+
 // companions fetches what the upstream holds about manifest d: cosign's signature, attestation
 // and SBOM tags, and OCI referrers, with their blobs. Failures are logged, never fatal: the
 // image itself was fetched.
@@ -351,7 +374,9 @@ func (p *Puller) companions(ctx context.Context, rt route.Resolved, up Upstream,
 			}
 			if err := p.artifact(ctx, rt, up, desc.Digest, tag); err != nil {
 				p.opts.log.Warn("could not fetch a cosign companion", "repo", rt.Name, "tag", tag, "err", err)
+				return
 			}
+			p.opts.metrics.companion(rt, suffix[1:])
 		}()
 	}
 	wg.Add(1)
@@ -365,7 +390,9 @@ func (p *Puller) companions(ctx context.Context, rt route.Resolved, up Upstream,
 		for _, r := range refs {
 			if err := p.artifact(ctx, rt, up, r.Digest, ""); err != nil {
 				p.opts.log.Warn("could not fetch a referrer", "repo", rt.Name, "digest", r.Digest, "err", err)
+				continue
 			}
+			p.opts.metrics.companion(rt, "referrer")
 		}
 	}()
 	wg.Wait()
