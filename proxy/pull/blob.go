@@ -81,7 +81,11 @@ func (p *Puller) fillOrWait(ctx context.Context, rt route.Resolved, up Upstream,
 	var later errCommitLater
 	if errors.As(err, &later) {
 		// the client has its verified bytes; commit, then release the waiters
-		go func() { p.blobs.finish(key, f, later.commit()) }()
+		p.bg.Add(1)
+		go func() {
+			defer p.bg.Done()
+			p.blobs.finish(key, f, later.commit())
+		}()
 		return served, nil
 	}
 	p.blobs.finish(key, f, stripAbort(err))

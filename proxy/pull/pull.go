@@ -56,7 +56,7 @@ type Puller struct {
 	opts      options
 	flights   singleflight.Group // manifests and tag revalidations
 	blobs     blobFlights
-	bg        sync.WaitGroup // background companion fetches
+	bg        sync.WaitGroup // background work: companion fetches, blob commits
 }
 
 type options struct {
@@ -342,7 +342,7 @@ func (p *Puller) companionsLater(ctx context.Context, rt route.Resolved, up Upst
 	}()
 }
 
-// Close waits (up to timeout) for background companion fetches to finish.
+// Close waits (up to timeout) for background work (companion fetches, blob commits) to finish.
 func (p *Puller) Close(timeout time.Duration) {
 	done := make(chan struct{})
 	go func() { p.bg.Wait(); close(done) }()
