@@ -122,6 +122,15 @@ func TestProxyThunderingHerd(t *testing.T) {
 			t.Errorf("blob %s GETs upstream = %d, want 1", b, n)
 		}
 	}
+	for _, m := range []string{
+		`gatehouse_cache_requests_total{kind="blob",result="shared",route="docker.io"}`,
+		`gatehouse_cache_requests_total{kind="blob",result="miss",route="docker.io"} 2`,
+		`gatehouse_upstream_requests_total{kind="blob",route="docker.io",status="200"} 2`,
+		`gatehouse_upstream_bytes_total{route="docker.io"}`,
+		`gatehouse_served_bytes_total{route="docker.io"}`,
+	} {
+		waitMetric(t, gh, m)
+	}
 	t.Logf("%d concurrent first pulls: upstream saw %d manifest GET(s) and %d GET(s) per blob", clients,
 		fr.count("GET", "/v2/library/herd/manifests/"+digest), fr.count("GET", "/v2/library/herd/blobs/"+blobsOf(t, manifest)[1]))
 	gh.healthy(t)
