@@ -16,12 +16,19 @@ import (
 func TestBenchCommandRuns(t *testing.T) {
 	tool(t, "registry")
 	tool(t, "wrk")
-	cmd := exec.Command("go", "run", "./integration/bench", "-blob-size", "4MiB", "-duration", "1s", "-rounds", "1", "-streams", "2", "-connections", "8")
+	cmd := exec.Command("go", "run", "./integration/bench", "-blob-size", "4MiB", "-duration", "1s", "-rounds", "1", "-streams", "2", "-connections", "8",
+		"-image-size", "4MiB", "-proxy-rounds", "1", "-upstream-rate", "64MiB")
 	cmd.Dir = ".."
 	cmd.Env = os.Environ()
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("bench: %v\n%s", err, out)
+	}
+	for _, row := range []string{"direct from the upstream", "gatehouse, cold", "distribution proxy, cold", "gatehouse, cached", "distribution proxy, cached"} {
+		re := regexp.MustCompile(regexp.QuoteMeta(row) + `\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x`)
+		if m := re.FindAllStringSubmatch(string(out), -1); len(m) != 2 {
+			t.Errorf("bench output has %d %q rows, want 2 (loopback and limited link):\n%s", len(m), row, out)
+		}
 	}
 	for _, row := range []string{"manifest GET req/s", "manifest GET p99 ms", "blob GET MiB/s, 1 stream", "blob GET MiB/s, 2 streams", "peak RSS MiB"} {
 		re := regexp.MustCompile(regexp.QuoteMeta(row) + `\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+[\d.]+x\s+[\d.]+x`)
