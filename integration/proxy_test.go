@@ -117,6 +117,15 @@ func TestProxyPull(t *testing.T) {
 		t.Errorf("ns naming a host: %d %s", status, body)
 	}
 
+	// a Range request on a blob not yet cached: fetched whole once, the range served from the store
+	_, _, armManifest := get(t, "http://"+up.addr+"/v2/library/multi/manifests/"+armDigest, map[string]string{"Accept": acceptAll})
+	armConfig := blobsOf(t, armManifest)[0]
+	_, _, wantConfig := get(t, "http://"+up.addr+"/v2/library/multi/blobs/"+armConfig, nil)
+	status, _, part := get(t, gh.url("/v2/docker.io/library/multi/blobs/"+armConfig), map[string]string{"Range": "bytes=2-9"})
+	if status != 206 || string(part) != string(wantConfig[2:10]) {
+		t.Errorf("range on an uncached blob: %d %q, want 206 %q", status, part, wantConfig[2:10])
+	}
+
 	// only the platform asked for is fetched
 	fr.reset()
 	if got := strings.TrimSpace(run(t, nil, crane, "digest", "--insecure", "--platform", "linux/arm64", gh.addr+"/docker.io/library/multi:v1")); got != armDigest {
