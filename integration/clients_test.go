@@ -56,6 +56,24 @@ func pushImage(t *testing.T, crane, ref string) (string, map[string][]byte) {
 	return digest, files
 }
 
+// assertFiles exports an image's filesystem with crane and compares the given files byte for byte.
+func assertFiles(t *testing.T, crane, ref string, files map[string][]byte) {
+	t.Helper()
+	exported := filepath.Join(t.TempDir(), "fs.tar")
+	run(t, nil, crane, "export", "--insecure", ref, exported)
+	f, err := os.Open(exported)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := untar(t, f)
+	f.Close()
+	for name, want := range files {
+		if !bytes.Equal(got[name], want) {
+			t.Errorf("%s: file %s differs (%d bytes, want %d)", ref, name, len(got[name]), len(want))
+		}
+	}
+}
+
 // untar reads a tar stream into name -> content.
 func untar(t *testing.T, r io.Reader) map[string][]byte {
 	t.Helper()
@@ -88,16 +106,7 @@ func TestCrane(t *testing.T) {
 		t.Fatalf("manifest bytes do not hash to %s", digest)
 	}
 	// pull back the filesystem and compare every file byte for byte
-	exported := filepath.Join(t.TempDir(), "fs.tar")
-	run(t, nil, crane, "export", "--insecure", ref, exported)
-	f, _ := os.Open(exported)
-	got := untar(t, f)
-	f.Close()
-	for name, want := range files {
-		if !bytes.Equal(got[name], want) {
-			t.Errorf("file %s differs after the round trip (%d bytes, want %d)", name, len(got[name]), len(want))
-		}
-	}
+	assertFiles(t, crane, ref, files)
 	// pull as an OCI layout too
 	run(t, nil, crane, "pull", "--insecure", "--format", "oci", ref, filepath.Join(t.TempDir(), "layout"))
 

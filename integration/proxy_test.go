@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -82,16 +81,7 @@ func TestProxyPull(t *testing.T) {
 	if got := strings.TrimSpace(run(t, nil, crane, "digest", "--insecure", gh.addr+"/docker.io/app:v1")); got != appDigest {
 		t.Errorf("docker.io/app (library namespace) = %s", got)
 	}
-	exported := filepath.Join(t.TempDir(), "fs.tar")
-	run(t, nil, crane, "export", "--insecure", ref, exported)
-	f, _ := os.Open(exported)
-	fs := untar(t, f)
-	f.Close()
-	for name, want := range files {
-		if !bytes.Equal(fs[name], want) {
-			t.Errorf("file %s differs through the proxy", name)
-		}
-	}
+	assertFiles(t, crane, ref, files)
 
 	// path-prefix mode, with skopeo
 	layout := filepath.Join(t.TempDir(), "layout")

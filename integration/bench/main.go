@@ -312,18 +312,10 @@ func startGatehouse(work, name, extra string) (*target, error) {
 	if err != nil {
 		return nil, err
 	}
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	cfg := filepath.Join(work, name+".yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf("listen: 127.0.0.1:%d\ndata: %s\nlog: {level: warn}\n%s", port, filepath.Join(work, name+"-data"), extra)), 0o644)
-	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	t, err := startProcess(name, base+"/v2/", exec.Command(bin, "serve", "--config", cfg), filepath.Join(work, name+".log"))
-	if t != nil {
-		t.base = base
-	}
-	return t, err
+	return startServer(work, name, func(port int, cfg string) *exec.Cmd {
+		os.WriteFile(cfg, []byte(fmt.Sprintf("listen: 127.0.0.1:%d\ndata: %s\nlog: {level: warn}\n%s", port, filepath.Join(work, name+"-data"), extra)), 0o644)
+		return exec.Command(bin, "serve", "--config", cfg)
+	})
 }
 
 // startDistribution starts the distribution registry as name, with extra YAML (a proxy block).
@@ -332,20 +324,27 @@ func startDistribution(work, name, extra string) (*target, error) {
 	if err != nil {
 		return nil, err
 	}
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	cfg := filepath.Join(work, name+".yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf(`version: 0.1
+	return startServer(work, name, func(port int, cfg string) *exec.Cmd {
+		os.WriteFile(cfg, []byte(fmt.Sprintf(`version: 0.1
 log: {level: error, accesslog: {disabled: true}}
 storage:
   filesystem: {rootdirectory: %s}
   delete: {enabled: true}
 http: {addr: 127.0.0.1:%d}
 %s`, filepath.Join(work, name+"-data"), port, extra)), 0o644)
+		return exec.Command(bin, "serve", cfg)
+	})
+}
+
+// startServer picks a port, lets command write name's config and build its command, starts it
+// and waits for /v2/.
+func startServer(work, name string, command func(port int, cfg string) *exec.Cmd) (*target, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	t, err := startProcess(name, base+"/v2/", exec.Command(bin, "serve", cfg), filepath.Join(work, name+".log"))
+	t, err := startProcess(name, base+"/v2/", command(port, filepath.Join(work, name+".yaml")), filepath.Join(work, name+".log"))
 	if t != nil {
 		t.base = base
 	}
