@@ -290,7 +290,17 @@ func (w *walker) entry(l digest.Digest, h *tar.Header, body io.Reader) error {
 		w.res.Files[p] = f
 	case tar.TypeSymlink:
 		w.replace(p)
-		if err := w.root.Symlink(h.Linkname, p); err != nil {
+		target := h.Linkname
+		if path.IsAbs(target) {
+			// As inside the container: an absolute target is relative to the image root.
+			rel, err := filepathRel(path.Dir(p), strings.TrimPrefix(path.Clean(target), "/"))
+			if err != nil {
+				w.issue(l, p, "escape", "the symlink target %q cannot be kept inside the root", h.Linkname)
+				return nil
+			}
+			target = rel
+		}
+		if err := w.root.Symlink(target, p); err != nil {
 			w.issue(l, p, "escape", "the symlink cannot be made: %v", err)
 			return nil
 		}
@@ -368,4 +378,29 @@ func (w *walker) removeUnder(dir string, self bool) {
 	if self {
 		w.root.RemoveAll(dir)
 	}
+}
+
+// filepathRel is path-based filepath.Rel for slash-separated root-relative paths.
+func filepathRel(fromDir, to string) (string, error) {
+	if fromDir == "." {
+		fromDir = ""
+	}
+	from := strings.Split(fromDir, "/")
+	if fromDir == "" {
+		from = nil
+	}
+	if to == "." {
+		to = ""
+	}
+	parts := []string{}
+	for range from {
+		parts = append(parts, "..")
+	}
+	if to != "" {
+		parts = append(parts, to)
+	}
+	if len(parts) == 0 {
+		return ".", nil
+	}
+	return strings.Join(parts, "/"), nil
 }

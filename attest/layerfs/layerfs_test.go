@@ -84,6 +84,7 @@ func TestLayersMerge(t *testing.T) {
 		entry{name: "opt/app/.wh..wh..opq"},
 		entry{name: "opt/app/new.txt", body: "new"},
 		entry{name: "usr/bin/link", typ: tar.TypeSymlink, link: "tool"},
+		entry{name: "etc/alternatives/tool", typ: tar.TypeSymlink, link: "/usr/bin/tool"},
 	)
 	res, _ := flatten(t, DefaultLimits, l1, l2)
 	if res.Incomplete || len(res.Issues) != 0 {
@@ -115,6 +116,12 @@ func TestLayersMerge(t *testing.T) {
 	}
 	if res.Files["usr/bin/link"].Link != "tool" {
 		t.Errorf("symlink: %+v", res.Files["usr/bin/link"])
+	}
+	// an absolute symlink resolves inside the tree, as it would inside the container
+	root, _ := os.OpenRoot(res.Root)
+	defer root.Close()
+	if b, err := root.ReadFile("etc/alternatives/tool"); err != nil || string(b) != "binary" {
+		t.Errorf("absolute symlink read through the root: %q %v", b, err)
 	}
 }
 
