@@ -1,0 +1,6 @@
+// Package inventory lists what is inside a flattened image: OS packages (dpkg, apk, rpm) and
+// language packages (Go binaries, npm, Python, Java, Cargo, RubyGems, Composer, .NET), each with
+// the path and layer it came from, and secrets, each with a fingerprint in place of its value.
+// Extraction is osv-scalibr's, run over the tree layerfs built and read only through an os.Root,
+// so an image's symlinks never reach the host's files.
+package inventory
