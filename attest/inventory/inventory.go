@@ -23,6 +23,7 @@ import (
 type Package struct {
 	Ecosystem string        `json:"ecosystem"` // OSV ecosystem, e.g. "Debian:12", "Go", "npm", "PyPI"
 	Name      string        `json:"name"`
+	Source    string        `json:"source,omitempty"` // the source package of an OS package (advisories name it)
 	Version   string        `json:"version"`
 	PURL      string        `json:"purl,omitempty"`
 	Path      string        `json:"path"`            // the file it was read from
@@ -90,6 +91,11 @@ func Extract(ctx context.Context, tree *layerfs.Result) (*Inventory, error) {
 		}
 		if u := p.PURL(); u != nil {
 			pkg.PURL = u.String()
+			for _, q := range u.Qualifiers {
+				if q.Key == "source" && q.Value != "" && q.Value != "UNKNOWN" && q.Value != p.Name {
+					pkg.Source = q.Value
+				}
+			}
 		}
 		inv.Packages = append(inv.Packages, pkg)
 	}
