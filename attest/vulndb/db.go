@@ -1,0 +1,404 @@
+package vulndb
+
+import (
+	"archive/zip"
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	_ "modernc.org/sqlite" // the "sqlite" database/sql driver
+)
+
+// ErrNoDatabase means no database has been imported: nothing can be matched, and the gate must
+// fail closed.
+var ErrNoDatabase = errors.New("no vulnerability database has been imported (run `gatehouse db update --from URL|FILE|DIR`)")
+
+// Info describes an imported database.
+type Info struct {
+	Version  string    `json:"version"`  // changes with every import whose content differs
+	Imported time.Time `json:"imported"` // when it was imported
+	Newest   time.Time `json:"newest"`   // the newest record's modified time
+	Records  int       `json:"records"`
+	Source   string    `json:"source"`
+}
+
+// Age is how old the database is: since its newest record, or its import when records carry no
+// times.
+func (i Info) Age(now time.Time) time.Duration {
+	if !i.Newest.IsZero() {
+		return now.Sub(i.Newest)
+	}
+	return now.Sub(i.Imported)
+}
+
+// DB is the database at one path; it reopens the file when an import replaces it.
+type DB struct {
+	path string
+
+	mu      sync.Mutex
+	db      *sql.DB
+	info    Info
+	stat    os.FileInfo
+	checked time.Time
+}
+
+// Open returns the database at path (it may not exist yet).
+func Open(path string) *DB { return &DB{path: path} }
+
+// Path is where the database lives.
+func (d *DB) Path() string { return d.path }
+
+// current returns an open handle on the newest file, reopening after an import.
+func (d *DB) current() (*sql.DB, Info, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.db != nil && time.Since(d.checked) < time.Second {
+		return d.db, d.info, nil
+	}
+	d.checked = time.Now()
+	fi, err := os.Stat(d.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, Info{}, ErrNoDatabase
+	}
+	if err != nil {
+		return nil, Info{}, err
+	}
+	if d.db != nil && os.SameFile(fi, d.stat) && fi.ModTime().Equal(d.stat.ModTime()) {
+		return d.db, d.info, nil
+	}
+	db, err := sql.Open("sqlite", "file:"+d.path+"?mode=ro&_pragma=busy_timeout(5000)")
+	if err != nil {
+		return nil, Info{}, err
+	}
+	info, err := readInfo(db)
+	if err != nil {
+		db.Close()
+		return nil, Info{}, fmt.Errorf("vulnerability database %s: %w", d.path, err)
+	}
+	if d.db != nil {
+		d.db.Close()
+	}
+	d.db, d.info, d.stat = db, info, fi
+	return db, info, nil
+}
+
+// Info describes the database now in place.
+func (d *DB) Info() (Info, error) {
+	_, info, err := d.current()
+	return info, err
+}
+
+// Close releases the database.
+func (d *DB) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.db != nil {
+		return d.db.Close()
+	}
+	return nil
+}
+
+func readInfo(db *sql.DB) (Info, error) {
+	rows, err := db.Query(`SELECT key, value FROM info`)
+	if err != nil {
+		return Info{}, err
+	}
+	defer rows.Close()
+	var info Info
+	for rows.Next() {
+		var k, v string
+		if err := rows.Scan(&k, &v); err != nil {
+			return Info{}, err
+		}
+		switch k {
+		case "version":
+			info.Version = v
+		case "imported":
+			info.Imported, _ = time.Parse(time.RFC3339, v)
+		case "newest":
+			info.Newest, _ = time.Parse(time.RFC3339, v)
+		case "records":
+			fmt.Sscan(v, &info.Records)
+		case "source":
+			info.Source = v
+		}
+	}
+	if info.Version == "" {
+		return Info{}, errors.New("it records no version (an interrupted import?)")
+	}
+	return info, rows.Err()
+}
+
+// candidates returns the records that name a package.
+func candidates(ctx context.Context, db *sql.DB, names ...string) ([]Record, error) {
+	var out []Record
+	seen := map[string]bool{}
+	for _, name := range names {
+		if name == "" {
+			continue
+		}
+		rows, err := db.QueryContext(ctx, `SELECT r.id, r.body FROM affected a JOIN records r ON r.id = a.id WHERE a.name = ?`, name)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var id string
+			var body []byte
+			if err := rows.Scan(&id, &body); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			if seen[id] {
+				continue
+			}
+			seen[id] = true
+			var r Record
+			if err := json.Unmarshal(body, &r); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("record %s: %w", id, err)
+			}
+			out = append(out, r)
+		}
+		rows.Close()
+	}
+	return out, nil
+}
+
+// Import builds a new database from an OSV source — an http(s) URL of a zip, a zip file, a JSON
+// file, or a directory of either — and moves it into place at path in one rename, so readers
+// see the old database or the new one, never half of one. progress, if set, gets a progress bar.
+func Import(ctx context.Context, path, from string, progress io.Writer) (Info, error) {
+	if progress == nil {
+		progress = io.Discard
+	}
+	src := from
+	if u, err := url.Parse(from); err == nil && (u.Scheme == "http" || u.Scheme == "https") {
+		f, err := download(ctx, from, progress)
+		if err != nil {
+			return Info{}, err
+		}
+		defer os.Remove(f)
+		src = f
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return Info{}, err
+	}
+	tmp := fmt.Sprintf("%s.import-%d", path, time.Now().UnixNano())
+	defer os.Remove(tmp)
+	db, err := sql.Open("sqlite", "file:"+tmp+"?_pragma=journal_mode(OFF)&_pragma=synchronous(OFF)")
+	if err != nil {
+		return Info{}, err
+	}
+	defer db.Close()
+	if _, err := db.ExecContext(ctx, `CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+		CREATE TABLE records (id TEXT PRIMARY KEY, modified TEXT NOT NULL, body BLOB NOT NULL);
+		CREATE TABLE affected (name TEXT NOT NULL, ecosystem TEXT NOT NULL, id TEXT NOT NULL);`); err != nil {
+		return Info{}, err
+	}
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return Info{}, err
+	}
+	defer tx.Rollback()
+	ins := &inserter{tx: tx, ctx: ctx, hash: sha256.New()}
+	bar := progressbar.NewOptions(-1, progressbar.OptionSetWriter(progress), progressbar.OptionSetDescription("importing OSV records"),
+		progressbar.OptionShowCount(), progressbar.OptionThrottle(200*time.Millisecond), progressbar.OptionClearOnFinish())
+	ins.bar = bar
+	if err := walkSource(src, ins); err != nil {
+		return Info{}, fmt.Errorf("importing %s: %w", from, err)
+	}
+	bar.Finish()
+	if ins.count == 0 {
+		return Info{}, fmt.Errorf("importing %s: no OSV records found", from)
+	}
+	if _, err := tx.ExecContext(ctx, `CREATE INDEX affected_by_name ON affected (name)`); err != nil {
+		return Info{}, err
+	}
+	info := Info{
+		Version:  time.Now().UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(ins.hash.Sum(nil))[:12],
+		Imported: time.Now().UTC(),
+		Newest:   ins.newest,
+		Records:  ins.count,
+		Source:   from,
+	}
+	for k, v := range map[string]string{"version": info.Version, "imported": info.Imported.Format(time.RFC3339),
+		"newest": info.Newest.Format(time.RFC3339), "records": fmt.Sprint(info.Records), "source": info.Source} {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO info (key, value) VALUES (?, ?)`, k, v); err != nil {
+			return Info{}, err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return Info{}, err
+	}
+	if err := db.Close(); err != nil {
+		return Info{}, err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return Info{}, err
+	}
+	fmt.Fprintf(progress, "imported %d OSV records from %s: version %s\n", info.Records, from, info.Version)
+	return info, nil
+}
+
+type inserter struct {
+	tx     *sql.Tx
+	ctx    context.Context
+	hash   hash.Hash
+	count  int
+	newest time.Time
+	bar    *progressbar.ProgressBar
+}
+
+// add stores one OSV record (JSON); a file may hold one record or an array of them.
+func (in *inserter) add(name string, body []byte) error {
+	body = []byte(strings.TrimSpace(string(body)))
+	if len(body) > 0 && body[0] == '[' {
+		var many []json.RawMessage
+		if err := json.Unmarshal(body, &many); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		for _, one := range many {
+			if err := in.add(name, one); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	var r Record
+	if err := json.Unmarshal(body, &r); err != nil {
+		return fmt.Errorf("%s is not an OSV record: %w", name, err)
+	}
+	if r.ID == "" {
+		return fmt.Errorf("%s is not an OSV record: it has no id", name)
+	}
+	if _, err := in.tx.ExecContext(in.ctx, `INSERT INTO records (id, modified, body) VALUES (?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET modified = excluded.modified, body = excluded.body`, r.ID, r.Modified, body); err != nil {
+		return err
+	}
+	for _, a := range r.Affected {
+		if a.Package.Name == "" {
+			continue
+		}
+		if _, err := in.tx.ExecContext(in.ctx, `INSERT INTO affected (name, ecosystem, id) VALUES (?, ?, ?)`, a.Package.Name, a.Package.Ecosystem, r.ID); err != nil {
+			return err
+		}
+	}
+	if t, err := time.Parse(time.RFC3339, r.Modified); err == nil && t.After(in.newest) {
+		in.newest = t.UTC()
+	}
+	fmt.Fprintf(in.hash, "%s\x00%s\x00%x\n", r.ID, r.Modified, sha256.Sum256(body))
+	in.count++
+	in.bar.Add(1)
+	return nil
+}
+
+// walkSource feeds every record in a zip, a JSON file, or a directory tree of both.
+func walkSource(src string, in *inserter) error {
+	fi, err := os.Stat(src)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return addFile(src, in)
+	}
+	var files []string
+	err = filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() && (strings.HasSuffix(p, ".json") || strings.HasSuffix(p, ".zip")) {
+			files = append(files, p)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	sort.Strings(files)
+	for _, f := range files {
+		if err := addFile(f, in); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func addFile(p string, in *inserter) error {
+	if !strings.HasSuffix(p, ".zip") {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return in.add(p, b)
+	}
+	zr, err := zip.OpenReader(p)
+	if err != nil {
+		return fmt.Errorf("%s: %w", p, err)
+	}
+	defer zr.Close()
+	for _, f := range zr.File {
+		if !strings.HasSuffix(f.Name, ".json") {
+			continue
+		}
+		if f.UncompressedSize64 > 64<<20 {
+			return fmt.Errorf("%s: %s is %d bytes, too large for an OSV record", p, f.Name, f.UncompressedSize64)
+		}
+		rc, err := f.Open()
+		if err != nil {
+			return err
+		}
+		b, err := io.ReadAll(io.LimitReader(rc, 64<<20))
+		rc.Close()
+		if err != nil {
+			return fmt.Errorf("%s: %s: %w", p, f.Name, err)
+		}
+		if err := in.add(p+"!"+f.Name, b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// download fetches a URL into a temporary file, with a progress bar.
+func download(ctx context.Context, from string, progress io.Writer) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, from, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("downloading %s: %w", from, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("downloading %s: %s", from, resp.Status)
+	}
+	f, err := os.CreateTemp("", "gatehouse-osv-*.zip")
+	if err != nil {
+		return "", err
+	}
+	bar := progressbar.NewOptions64(resp.ContentLength, progressbar.OptionSetWriter(progress), progressbar.OptionShowBytes(true),
+		progressbar.OptionSetDescription("downloading "+from), progressbar.OptionThrottle(200*time.Millisecond), progressbar.OptionClearOnFinish())
+	if _, err := io.Copy(io.MultiWriter(f, bar), resp.Body); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return "", fmt.Errorf("downloading %s: %w", from, err)
+	}
+	return f.Name(), f.Close()
+}
