@@ -1,0 +1,251 @@
+package scan
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/gatehouse-dev/gatehouse/attest/inventory"
+	"github.com/gatehouse-dev/gatehouse/attest/layerfs"
+)
+
+// Version names this scanner's rules; a change re-scans nothing by itself but is recorded.
+const Version = "gatehouse-builtin/1"
+
+// Severities, as vulndb uses them.
+const (
+	Critical = "CRITICAL"
+	High     = "HIGH"
+	Medium   = "MEDIUM"
+	Low      = "LOW"
+)
+
+// EICAR is the SHA-256 of the EICAR anti-malware test file, always on the known-bad list so the
+// malware path can be tested without malware.
+const EICAR = digest.Digest("sha256:275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f")
+
+// Image is what a scan reads: the image config and the layers in order.
+type Image struct {
+	Digest digest.Digest
+	Config []byte
+	Layers []layerfs.Layer
+}
+
+// Finding is one thing the scan found that is not a package vulnerability.
+type Finding struct {
+	Kind        string        `json:"kind"` // config, secret, malware, layer
+	ID          string        `json:"id"`
+	Severity    string        `json:"severity"`
+	Title       string        `json:"title"`
+	Path        string        `json:"path,omitempty"`
+	Layer       digest.Digest `json:"layer,omitempty"`
+	Fingerprint string        `json:"fingerprint,omitempty"` // secrets: never the value
+}
+
+// Result is one scan of one image.
+type Result struct {
+	Digest    digest.Digest        `json:"digest"`
+	Scanner   string               `json:"scanner"`
+	Started   time.Time            `json:"started"`
+	Duration  time.Duration        `json:"duration"`
+	Complete  bool                 `json:"complete"` // false: a limit or a broken layer cut the scan short
+	Inventory *inventory.Inventory `json:"inventory"`
+	Findings  []Finding            `json:"findings"`
+	Read      int64                `json:"read"`     // layer bytes read as stored
+	Expanded  int64                `json:"expanded"` // tar bytes read
+}
+
+// Scanner is the built-in scanner.
+type Scanner struct {
+	TempDir string                   // where trees are flattened (default: the system's)
+	Limits  layerfs.Limits           // default: layerfs.DefaultLimits
+	Malware map[digest.Digest]string // known-bad file digests and their names; EICAR is always added
+}
+
+// Scan flattens the image, extracts its inventory and checks it.
+func (s *Scanner) Scan(ctx context.Context, img Image) (*Result, error) {
+	start := time.Now()
+	var cfg v1.Image
+	if err := json.Unmarshal(img.Config, &cfg); err != nil {
+		return nil, fmt.Errorf("scan %s: the image config is not JSON: %w", img.Digest, err)
+	}
+	dir, err := os.MkdirTemp(s.TempDir, "gatehouse-scan-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	lim := s.Limits
+	if lim == (layerfs.Limits{}) {
+		lim = layerfs.DefaultLimits
+	}
+	tree, err := layerfs.Flatten(ctx, dir, img.Layers, lim)
+	if err != nil {
+		return nil, fmt.Errorf("scan %s: %w", img.Digest, err)
+	}
+	inv, err := inventory.Extract(ctx, tree)
+	if err != nil {
+		return nil, fmt.Errorf("scan %s: %w", img.Digest, err)
+	}
+	r := &Result{
+		Digest: img.Digest, Scanner: Version + " (" + inv.Scanner + ")", Started: start.UTC(),
+		Complete: !tree.Incomplete, Inventory: inv, Findings: []Finding{},
+		Read: tree.Compressed, Expanded: tree.Expanded,
+	}
+	r.Findings = append(r.Findings, layerFindings(tree)...)
+	for _, sec := range inv.Secrets {
+		r.Findings = append(r.Findings, Finding{Kind: "secret", ID: "GH-SECRET-" + sec.Kind, Severity: High,
+			Title: fmt.Sprintf("%s in a file", sec.Kind), Path: sec.Path, Layer: sec.Layer, Fingerprint: sec.Fingerprint})
+	}
+	configFindings, err := checkConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("scan %s: %w", img.Digest, err)
+	}
+	r.Findings = append(r.Findings, configFindings...)
+	r.Findings = append(r.Findings, s.fileFindings(tree)...)
+	sort.SliceStable(r.Findings, func(a, b int) bool {
+		if r.Findings[a].Kind != r.Findings[b].Kind {
+			return r.Findings[a].Kind < r.Findings[b].Kind
+		}
+		return r.Findings[a].Path < r.Findings[b].Path
+	})
+	r.Duration = time.Since(start)
+	return r, nil
+}
+
+func layerFindings(tree *layerfs.Result) []Finding {
+	var out []Finding
+	for _, is := range tree.Issues {
+		sev := Medium
+		if is.Kind == "escape" {
+			sev = High
+		}
+		out = append(out, Finding{Kind: "layer", ID: "GH-LAYER-" + strings.ToUpper(is.Kind), Severity: sev,
+			Title: is.Detail, Path: is.Path, Layer: is.Layer})
+	}
+	if tree.Incomplete {
+		out = append(out, Finding{Kind: "layer", ID: "GH-LAYER-INCOMPLETE", Severity: High,
+			Title: "the scan stopped before the end of the image (see the other layer findings); what it did not read is unknown"})
+	}
+	return out
+}
+
+// remoteShellPorts are ports whose exposure means a way in that is not the application.
+var remoteShellPorts = map[string]string{"22/tcp": "ssh", "23/tcp": "telnet", "3389/tcp": "RDP", "5900/tcp": "VNC", "5901/tcp": "VNC"}
+
+// secretEnvNames are environment variable names that announce a secret.
+var secretEnvNames = []string{"PASSWORD", "PASSWD", "SECRET", "TOKEN", "API_KEY", "APIKEY", "PRIVATE_KEY", "ACCESS_KEY"}
+
+func checkConfig(ctx context.Context, cfg v1.Image) ([]Finding, error) {
+	var out []Finding
+	switch u := strings.TrimSpace(cfg.Config.User); u {
+	case "", "root", "0", "0:0", "root:root":
+		who := "no USER is set"
+		if u != "" {
+			who = "USER is " + u
+		}
+		out = append(out, Finding{Kind: "config", ID: "GH-CFG-ROOT", Severity: Medium, Title: "the image runs as root (" + who + ")", Path: "config:User"})
+	}
+	ports := make([]string, 0, len(cfg.Config.ExposedPorts))
+	for p := range cfg.Config.ExposedPorts {
+		ports = append(ports, p)
+	}
+	sort.Strings(ports)
+	for _, p := range ports {
+		if name, ok := remoteShellPorts[p]; ok {
+			out = append(out, Finding{Kind: "config", ID: "GH-CFG-REMOTE-SHELL", Severity: High, Title: fmt.Sprintf("port %s (%s) is exposed", p, name), Path: "config:ExposedPorts"})
+		}
+	}
+	for i, kv := range cfg.Config.Env {
+		name, value, _ := strings.Cut(kv, "=")
+		where := fmt.Sprintf("config:Env[%d] (%s)", i, name)
+		found, err := inventory.DetectSecrets(ctx, where, kv)
+		if err != nil {
+			return nil, err
+		}
+		for _, sec := range found {
+			out = append(out, Finding{Kind: "config", ID: "GH-CFG-ENV-SECRET", Severity: High, Title: sec.Kind + " in the environment variable " + name, Path: where, Fingerprint: sec.Fingerprint})
+		}
+		if len(found) == 0 && value != "" && !strings.HasPrefix(value, "/") && secretName(name) {
+			out = append(out, Finding{Kind: "config", ID: "GH-CFG-ENV-SECRET", Severity: Medium, Title: "the environment variable " + name + " looks like it holds a secret", Path: where, Fingerprint: fingerprint(value)})
+		}
+	}
+	labels := make([]string, 0, len(cfg.Config.Labels))
+	for k := range cfg.Config.Labels {
+		labels = append(labels, k)
+	}
+	sort.Strings(labels)
+	for _, k := range labels {
+		found, err := inventory.DetectSecrets(ctx, "config:Labels."+k, cfg.Config.Labels[k])
+		if err != nil {
+			return nil, err
+		}
+		for _, sec := range found {
+			out = append(out, Finding{Kind: "secret", ID: "GH-SECRET-" + sec.Kind, Severity: High, Title: sec.Kind + " in the label " + k, Path: sec.Path, Fingerprint: sec.Fingerprint})
+		}
+	}
+	for i, h := range cfg.History {
+		found, err := inventory.DetectSecrets(ctx, fmt.Sprintf("config:history[%d]", i), h.CreatedBy)
+		if err != nil {
+			return nil, err
+		}
+		for _, sec := range found {
+			out = append(out, Finding{Kind: "secret", ID: "GH-SECRET-" + sec.Kind, Severity: High, Title: sec.Kind + " in the build history", Path: sec.Path, Fingerprint: sec.Fingerprint})
+		}
+	}
+	return out, nil
+}
+
+func secretName(name string) bool {
+	up := strings.ToUpper(name)
+	for _, s := range secretEnvNames {
+		if strings.Contains(up, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// packageManagers are the tools that install more software at run time.
+var packageManagers = map[string]bool{
+	"usr/bin/apt": true, "usr/bin/apt-get": true, "usr/bin/dpkg": true, "sbin/apk": true, "usr/bin/yum": true,
+	"usr/bin/dnf": true, "usr/bin/microdnf": true, "usr/bin/rpm": true, "usr/bin/zypper": true,
+}
+
+// fileFindings checks every file: known-bad digests, setuid/setgid bits, package managers.
+func (s *Scanner) fileFindings(tree *layerfs.Result) []Finding {
+	bad := map[digest.Digest]string{EICAR: "EICAR test file"}
+	for d, n := range s.Malware {
+		bad[d] = n
+	}
+	paths := make([]string, 0, len(tree.Files))
+	for p := range tree.Files {
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+	var out []Finding
+	for _, p := range paths {
+		f := tree.Files[p]
+		if name, ok := bad[f.SHA256]; ok && f.SHA256 != "" {
+			out = append(out, Finding{Kind: "malware", ID: "GH-MALWARE", Severity: Critical, Title: "known-bad file: " + name + " (" + f.SHA256.String() + ")", Path: p, Layer: f.Layer})
+		}
+		if f.Mode.IsRegular() && f.Mode&(os.ModeSetuid|os.ModeSetgid) != 0 {
+			bits := "setuid"
+			if f.Mode&os.ModeSetuid == 0 {
+				bits = "setgid"
+			}
+			out = append(out, Finding{Kind: "config", ID: "GH-CFG-SETUID", Severity: Low, Title: "a " + bits + " file", Path: p, Layer: f.Layer})
+		}
+		if packageManagers[p] {
+			out = append(out, Finding{Kind: "config", ID: "GH-CFG-PKG-MANAGER", Severity: Low, Title: "the package manager " + path.Base(p) + " is left in the image", Path: p, Layer: f.Layer})
+		}
+	}
+	return out
+}
