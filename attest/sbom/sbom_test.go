@@ -1,0 +1,88 @@
+package sbom
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/santhosh-tekuri/jsonschema/v6"
+
+	"github.com/gatehouse-dev/gatehouse/attest/inventory"
+)
+
+// schema compiles the CycloneDX 1.6 JSON schema that ships with the cyclonedx-go module.
+func schema(t *testing.T) *jsonschema.Schema {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/CycloneDX/cyclonedx-go").Output()
+	if err != nil {
+		t.Fatalf("locating cyclonedx-go: %v", err)
+	}
+	dir := filepath.Join(strings.TrimSpace(string(out)), "schema")
+	c := jsonschema.NewCompiler()
+	// the module ships the JSF schema as jsf-0.82.schemax.json; the BOM schema refers to it by
+	// its published name
+	files := map[string]string{"bom-1.6.schema.json": "bom-1.6.schema.json", "spdx.schema.json": "spdx.schema.json", "jsf-0.82.schema.json": "jsf-0.82.schemax.json"}
+	for f, onDisk := range files {
+		b, err := os.ReadFile(filepath.Join(dir, onDisk))
+		if err != nil {
+			t.Fatal(err)
+		}
+		doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.AddResource("http://cyclonedx.org/schema/"+f, doc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := c.Compile("http://cyclonedx.org/schema/bom-1.6.schema.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// Validate checks an SBOM against the CycloneDX 1.6 schema.
+func validate(t *testing.T, s *jsonschema.Schema, doc []byte) error {
+	t.Helper()
+	v, err := jsonschema.UnmarshalJSON(bytes.NewReader(doc))
+	if err != nil {
+		return err
+	}
+	return s.Validate(v)
+}
+
+func TestCycloneDXValidates(t *testing.T) {
+	inv := &inventory.Inventory{Scanner: "osv-scalibr 0.5.3", Packages: []inventory.Package{
+		{Ecosystem: "Debian:12", Name: "libc6", Version: "2.36-9+deb12u14", PURL: "pkg:deb/debian/libc6@2.36-9%2Bdeb12u14?arch=amd64&distro=bookworm", Path: "var/lib/dpkg/status", Layer: "sha256:aa", Extractor: "os/dpkg"},
+		{Ecosystem: "npm", Name: "lodash", Version: "4.17.15", PURL: "pkg:npm/lodash@4.17.15", Path: "app/node_modules/lodash/package.json", Extractor: "javascript/packagejson"},
+		{Ecosystem: "Go", Name: "golang.org/x/net", Version: "0.30.0", Path: "app/server", Extractor: "go/binary"},
+	}}
+	doc, err := CycloneDX("docker.io/library/app", digest.FromString("image"), inv, time.Unix(1700000000, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := validate(t, schema(t), doc); err != nil {
+		t.Fatalf("the SBOM does not validate against CycloneDX 1.6: %v\n%s", err, doc)
+	}
+	var bom struct {
+		SpecVersion string `json:"specVersion"`
+		Components  []struct {
+			Name, Version, Purl string
+		}
+	}
+	json.Unmarshal(doc, &bom)
+	if bom.SpecVersion != "1.6" || len(bom.Components) != 3 || bom.Components[1].Purl != "pkg:npm/lodash@4.17.15" {
+		t.Errorf("bom: %+v", bom)
+	}
+	// and a broken document does not validate (the check can fail)
+	if err := validate(t, schema(t), []byte(`{"bomFormat":"CycloneDX","specVersion":"1.6","components":[{"name":1}]}`)); err == nil {
+		t.Error("an invalid document validated")
+	}
+}
