@@ -35,3 +35,20 @@ type Tag struct {
 	Updated time.Time // when the tag last pointed somewhere new
 	Checked time.Time // when the tag's digest was last written or confirmed
 }
+
+// Scan is the stored result of scanning one image (by manifest digest, whichever repository it
+// came through): the scanner's output as it wrote it, and the vulnerabilities matched against a
+// database version.
+type Scan struct {
+	Digest    digest.Digest
+	Repo      string // the repository it was first scanned in (where its SBOM is attached)
+	Scanned   time.Time
+	Scanner   string
+	Duration  time.Duration
+	Complete  bool
+	Error     string // non-empty: the scan failed, and why
+	Result    []byte // the scanner's JSON (inventory, findings)
+	DBVersion string // the vulnerability database Vulns were matched with; "" before any match
+	Vulns     []byte // JSON
+	Matched   time.Time
+}

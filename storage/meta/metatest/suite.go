@@ -29,6 +29,10 @@ type Store interface {
 	TagDelete(ctx context.Context, repo, tag string) error
 	TagInfo(ctx context.Context, repo, tag string) (meta.Tag, error)
 	TagTouch(ctx context.Context, repo, tag string, dgst digest.Digest, at time.Time) error
+	ScanPut(ctx context.Context, sc meta.Scan) error
+	ScanGet(ctx context.Context, d digest.Digest) (meta.Scan, error)
+	ScanVulnsPut(ctx context.Context, d digest.Digest, dbVersion string, vulns []byte, at time.Time) error
+	ScansToMatch(ctx context.Context, dbVersion string, limit int) ([]digest.Digest, error)
 	Referrers(ctx context.Context, repo string, subject digest.Digest, artifactType string) ([]meta.Manifest, error)
 	Close() error
 }
@@ -47,6 +51,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		"RepositoriesIsolated":   testRepositoriesIsolated,
 		"ConcurrentWriters":      testConcurrentWriters,
 		"TagTimestamps":          testTagTimestamps,
+		"Scans":                  testScans,
 	}
 	for name, fn := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -310,5 +315,50 @@ func testTagTimestamps(t *testing.T, s Store) {
 	}
 	if _, err := s.TagInfo(ctx, "r", "nope"); !errors.Is(err, meta.ErrNotFound) {
 		t.Errorf("TagInfo(unknown) = %v", err)
+	}
+}
+
+func testScans(t *testing.T, s Store) {
+	ctx := context.Background()
+	at := time.Unix(1700000000, 5).UTC()
+	a := meta.Scan{Digest: dg("a"), Repo: "r", Scanned: at, Scanner: "builtin", Duration: 1500 * time.Millisecond, Complete: true, Result: []byte(`{"x":1}`)}
+	b := meta.Scan{Digest: dg("b"), Repo: "r", Scanned: at.Add(time.Second), Scanner: "builtin", Complete: false, Result: []byte(`{}`)}
+	failed := meta.Scan{Digest: dg("c"), Repo: "r", Scanned: at, Scanner: "builtin", Error: "layer unreadable"}
+	for _, sc := range []meta.Scan{a, b, failed} {
+		if err := s.ScanPut(ctx, sc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := s.ScanGet(ctx, a.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(a, got, cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("ScanGet (-want +got):\n%s", diff)
+	}
+	todo, err := s.ScansToMatch(ctx, "v1", 10)
+	if err != nil || len(todo) != 2 || todo[0] != a.Digest {
+		t.Fatalf("ScansToMatch(v1) = %v %v; want a, b (not the failed scan)", todo, err)
+	}
+	if err := s.ScanVulnsPut(ctx, a.Digest, "v1", []byte(`[{"id":"CVE-1"}]`), at); err != nil {
+		t.Fatal(err)
+	}
+	todo, _ = s.ScansToMatch(ctx, "v1", 10)
+	if len(todo) != 1 || todo[0] != b.Digest {
+		t.Errorf("after matching a: %v", todo)
+	}
+	todo, _ = s.ScansToMatch(ctx, "v2", 10)
+	if len(todo) != 2 {
+		t.Errorf("a new database version must re-match everything: %v", todo)
+	}
+	got, _ = s.ScanGet(ctx, a.Digest)
+	if got.DBVersion != "v1" || string(got.Vulns) != `[{"id":"CVE-1"}]` || !got.Matched.Equal(at) {
+		t.Errorf("matched scan: %+v", got)
+	}
+	if err := s.ScanVulnsPut(ctx, dg("nope"), "v1", nil, at); !errors.Is(err, meta.ErrNotFound) {
+		t.Errorf("ScanVulnsPut(unknown) = %v", err)
+	}
+	if _, err := s.ScanGet(ctx, dg("nope")); !errors.Is(err, meta.ErrNotFound) {
+		t.Errorf("ScanGet(unknown) = %v", err)
 	}
 }

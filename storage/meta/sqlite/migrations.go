@@ -32,4 +32,18 @@ var migrations = []string{
 	// cached tag is.
 	`ALTER TABLE tags ADD COLUMN checked_at INTEGER NOT NULL DEFAULT 0;
 	UPDATE tags SET checked_at = updated_at * 1000000000;`,
+	// 3: scan results per image digest, and the vulnerabilities matched against a database version.
+	`CREATE TABLE scans (
+		digest      TEXT PRIMARY KEY,
+		repo        TEXT NOT NULL,
+		scanned_at  INTEGER NOT NULL,
+		scanner     TEXT NOT NULL,
+		duration_ns INTEGER NOT NULL,
+		complete    INTEGER NOT NULL,
+		error       TEXT NOT NULL DEFAULT '',
+		result      BLOB,
+		db_version  TEXT NOT NULL DEFAULT '',
+		vulns       BLOB,
+		matched_at  INTEGER NOT NULL DEFAULT 0
+	);`,
 }

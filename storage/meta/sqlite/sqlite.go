@@ -310,3 +310,77 @@ func (s *Store) page(ctx context.Context, q string, p meta.Page, args ...any) ([
 	}
 	return out, false, nil
 }
+
+// ScanPut records a scan (replacing an earlier one of the same digest, matches included).
+func (s *Store) ScanPut(ctx context.Context, sc meta.Scan) error {
+	complete := 0
+	if sc.Complete {
+		complete = 1
+	}
+	_, err := s.db.ExecContext(ctx, `INSERT INTO scans (digest, repo, scanned_at, scanner, duration_ns, complete, error, result, db_version, vulns, matched_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (digest) DO UPDATE SET repo = excluded.repo, scanned_at = excluded.scanned_at, scanner = excluded.scanner,
+			duration_ns = excluded.duration_ns, complete = excluded.complete, error = excluded.error, result = excluded.result,
+			db_version = excluded.db_version, vulns = excluded.vulns, matched_at = excluded.matched_at`,
+		sc.Digest.String(), sc.Repo, sc.Scanned.UnixNano(), sc.Scanner, int64(sc.Duration), complete, sc.Error, sc.Result,
+		sc.DBVersion, sc.Vulns, unixNano(sc.Matched))
+	return err
+}
+
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+// ScanGet returns the scan of an image.
+func (s *Store) ScanGet(ctx context.Context, d digest.Digest) (meta.Scan, error) {
+	var sc meta.Scan
+	var dg string
+	var scanned, dur, matched int64
+	var complete int
+	err := s.db.QueryRowContext(ctx, `SELECT digest, repo, scanned_at, scanner, duration_ns, complete, error, result, db_version, vulns, matched_at
+		FROM scans WHERE digest = ?`, d.String()).Scan(&dg, &sc.Repo, &scanned, &sc.Scanner, &dur, &complete, &sc.Error, &sc.Result, &sc.DBVersion, &sc.Vulns, &matched)
+	if errors.Is(err, sql.ErrNoRows) {
+		return meta.Scan{}, meta.ErrNotFound
+	}
+	if err != nil {
+		return meta.Scan{}, err
+	}
+	sc.Digest, sc.Scanned, sc.Duration, sc.Complete = digest.Digest(dg), time.Unix(0, scanned).UTC(), time.Duration(dur), complete == 1
+	if matched != 0 {
+		sc.Matched = time.Unix(0, matched).UTC()
+	}
+	return sc, nil
+}
+
+// ScanVulnsPut records the vulnerabilities of a scanned image as matched with dbVersion.
+func (s *Store) ScanVulnsPut(ctx context.Context, d digest.Digest, dbVersion string, vulns []byte, at time.Time) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE scans SET db_version = ?, vulns = ?, matched_at = ? WHERE digest = ?`, dbVersion, vulns, at.UnixNano(), d.String())
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return meta.ErrNotFound
+	}
+	return nil
+}
+
+// ScansToMatch lists successfully scanned images not yet matched with dbVersion.
+func (s *Store) ScansToMatch(ctx context.Context, dbVersion string, limit int) ([]digest.Digest, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT digest FROM scans WHERE error = '' AND db_version <> ? ORDER BY scanned_at LIMIT ?`, dbVersion, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []digest.Digest
+	for rows.Next() {
+		var d string
+		if err := rows.Scan(&d); err != nil {
+			return nil, err
+		}
+		out = append(out, digest.Digest(d))
+	}
+	return out, rows.Err()
+}
