@@ -3,6 +3,7 @@ package inventory
 import (
 	"fmt"
 	"log/slog"
+	"strings"
 
 	scalibrlog "github.com/google/osv-scalibr/log"
 )

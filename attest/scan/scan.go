@@ -249,3 +249,26 @@ func (s *Scanner) fileFindings(tree *layerfs.Result) []Finding {
 	}
 	return out
 }
+
+// LoadDigestList reads a known-bad list: one "sha256:<hex> name" per line; blank lines and lines
+// starting with # are skipped.
+func LoadDigestList(path string) (map[digest.Digest]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	out := map[digest.Digest]string{}
+	for i, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		d, name, _ := strings.Cut(line, " ")
+		dg, err := digest.Parse(d)
+		if err != nil || dg.Algorithm() != digest.SHA256 {
+			return nil, fmt.Errorf("%s:%d: %q is not a sha256 digest", path, i+1, d)
+		}
+		out[dg] = strings.TrimSpace(name)
+	}
+	return out, nil
+}

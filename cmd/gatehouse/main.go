@@ -3,6 +3,8 @@
 //
 //	gatehouse serve [--config FILE] [--listen ADDR] [--data DIR] [--log-format text|json] [--log-level LEVEL]
 //	gatehouse config check FILE
+//	gatehouse db update --from URL|FILE|DIR [--config FILE] [--data DIR]
+//	gatehouse db info [--config FILE] [--data DIR]
 //	gatehouse version
 package main
 
@@ -16,7 +18,9 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+	"time"
 
+	"github.com/gatehouse-dev/gatehouse/attest/vulndb"
 	"github.com/gatehouse-dev/gatehouse/cmd/gatehouse/config"
 )
 
@@ -39,6 +43,8 @@ func main() {
 const usage = `usage:
   gatehouse serve [--config FILE] [--listen ADDR] [--data DIR] [--log-format text|json] [--log-level debug|info|warn|error]
   gatehouse config check FILE
+  gatehouse db update --from URL|FILE|DIR [--config FILE] [--data DIR]
+  gatehouse db info [--config FILE] [--data DIR]
   gatehouse version
 `
 
@@ -62,6 +68,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "%s: ok\n", args[2])
 		return nil
+	case "db":
+		return dbCmd(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, version())
 		return nil
@@ -110,4 +118,51 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	return serve(ctx, cfg, *cfgPath, stderr)
+}
+
+// dbCmd imports a vulnerability database or describes the one in place.
+func dbCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || (args[0] != "update" && args[0] != "info") {
+		return usageError{"db takes: update --from URL|FILE|DIR, or info"}
+	}
+	fs := flag.NewFlagSet("db "+args[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "", "configuration file (for vulndb.path)")
+	data := fs.String("data", "", "data directory, overrides data:")
+	from := fs.String("from", "", "OSV source: an http(s) URL of a zip, a zip or JSON file, or a directory of them")
+	if err := fs.Parse(args[1:]); err != nil {
+		return usageError{err.Error()}
+	}
+	raw := []byte{}
+	if *cfgPath != "" {
+		b, err := os.ReadFile(*cfgPath)
+		if err != nil {
+			return fmt.Errorf("config: %w", err)
+		}
+		raw = b
+	}
+	cfg, err := config.ParseWithOverrides(raw, config.Overrides{Data: *data})
+	if err != nil {
+		return err
+	}
+	if args[0] == "info" {
+		info, err := vulndb.Open(cfg.VulnDB.Path).Info()
+		if err != nil {
+			return err
+		}
+		age := info.Age(time.Now())
+		fmt.Fprintf(stdout, "version  %s\nrecords  %d\nimported %s\nnewest   %s\nage      %s (stale after %s: %v)\nsource   %s\n",
+			info.Version, info.Records, info.Imported.Format(time.RFC3339), info.Newest.Format(time.RFC3339),
+			age.Round(time.Minute), time.Duration(cfg.VulnDB.MaxAge), age > time.Duration(cfg.VulnDB.MaxAge), info.Source)
+		return nil
+	}
+	if *from == "" {
+		return usageError{"db update needs --from URL|FILE|DIR"}
+	}
+	info, err := vulndb.Import(ctx, cfg.VulnDB.Path, *from, stderr)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: version %s, %d records\n", cfg.VulnDB.Path, info.Version, info.Records)
+	return nil
 }

@@ -23,10 +23,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/sirupsen/logrus"
 
+	"github.com/gatehouse-dev/gatehouse/attest/inventory"
+	"github.com/gatehouse-dev/gatehouse/attest/layerfs"
+	"github.com/gatehouse-dev/gatehouse/attest/scan"
+	"github.com/gatehouse-dev/gatehouse/attest/vulndb"
 	"github.com/gatehouse-dev/gatehouse/cmd/gatehouse/config"
 	"github.com/gatehouse-dev/gatehouse/proxy/api"
 	"github.com/gatehouse-dev/gatehouse/proxy/pull"
 	"github.com/gatehouse-dev/gatehouse/proxy/route"
+	"github.com/gatehouse-dev/gatehouse/proxy/scanning"
 	"github.com/gatehouse-dev/gatehouse/proxy/upstream"
 	"github.com/gatehouse-dev/gatehouse/storage/content"
 	"github.com/gatehouse-dev/gatehouse/storage/meta/sqlite"
@@ -106,10 +111,31 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 	for _, r := range table.Routes() {
 		log.Info("route", "prefix", r.Prefix, "kind", r.Kind, "upstream", r.Upstream)
 	}
-	puller := pull.New(store, md, upstreams, pull.WithLogger(log), pull.WithDigestAlgorithms(algs...), pull.WithMetrics(pullMetrics))
+	// every image that enters is scanned; the puller learns of the scanner once it exists
+	var scans *scanning.Service
+	submit := func(repo string, d digest.Digest, mediaType string) { scans.Submit(repo, d, mediaType) }
+	puller := pull.New(store, md, upstreams, pull.WithLogger(log), pull.WithDigestAlgorithms(algs...), pull.WithMetrics(pullMetrics), pull.WithManifestHook(submit))
+	scanner, err := newScanner(cfg.Scan)
+	if err != nil {
+		return err
+	}
+	inventory.SetLogger(log)
+	vdb := vulndb.Open(cfg.VulnDB.Path)
+	defer vdb.Close()
+	if info, err := vdb.Info(); err != nil {
+		log.Warn("no vulnerability database: images are scanned but not matched until `gatehouse db update --from ...` imports one", "path", cfg.VulnDB.Path)
+	} else {
+		log.Info("vulnerability database", "version", info.Version, "records", info.Records, "age", info.Age(time.Now()).Round(time.Minute))
+	}
+	scans = scanning.New(store, md, scanner, vdb, table, puller, log, scanning.NewMetrics(reg))
+	scanCtx, stopScans := context.WithCancel(ctx)
+	defer func() { stopScans(); scans.Wait() }()
+	scans.Start(scanCtx, cfg.Scan.Workers, time.Duration(cfg.VulnDB.Recheck))
 	handler, err := api.New(store, md,
 		api.WithRoutes(table),
 		api.WithPuller(puller),
+		api.WithManifestHook(submit),
+		api.WithManagement(scans.Handler(time.Duration(cfg.VulnDB.MaxAge))),
 		api.WithLogger(log),
 		api.WithMaxManifestSize(int64(cfg.Limits.ManifestSize)),
 		api.WithMaxNameLength(cfg.Limits.NameLength),
@@ -167,6 +193,25 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 	puller.Close(10 * time.Second)
 	log.Info("stopped")
 	return nil
+}
+
+// newScanner builds the built-in scanner from its configuration.
+func newScanner(c config.Scan) (*scan.Scanner, error) {
+	if err := os.MkdirAll(c.TempDir, 0o750); err != nil {
+		return nil, fmt.Errorf("scan.temp_dir: %w", err)
+	}
+	s := &scan.Scanner{TempDir: c.TempDir, Limits: layerfs.Limits{
+		MaxBytes: int64(c.MaxExpanded), MaxEntries: c.MaxEntries, MaxFileSize: int64(c.MaxFileSize),
+		MaxPathLen: c.MaxPathLength, Timeout: time.Duration(c.Timeout),
+	}}
+	if c.MalwareDigests != "" {
+		m, err := scan.LoadDigestList(c.MalwareDigests)
+		if err != nil {
+			return nil, fmt.Errorf("scan.malware_digests: %w", err)
+		}
+		s.Malware = m
+	}
+	return s, nil
 }
 
 // buildRoutes turns the configured routes into the route table and one upstream client per

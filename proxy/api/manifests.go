@@ -187,6 +187,9 @@ func (h *Handler) manifestPut(w http.ResponseWriter, r *http.Request, t Target) 
 	if err := h.meta.ManifestPut(ctx, rec, tags...); err != nil {
 		return apierr.Unavailablef(err, "the metadata store did not record the manifest")
 	}
+	if h.opts.onManifest != nil {
+		h.opts.onManifest(t.Name, d, p.MediaType)
+	}
 	hd := w.Header()
 	hd.Set("Location", "/v2/"+t.Name+"/manifests/"+d.String())
 	hd.Set("Docker-Content-Digest", d.String())

@@ -67,6 +67,8 @@ type options struct {
 	registry        *prometheus.Registry
 	routes          *route.Table
 	puller          *pull.Puller
+	onManifest      func(repo string, d digest.Digest, mediaType string)
+	management      http.Handler
 }
 
 // Option configures a Handler.
@@ -104,6 +106,14 @@ func WithRoutes(t *route.Table) Option { return func(o *options) { o.routes = t 
 
 // WithPuller fills pull routes from their upstreams (required when the table has pull routes).
 func WithPuller(p *pull.Puller) Option { return func(o *options) { o.puller = p } }
+
+// WithManifestHook is told of every manifest pushed (the scanner queues it).
+func WithManifestHook(fn func(repo string, d digest.Digest, mediaType string)) Option {
+	return func(o *options) { o.onManifest = fn }
+}
+
+// WithManagement serves h under /gatehouse/v1/ (Gatehouse's own API: scan results, ...).
+func WithManagement(h http.Handler) Option { return func(o *options) { o.management = h } }
 
 // New returns the API handler over a content store and a metadata store.
 func New(c *content.Store, md Metadata, opts ...Option) (*Handler, error) {
@@ -175,6 +185,9 @@ func (h *Handler) newRouter() *mux.Router {
 	r.Handle("/healthz", h.wrap("healthz", h.healthz)).Methods(http.MethodGet, http.MethodHead)
 	r.Handle("/readyz", h.wrap("readyz", h.readyz)).Methods(http.MethodGet, http.MethodHead)
 	r.Handle("/metrics", h.instrument("metrics", promhttp.HandlerFor(h.opts.registry, promhttp.HandlerOpts{}))).Methods(http.MethodGet)
+	if h.opts.management != nil {
+		r.PathPrefix("/gatehouse/v1/").Handler(h.instrument("management", h.opts.management))
+	}
 
 	oci := func(kind Kind, fn handlerFunc, methods ...string) {
 		r.MatcherFunc(h.matchKind(kind)).Methods(methods...).Handler(h.wrap(string(kind), fn))

@@ -66,6 +66,7 @@ type options struct {
 	companionTimeout time.Duration
 	maxCompanionBlob int64
 	now              func() time.Time
+	onManifest       func(repo string, d digest.Digest, mediaType string)
 }
 
 // Option configures a Puller.
@@ -86,6 +87,11 @@ func WithMetrics(m *Metrics) Option { return func(o *options) { o.metrics = m } 
 // of one manifest's, and the size of any one blob of them.
 func WithCompanionLimits(timeout time.Duration, maxBlob int64) Option {
 	return func(o *options) { o.companionTimeout, o.maxCompanionBlob = timeout, maxBlob }
+}
+
+// WithManifestHook is told of every manifest fetched from an upstream (the scanner queues it).
+func WithManifestHook(fn func(repo string, d digest.Digest, mediaType string)) Option {
+	return func(o *options) { o.onManifest = fn }
 }
 
 // New returns a Puller over the store and the upstream of each pull route.
@@ -203,6 +209,9 @@ func (p *Puller) store(ctx context.Context, rt route.Resolved, d digest.Digest, 
 	}
 	if err := p.meta.ManifestPut(ctx, rec, tags...); err != nil {
 		return apierr.Unavailablef(err, "the metadata store did not record manifest %s", d)
+	}
+	if p.opts.onManifest != nil {
+		p.opts.onManifest(rt.Name, d, parsed.MediaType)
 	}
 	return nil
 }
@@ -445,3 +454,13 @@ func (p *Puller) artifact(ctx context.Context, rt route.Resolved, up Upstream, d
 
 // CountServed records blob bytes of a pull route served from the cache.
 func (p *Puller) CountServed(rt route.Resolved, n int64) { p.opts.metrics.servedBytes(rt, n) }
+
+// EnsureBlob makes sure a blob of a pull route is in the store, fetching it once if not (the
+// scanner reads layers a client has not pulled yet).
+func (p *Puller) EnsureBlob(ctx context.Context, rt route.Resolved, d digest.Digest) error {
+	if _, err := p.content.BlobStat(ctx, rt.Name, d); err == nil {
+		return nil
+	}
+	_, err := p.Blob(ctx, rt, d, nil)
+	return err
+}

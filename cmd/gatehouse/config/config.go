@@ -34,9 +34,32 @@ type Config struct {
 	Uploads Uploads `yaml:"uploads"`
 	// Cache sizes the in-memory caches.
 	Cache Cache `yaml:"cache"`
+	// Scan configures the scanning of every image that enters.
+	Scan Scan `yaml:"scan"`
+	// VulnDB is the local vulnerability database.
+	VulnDB VulnDB `yaml:"vulndb"`
 	// Routes map repository names to pull-through caches of upstream registries and to hosted
 	// repositories. Absent: the embedded default (see DefaultRoutes).
 	Routes []Route `yaml:"routes"`
+}
+
+// Scan configures the built-in scanner and its bounds.
+type Scan struct {
+	Workers        int      `yaml:"workers"`         // images scanned at once (default 2)
+	TempDir        string   `yaml:"temp_dir"`        // where layers are flattened while scanned (default <data>/scan-tmp)
+	MaxExpanded    ByteSize `yaml:"max_expanded"`    // expanded layer bytes per image (default 16GiB)
+	MaxEntries     int      `yaml:"max_entries"`     // tar entries per image (default 2000000)
+	MaxFileSize    ByteSize `yaml:"max_file_size"`   // larger files are not examined (default 1GiB)
+	MaxPathLength  int      `yaml:"max_path_length"` // longer paths are skipped (default 4096)
+	Timeout        Duration `yaml:"timeout"`         // per image (default 10m)
+	MalwareDigests string   `yaml:"malware_digests"` // file of known-bad SHA-256 digests, "sha256:<hex> name" per line; EICAR is always included
+}
+
+// VulnDB configures the local OSV vulnerability database.
+type VulnDB struct {
+	Path    string   `yaml:"path"`    // default <data>/vulndb.sqlite
+	MaxAge  Duration `yaml:"max_age"` // older than this, the database is reported stale (default 72h)
+	Recheck Duration `yaml:"recheck"` // how often the server looks for a newly imported database (default 30s)
 }
 
 // Route is one route: a path prefix (also the containerd ?ns= value of a pull route) and what
@@ -206,6 +229,32 @@ func (c *Config) applyDefaults() {
 		n := 8192
 		c.Cache.Manifests = &n
 	}
+	if c.Scan.Workers == 0 {
+		c.Scan.Workers = 2
+	}
+	def(&c.Scan.TempDir, filepath.Join(c.Data, "scan-tmp"))
+	if c.Scan.MaxExpanded == 0 {
+		c.Scan.MaxExpanded = 16 << 30
+	}
+	if c.Scan.MaxEntries == 0 {
+		c.Scan.MaxEntries = 2_000_000
+	}
+	if c.Scan.MaxFileSize == 0 {
+		c.Scan.MaxFileSize = 1 << 30
+	}
+	if c.Scan.MaxPathLength == 0 {
+		c.Scan.MaxPathLength = 4096
+	}
+	if c.Scan.Timeout == 0 {
+		c.Scan.Timeout = Duration(10 * time.Minute)
+	}
+	def(&c.VulnDB.Path, filepath.Join(c.Data, "vulndb.sqlite"))
+	if c.VulnDB.MaxAge == 0 {
+		c.VulnDB.MaxAge = Duration(72 * time.Hour)
+	}
+	if c.VulnDB.Recheck == 0 {
+		c.VulnDB.Recheck = Duration(30 * time.Second)
+	}
 	if c.Routes == nil {
 		c.Routes = DefaultRoutes()
 	}
@@ -276,6 +325,18 @@ func (c *Config) Validate() error {
 	}
 	if *c.Cache.Manifests < 0 {
 		bad("cache.manifests", "must not be negative")
+	}
+	if c.Scan.Workers < 1 || c.Scan.Workers > 64 {
+		bad("scan.workers", "must be between 1 and 64, got %d", c.Scan.Workers)
+	}
+	if c.Scan.MaxExpanded < 1<<20 {
+		bad("scan.max_expanded", "must be at least 1MiB")
+	}
+	if c.Scan.Timeout < Duration(time.Second) {
+		bad("scan.timeout", "must be at least 1s")
+	}
+	if c.VulnDB.Recheck < Duration(100*time.Millisecond) {
+		bad("vulndb.recheck", "must be at least 100ms")
 	}
 	prefixes := map[string]int{}
 	for i, r := range c.Routes {

@@ -1,0 +1,405 @@
+package scanning
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/gatehouse-dev/gatehouse/attest/layerfs"
+	"github.com/gatehouse-dev/gatehouse/attest/sbom"
+	"github.com/gatehouse-dev/gatehouse/attest/scan"
+	"github.com/gatehouse-dev/gatehouse/attest/vulndb"
+	"github.com/gatehouse-dev/gatehouse/proxy/manifest"
+	"github.com/gatehouse-dev/gatehouse/proxy/pull"
+	"github.com/gatehouse-dev/gatehouse/proxy/route"
+	"github.com/gatehouse-dev/gatehouse/storage/content"
+	"github.com/gatehouse-dev/gatehouse/storage/meta"
+)
+
+// Scanner produces a scan result for an image (the built-in scanner; external ones later).
+type Scanner interface {
+	Scan(ctx context.Context, img scan.Image) (*scan.Result, error)
+}
+
+var _ Scanner = (*scan.Scanner)(nil)
+
+// Metadata is what scanning reads and records.
+type Metadata interface {
+	ManifestGet(ctx context.Context, repo string, d digest.Digest) (meta.Manifest, error)
+	ManifestPut(ctx context.Context, m meta.Manifest, tags ...string) error
+	ScanPut(ctx context.Context, sc meta.Scan) error
+	ScanGet(ctx context.Context, d digest.Digest) (meta.Scan, error)
+	ScanVulnsPut(ctx context.Context, d digest.Digest, dbVersion string, vulns []byte, at time.Time) error
+	ScansToMatch(ctx context.Context, dbVersion string, limit int) ([]digest.Digest, error)
+}
+
+// Service runs scans in the background.
+type Service struct {
+	content *content.Store
+	meta    Metadata
+	scanner Scanner
+	db      *vulndb.DB
+	routes  *route.Table
+	puller  *pull.Puller
+	log     *slog.Logger
+	metrics *Metrics
+
+	jobs     chan job
+	mu       sync.Mutex
+	inflight map[digest.Digest]chan struct{}
+	wg       sync.WaitGroup
+}
+
+type job struct {
+	repo string
+	d    digest.Digest
+}
+
+// New returns a scanning service; Start runs it.
+func New(c *content.Store, md Metadata, sc Scanner, db *vulndb.DB, routes *route.Table, puller *pull.Puller, log *slog.Logger, m *Metrics) *Service {
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	return &Service{content: c, meta: md, scanner: sc, db: db, routes: routes, puller: puller, log: log, metrics: m,
+		jobs: make(chan job, 1024), inflight: map[digest.Digest]chan struct{}{}}
+}
+
+// Start runs workers scans at a time and re-matches stored inventories whenever the database
+// version changes (checked every recheck), until ctx ends.
+func (s *Service) Start(ctx context.Context, workers int, recheck time.Duration) {
+	for range workers {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case j := <-s.jobs:
+					if _, err := s.ScanNow(ctx, j.repo, j.d); err != nil && !errors.Is(err, errNotImage) {
+						s.log.Error("scan failed", "repo", j.repo, "digest", j.d, "err", err)
+					}
+				}
+			}
+		}()
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		t := time.NewTicker(recheck)
+		defer t.Stop()
+		for {
+			if err := s.Rematch(ctx); err != nil && !errors.Is(err, vulndb.ErrNoDatabase) && ctx.Err() == nil {
+				s.log.Error("re-matching stored inventories failed", "err", err)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+}
+
+// Wait waits for the workers to stop (after Start's context ends).
+func (s *Service) Wait() { s.wg.Wait() }
+
+// Submit asks for a manifest to be scanned in the background; manifests that are not images
+// (indexes, signatures, SBOMs) are ignored by the worker.
+func (s *Service) Submit(repo string, d digest.Digest, mediaType string) {
+	if mediaType != manifest.OCIManifest && mediaType != manifest.DockerManifest {
+		return
+	}
+	select {
+	case s.jobs <- job{repo, d}:
+	default:
+		s.log.Warn("scan queue full; the image will be scanned when it is next asked for", "repo", repo, "digest", d)
+	}
+}
+
+var errNotImage = errors.New("not an image manifest")
+
+// ScanNow scans an image unless it has been scanned, waiting for a scan already running.
+func (s *Service) ScanNow(ctx context.Context, repo string, d digest.Digest) (meta.Scan, error) {
+	for {
+		if sc, err := s.meta.ScanGet(ctx, d); err == nil {
+			return sc, nil
+		}
+		s.mu.Lock()
+		wait, running := s.inflight[d]
+		if !running {
+			wait = make(chan struct{})
+			s.inflight[d] = wait
+		}
+		s.mu.Unlock()
+		if running {
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return meta.Scan{}, ctx.Err()
+			}
+		}
+		sc, err := s.scan(ctx, repo, d)
+		s.mu.Lock()
+		delete(s.inflight, d)
+		close(wait)
+		s.mu.Unlock()
+		return sc, err
+	}
+}
+
+func (s *Service) scan(ctx context.Context, repo string, d digest.Digest) (meta.Scan, error) {
+	img, err := s.image(ctx, repo, d)
+	if err != nil {
+		return meta.Scan{}, err
+	}
+	start := time.Now()
+	res, err := s.scanner.Scan(ctx, img)
+	if err != nil {
+		// recorded, so the gate can say why this image cannot be admitted
+		sc := meta.Scan{Digest: d, Repo: repo, Scanned: start.UTC(), Scanner: scan.Version, Duration: time.Since(start), Error: err.Error()}
+		if perr := s.meta.ScanPut(ctx, sc); perr != nil {
+			return meta.Scan{}, perr
+		}
+		s.metrics.scanned("failed", time.Since(start))
+		return sc, err
+	}
+	body, err := json.Marshal(res)
+	if err != nil {
+		return meta.Scan{}, err
+	}
+	sc := meta.Scan{Digest: d, Repo: repo, Scanned: res.Started, Scanner: res.Scanner, Duration: res.Duration, Complete: res.Complete, Result: body}
+	if err := s.meta.ScanPut(ctx, sc); err != nil {
+		return meta.Scan{}, err
+	}
+	outcome := "complete"
+	if !res.Complete {
+		outcome = "incomplete"
+	}
+	s.metrics.scanned(outcome, res.Duration)
+	for _, f := range res.Findings {
+		s.metrics.finding(f.Kind, f.Severity)
+	}
+	if err := s.attachSBOM(ctx, repo, d, res); err != nil {
+		s.log.Error("could not attach the SBOM", "repo", repo, "digest", d, "err", err)
+	}
+	if err := s.match(ctx, d, res); err != nil && !errors.Is(err, vulndb.ErrNoDatabase) {
+		return meta.Scan{}, err
+	}
+	s.log.Info("image scanned", "repo", repo, "digest", d, "packages", len(res.Inventory.Packages), "findings", len(res.Findings),
+		"complete", res.Complete, "took", res.Duration.Round(time.Millisecond))
+	return s.meta.ScanGet(ctx, d)
+}
+
+// image reads an image manifest's config and layers from the store, fetching what a pull
+// route has not cached yet.
+func (s *Service) image(ctx context.Context, repo string, d digest.Digest) (scan.Image, error) {
+	rec, err := s.meta.ManifestGet(ctx, repo, d)
+	if err != nil {
+		return scan.Image{}, fmt.Errorf("manifest %s of %s: %w", d, repo, err)
+	}
+	if rec.MediaType != manifest.OCIManifest && rec.MediaType != manifest.DockerManifest {
+		return scan.Image{}, errNotImage
+	}
+	body, err := s.content.ManifestGet(ctx, d)
+	if err != nil {
+		return scan.Image{}, err
+	}
+	var m v1.Manifest
+	if err := json.Unmarshal(body, &m); err != nil {
+		return scan.Image{}, err
+	}
+	switch m.Config.MediaType {
+	case v1.MediaTypeImageConfig, "application/vnd.docker.container.image.v1+json":
+	default:
+		return scan.Image{}, errNotImage // an artifact (signature, SBOM, ...), not an image
+	}
+	if err := s.ensure(ctx, repo, m.Config.Digest); err != nil {
+		return scan.Image{}, err
+	}
+	cfg, err := s.readBlob(ctx, repo, m.Config.Digest, 4<<20)
+	if err != nil {
+		return scan.Image{}, fmt.Errorf("config %s: %w", m.Config.Digest, err)
+	}
+	img := scan.Image{Digest: d, Config: cfg}
+	for _, l := range m.Layers {
+		if len(l.URLs) > 0 {
+			continue // non-distributable: not in the store, and not fetched from third parties
+		}
+		if err := s.ensure(ctx, repo, l.Digest); err != nil {
+			return scan.Image{}, fmt.Errorf("layer %s: %w", l.Digest, err)
+		}
+		ld := l.Digest
+		img.Layers = append(img.Layers, layerfs.Layer{Digest: ld, Open: func() (io.ReadCloser, error) {
+			desc, err := s.content.BlobStat(ctx, repo, ld)
+			if err != nil {
+				return nil, err
+			}
+			rc, err := s.content.BlobReader(ctx, desc)
+			if err != nil {
+				return nil, err
+			}
+			return &countingReader{rc: rc, count: s.metrics.layerBytes}, nil
+		}})
+	}
+	return img, nil
+}
+
+// ensure makes sure a blob is in the store (for a pull route, by fetching it once).
+func (s *Service) ensure(ctx context.Context, repo string, d digest.Digest) error {
+	if _, err := s.content.BlobStat(ctx, repo, d); err == nil {
+		return nil
+	}
+	rt, err := s.routes.Resolve(repo, "")
+	if err != nil || rt.Route.Kind != route.Pull || s.puller == nil {
+		return fmt.Errorf("blob %s is not in %s", d, repo)
+	}
+	return s.puller.EnsureBlob(ctx, rt, d)
+}
+
+func (s *Service) readBlob(ctx context.Context, repo string, d digest.Digest, limit int64) ([]byte, error) {
+	desc, err := s.content.BlobStat(ctx, repo, d)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := s.content.BlobReader(ctx, desc)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(io.LimitReader(rc, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("larger than %d bytes", limit)
+	}
+	return b, nil
+}
+
+// match matches a scan's inventory against the database in place and records the findings.
+func (s *Service) match(ctx context.Context, d digest.Digest, res *scan.Result) error {
+	found, info, err := s.db.Match(ctx, res.Inventory.Packages)
+	if err != nil {
+		return err
+	}
+	if found == nil {
+		found = []vulndb.Finding{}
+	}
+	b, err := json.Marshal(found)
+	if err != nil {
+		return err
+	}
+	for _, f := range found {
+		s.metrics.finding("vulnerability", f.Severity)
+	}
+	return s.meta.ScanVulnsPut(ctx, d, info.Version, b, time.Now().UTC())
+}
+
+// Rematch matches every stored inventory not yet matched with the database in place. It reads
+// scan results from the metadata store, never a layer.
+func (s *Service) Rematch(ctx context.Context) error {
+	info, err := s.db.Info()
+	if err != nil {
+		return err
+	}
+	for {
+		todo, err := s.meta.ScansToMatch(ctx, info.Version, 100)
+		if err != nil || len(todo) == 0 {
+			return err
+		}
+		for _, d := range todo {
+			sc, err := s.meta.ScanGet(ctx, d)
+			if err != nil {
+				return err
+			}
+			var res scan.Result
+			if err := json.Unmarshal(sc.Result, &res); err != nil {
+				return fmt.Errorf("stored scan of %s: %w", d, err)
+			}
+			if res.Inventory == nil {
+				continue
+			}
+			if err := s.match(ctx, d, &res); err != nil {
+				return err
+			}
+			s.metrics.rematched.Inc()
+		}
+	}
+}
+
+// attachSBOM stores the image's CycloneDX SBOM as an OCI 1.1 referrer of it in repo.
+func (s *Service) attachSBOM(ctx context.Context, repo string, d digest.Digest, res *scan.Result) error {
+	doc, err := sbom.CycloneDX(repo, d, res.Inventory, res.Started)
+	if err != nil {
+		return err
+	}
+	empty := []byte("{}")
+	for _, b := range [][]byte{doc, empty} {
+		if err := s.putBlob(ctx, repo, b); err != nil {
+			return err
+		}
+	}
+	m := v1.Manifest{
+		MediaType:    v1.MediaTypeImageManifest,
+		ArtifactType: sbom.MediaType,
+		Config:       v1.Descriptor{MediaType: v1.MediaTypeEmptyJSON, Digest: digest.FromBytes(empty), Size: int64(len(empty))},
+		Layers: []v1.Descriptor{{MediaType: sbom.MediaType, Digest: digest.FromBytes(doc), Size: int64(len(doc)),
+			Annotations: map[string]string{v1.AnnotationTitle: "sbom.cdx.json"}}},
+		Subject:     &v1.Descriptor{MediaType: v1.MediaTypeImageManifest, Digest: d},
+		Annotations: map[string]string{v1.AnnotationCreated: res.Started.Format(time.RFC3339), "dev.gatehouse.scanner": res.Scanner},
+	}
+	m.SchemaVersion = 2
+	if rec, err := s.meta.ManifestGet(ctx, repo, d); err == nil {
+		m.Subject.MediaType, m.Subject.Size = rec.MediaType, rec.Size
+	}
+	body, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	md := digest.FromBytes(body)
+	if err := s.content.ManifestPut(ctx, md, body); err != nil {
+		return err
+	}
+	return s.meta.ManifestPut(ctx, meta.Manifest{Repo: repo, Digest: md, MediaType: v1.MediaTypeImageManifest, Size: int64(len(body)),
+		ArtifactType: sbom.MediaType, Subject: d, Annotations: m.Annotations, Created: time.Now().UTC()})
+}
+
+func (s *Service) putBlob(ctx context.Context, repo string, b []byte) error {
+	d := digest.FromBytes(b)
+	if _, err := s.content.BlobStat(ctx, repo, d); err == nil {
+		return nil
+	}
+	u, err := s.content.UploadCreate(ctx, repo)
+	if err != nil {
+		return err
+	}
+	if _, err := u.Write(b); err != nil {
+		u.Cancel(ctx)
+		return err
+	}
+	_, err = s.content.BlobCommit(ctx, u, d)
+	return err
+}
+
+type countingReader struct {
+	rc    io.ReadCloser
+	count interface{ Add(float64) }
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.rc.Read(p)
+	c.count.Add(float64(n))
+	return n, err
+}
+
+func (c *countingReader) Close() error { return c.rc.Close() }
