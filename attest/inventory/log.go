@@ -20,7 +20,12 @@ func (a slogAdapter) Errorf(format string, args ...any) {
 	a.l.Warn("osv-scalibr: " + fmt.Sprintf(format, args...))
 }
 func (a slogAdapter) Warnf(format string, args ...any) {
-	a.l.Warn("osv-scalibr: " + fmt.Sprintf(format, args...))
+	msg := fmt.Sprintf(format, args...)
+	if strings.HasPrefix(msg, "Disabling plugin") { // Windows-only plugins on a Linux image: expected
+		a.l.Debug("osv-scalibr: " + msg)
+		return
+	}
+	a.l.Warn("osv-scalibr: " + msg)
 }
 func (a slogAdapter) Infof(format string, args ...any) {
 	a.l.Debug("osv-scalibr: " + fmt.Sprintf(format, args...))
