@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"path"
 	"reflect"
 	"sort"
 	"strings"
@@ -33,7 +34,7 @@ type Package struct {
 
 // Secret is a credential found in a file; only a fingerprint of its value is kept.
 type Secret struct {
-	Kind        string        `json:"kind"` // the detector's name for it, e.g. "PrivateKey", "GCPAPIKey"
+	Kind        string        `json:"kind"` // the detector's name for it, e.g. "privatekey", "awsaccesskey", "github"
 	Path        string        `json:"path"`
 	Layer       digest.Digest `json:"layer,omitempty"`
 	Fingerprint string        `json:"fingerprint"` // sha256 of the value, first 16 hex digits
@@ -111,6 +112,8 @@ func Extract(ctx context.Context, tree *layerfs.Result) (*Inventory, error) {
 	return inv, nil
 }
 
+// kindOf names a detected secret by its detector's package: "privatekey", "awsaccesskey",
+// "github", ... (the type names alone, such as Credentials, say too little).
 func kindOf(v any) string {
 	t := reflect.TypeOf(v)
 	for t != nil && t.Kind() == reflect.Pointer {
@@ -119,7 +122,10 @@ func kindOf(v any) string {
 	if t == nil {
 		return "unknown"
 	}
-	return t.Name()
+	if pkg := path.Base(t.PkgPath()); pkg != "." && pkg != "" {
+		return pkg
+	}
+	return strings.ToLower(t.Name())
 }
 
 // fingerprint identifies a secret without keeping it: the first 16 hex digits of the SHA-256 of

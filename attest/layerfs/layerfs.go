@@ -43,7 +43,7 @@ type Layer struct {
 type File struct {
 	Layer  digest.Digest // the layer that last wrote it
 	Size   int64
-	Mode   fs.FileMode // as recorded in the layer (setuid and all); the copy on disk is 0644/0755
+	Mode   fs.FileMode // as recorded in the layer (setuid and all); the copy on disk is 0644, or 0755 if executable
 	SHA256 digest.Digest
 	Link   string // symlink target
 }
@@ -274,7 +274,11 @@ func (w *walker) entry(l digest.Digest, h *tar.Header, body io.Reader) error {
 			w.res.Files[p] = f
 			return nil // the tar reader skips its body
 		}
-		out, err := w.root.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+		perm := os.FileMode(0o644)
+		if mode&0o111 != 0 {
+			perm = 0o755 // executables stay executable (extractors look for them); setuid bits never
+		}
+		out, err := w.root.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, perm)
 		if err != nil {
 			w.issue(l, p, "escape", "the file cannot be written inside the root: %v", err)
 			return nil

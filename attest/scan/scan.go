@@ -101,7 +101,7 @@ func (s *Scanner) Scan(ctx context.Context, img Image) (*Result, error) {
 	}
 	r.Findings = append(r.Findings, layerFindings(tree)...)
 	for _, sec := range inv.Secrets {
-		r.Findings = append(r.Findings, Finding{Kind: "secret", ID: "GH-SECRET-" + sec.Kind, Severity: High,
+		r.Findings = append(r.Findings, Finding{Kind: "secret", ID: secretID(sec.Kind), Severity: High,
 			Title: fmt.Sprintf("%s in a file", sec.Kind), Path: sec.Path, Layer: sec.Layer, Fingerprint: sec.Fingerprint})
 	}
 	configFindings, err := checkConfig(ctx, cfg)
@@ -188,7 +188,7 @@ func checkConfig(ctx context.Context, cfg v1.Image) ([]Finding, error) {
 			return nil, err
 		}
 		for _, sec := range found {
-			out = append(out, Finding{Kind: "secret", ID: "GH-SECRET-" + sec.Kind, Severity: High, Title: sec.Kind + " in the label " + k, Path: sec.Path, Fingerprint: sec.Fingerprint})
+			out = append(out, Finding{Kind: "secret", ID: secretID(sec.Kind), Severity: High, Title: sec.Kind + " in the label " + k, Path: sec.Path, Fingerprint: sec.Fingerprint})
 		}
 	}
 	for i, h := range cfg.History {
@@ -197,11 +197,14 @@ func checkConfig(ctx context.Context, cfg v1.Image) ([]Finding, error) {
 			return nil, err
 		}
 		for _, sec := range found {
-			out = append(out, Finding{Kind: "secret", ID: "GH-SECRET-" + sec.Kind, Severity: High, Title: sec.Kind + " in the build history", Path: sec.Path, Fingerprint: sec.Fingerprint})
+			out = append(out, Finding{Kind: "secret", ID: secretID(sec.Kind), Severity: High, Title: sec.Kind + " in the build history", Path: sec.Path, Fingerprint: sec.Fingerprint})
 		}
 	}
 	return out, nil
 }
+
+// secretID is the finding id of a secret kind: GH-SECRET-PRIVATEKEY, GH-SECRET-AWSACCESSKEY, ...
+func secretID(kind string) string { return "GH-SECRET-" + strings.ToUpper(kind) }
 
 func secretName(name string) bool {
 	up := strings.ToUpper(name)

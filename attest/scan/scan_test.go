@@ -75,7 +75,7 @@ func TestScanFindings(t *testing.T) {
 		"GH-CFG-SETUID":        {"usr/bin/passwd", base.Digest},
 		"GH-CFG-PKG-MANAGER":   {"usr/bin/apt", base.Digest},
 		"GH-MALWARE":           {"app/eicar.com", app.Digest},
-		"GH-SECRET-PrivateKey": {"app/deploy_key", app.Digest},
+		"GH-SECRET-PRIVATEKEY": {"app/deploy_key", app.Digest},
 	}
 	got := map[string]Finding{}
 	for _, f := range r.Findings {
