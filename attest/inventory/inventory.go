@@ -1,17 +1,22 @@
 package inventory
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
+	"debug/elf"
 	"encoding/hex"
 	"fmt"
+	"io/fs"
 	"os"
 	"path"
 	"reflect"
 	"sort"
 	"strings"
+	"sync"
 
 	scalibr "github.com/google/osv-scalibr"
+	"github.com/google/osv-scalibr/extractor/filesystem"
 	scalibrfs "github.com/google/osv-scalibr/fs"
 	"github.com/google/osv-scalibr/plugin"
 	"github.com/google/osv-scalibr/plugin/list"
@@ -52,14 +57,162 @@ type Inventory struct {
 // an SSH key named id_ed25519 has none.
 var Groups = []string{"os", "go", "javascript", "python", "java", "rust", "ruby", "php", "dotnet"}
 
-// Extract lists the packages and secrets in a flattened tree.
-func Extract(ctx context.Context, tree *layerfs.Result) (*Inventory, error) {
-	plugins, err := list.FromNames(Groups, nil)
-	if err != nil {
+var (
+	pluginsOnce sync.Once
+	plugins     []plugin.Plugin
+	extractors  []filesystem.Extractor
+	pluginsErr  error
+	capabs      = &plugin.Capabilities{OS: plugin.OSLinux, Network: plugin.NetworkOffline, DirectFS: false, RunningSystem: false}
+)
+
+func loadPlugins() error {
+	pluginsOnce.Do(func() {
+		var ps []plugin.Plugin
+		ps, pluginsErr = list.FromNames(Groups, nil)
+		if pluginsErr != nil {
+			return
+		}
+		plugins = plugin.FilterByCapabilities(ps, capabs)
+		for _, p := range plugins {
+			if e, ok := p.(filesystem.Extractor); ok {
+				extractors = append(extractors, e)
+			}
+		}
+	})
+	return pluginsErr
+}
+
+// Extraction is one image's extraction: Options plans the flattening (write only what the
+// extractors read; stream small text files to the secret detectors as the layers are read),
+// Finish runs the extractors over the tree.
+type Extraction struct {
+	ctx     context.Context
+	jobs    chan secretJob
+	close   sync.Once
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	secrets []Secret
+	err     error
+}
+
+type secretJob struct {
+	path  string
+	layer digest.Digest
+	data  []byte
+}
+
+// Start begins an extraction; its secret detectors run on workers goroutines.
+func Start(ctx context.Context, workers int) (*Extraction, error) {
+	if err := loadPlugins(); err != nil {
 		return nil, fmt.Errorf("inventory: plugins: %w", err)
 	}
-	capabs := &plugin.Capabilities{OS: plugin.OSLinux, Network: plugin.NetworkOffline, DirectFS: false, RunningSystem: false}
-	plugins = plugin.FilterByCapabilities(plugins, capabs)
+	if _, err := secretEngine(); err != nil {
+		return nil, fmt.Errorf("inventory: secret detectors: %w", err)
+	}
+	e := &Extraction{ctx: ctx, jobs: make(chan secretJob, 64)}
+	for range max(workers, 1) {
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			for j := range e.jobs {
+				found, err := detectFile(ctx, j.path, j.layer, j.data)
+				e.mu.Lock()
+				if err != nil && e.err == nil {
+					e.err = err
+				}
+				e.secrets = append(e.secrets, found...)
+				e.mu.Unlock()
+			}
+		}()
+	}
+	return e, nil
+}
+
+// Options are the layerfs options of this extraction.
+func (e *Extraction) Options() layerfs.Options {
+	return layerfs.Options{
+		Keep:       keep,
+		Wants:      secretCandidate,
+		InspectMax: MaxSecretFileSize,
+		Inspect: func(p string, l digest.Digest, data []byte) {
+			select {
+			case e.jobs <- secretJob{p, l, data}:
+			case <-e.ctx.Done():
+			}
+		},
+	}
+}
+
+// keep decides what goes into the tree: the files the identify the distribution, and the files
+// osv-scalibr's extractors ask for — except that executables asked for only by the Go and Rust
+// binary extractors (every executable) are kept only if they carry Go build info or
+// cargo-auditable data.
+func keep(p string, info fs.FileInfo) (bool, func([]byte) bool) {
+	if osRelease[p] {
+		return true, nil
+	}
+	if info.Mode()&fs.ModeSymlink != 0 {
+		return false, nil // extractors read files; their paths through links are duplicates
+	}
+	api := fileAPI{path: p, info: info}
+	binaryOnly := false
+	for _, x := range extractors {
+		if !x.FileRequired(api) {
+			continue
+		}
+		if !binaryExtractors[x.Name()] {
+			return true, nil
+		}
+		binaryOnly = true
+	}
+	if binaryOnly {
+		return false, hasBuildInfo
+	}
+	return false, nil
+}
+
+// binaryExtractors read compiled programs; they ask for every executable.
+var binaryExtractors = map[string]bool{"go/binary": true, "rust/cargoauditable": true}
+
+// hasBuildInfo reports whether an ELF program carries Go build info or cargo-auditable data.
+func hasBuildInfo(data []byte) bool {
+	f, err := elf.NewFile(bytes.NewReader(data))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	return f.Section(".go.buildinfo") != nil || f.Section(".dep-v0") != nil
+}
+
+// osRelease are the files that identify the distribution.
+var osRelease = map[string]bool{
+	"etc/os-release": true, "usr/lib/os-release": true, "etc/debian_version": true, "etc/alpine-release": true,
+	"etc/redhat-release": true, "etc/system-release": true, "etc/lsb-release": true,
+}
+
+// fileAPI presents a tar entry to osv-scalibr's FileRequired.
+type fileAPI struct {
+	path string
+	info fs.FileInfo
+}
+
+func (f fileAPI) Path() string               { return f.path }
+func (f fileAPI) Stat() (fs.FileInfo, error) { return f.info, nil }
+
+// Close stops the secret detectors (Finish does it; call Close when flattening failed).
+func (e *Extraction) Close() {
+	e.close.Do(func() {
+		close(e.jobs)
+		e.wg.Wait()
+	})
+}
+
+// Finish waits for the secret detectors and lists the packages in the flattened tree.
+func (e *Extraction) Finish(ctx context.Context, tree *layerfs.Result) (*Inventory, error) {
+	e.Close()
+	if e.err != nil {
+		return nil, fmt.Errorf("inventory: secrets: %w", e.err)
+	}
 	root, err := os.OpenRoot(tree.Root)
 	if err != nil {
 		return nil, err
@@ -100,14 +253,13 @@ func Extract(ctx context.Context, tree *layerfs.Result) (*Inventory, error) {
 		}
 		inv.Packages = append(inv.Packages, pkg)
 	}
-	secrets, err := fileSecrets(ctx, tree)
-	if err != nil {
-		return nil, fmt.Errorf("inventory: %w", err)
-	}
-	inv.Secrets = append(inv.Secrets, secrets...)
+	inv.Secrets = append(inv.Secrets, e.secrets...)
 	sort.Slice(inv.Packages, func(a, b int) bool {
 		x, y := inv.Packages[a], inv.Packages[b]
 		return x.Ecosystem+"\x00"+x.Name+"\x00"+x.Version+"\x00"+x.Path < y.Ecosystem+"\x00"+y.Name+"\x00"+y.Version+"\x00"+y.Path
+	})
+	sort.Slice(inv.Secrets, func(a, b int) bool {
+		return inv.Secrets[a].Path+inv.Secrets[a].Layer.String() < inv.Secrets[b].Path+inv.Secrets[b].Layer.String()
 	})
 	return inv, nil
 }

@@ -51,11 +51,15 @@ func TestExtract(t *testing.T) {
 	})
 	dir := filepath.Join(t.TempDir(), "root")
 	os.Mkdir(dir, 0o755)
-	tree, err := layerfs.Flatten(context.Background(), dir, []layerfs.Layer{base, app}, layerfs.DefaultLimits)
+	ex, err := Start(context.Background(), 2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	inv, err := Extract(context.Background(), tree)
+	tree, err := layerfs.Flatten(context.Background(), dir, []layerfs.Layer{base, app}, layerfs.DefaultLimits, ex.Options())
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err := ex.Finish(context.Background(), tree)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +72,7 @@ func TestExtract(t *testing.T) {
 			lodash = &inv.Packages[i]
 		}
 	}
-	if dpkg == nil || dpkg.Layer != base.Digest || dpkg.Path != "var/lib/dpkg/status" || dpkg.Version == "" {
+	if dpkg == nil || dpkg.Ecosystem != "Debian:12" || dpkg.Layer != base.Digest || dpkg.Path != "var/lib/dpkg/status" || dpkg.Version == "" {
 		t.Errorf("dpkg package: %+v (of %d packages)", dpkg, len(inv.Packages))
 	}
 	if lodash == nil || lodash.Version != "4.17.15" || lodash.Layer != app.Digest {

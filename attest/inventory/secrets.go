@@ -4,11 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
-	"os"
-	"sort"
 	"strings"
 	"sync"
+
+	"github.com/opencontainers/go-digest"
 
 	"github.com/google/osv-scalibr/veles"
 	"github.com/google/osv-scalibr/veles/secrets/anthropicapikey"
@@ -34,15 +33,10 @@ import (
 	"github.com/google/osv-scalibr/veles/secrets/stripeapikeys"
 	"github.com/google/osv-scalibr/veles/secrets/telegrambotapitoken"
 	"github.com/google/osv-scalibr/veles/secrets/urlcreds"
-
-	"github.com/gatehouse-dev/gatehouse/attest/layerfs"
 )
 
 // MaxSecretFileSize bounds the files searched for secrets; larger ones are data, not config.
 const MaxSecretFileSize = 1 << 20
-
-// skipSecretDirs hold documentation and locale data: large, public, and noisy.
-var skipSecretDirs = []string{"usr/share/doc/", "usr/share/man/", "usr/share/info/", "usr/share/locale/", "usr/share/i18n/", "usr/share/zoneinfo/"}
 
 var (
 	engineOnce sync.Once
@@ -88,57 +82,43 @@ func DetectSecrets(ctx context.Context, where, text string) ([]Secret, error) {
 	return out, nil
 }
 
-// fileSecrets searches the tree's text files (up to MaxSecretFileSize) for secrets.
-func fileSecrets(ctx context.Context, tree *layerfs.Result) ([]Secret, error) {
+// skipSecretDirs hold what an operating system's packages install (libraries, data, the
+// package databases): public, large, and not where builds plant credentials. Configuration
+// (etc/), home directories, applications and everything else is searched.
+var skipSecretDirs = []string{
+	"usr/share/", "usr/lib/", "usr/lib64/", "usr/libexec/", "lib/", "lib64/", "var/lib/dpkg/", "var/lib/apt/",
+	"var/cache/debconf/", "var/cache/apt/", "lib/apk/", "var/lib/rpm/", "etc/ssl/certs/", "usr/include/",
+}
+
+// secretCandidate says whether a file is searched for secrets.
+func secretCandidate(p string, size int64) bool {
+	if size == 0 || size > MaxSecretFileSize {
+		return false
+	}
+	for _, d := range skipSecretDirs {
+		if strings.HasPrefix(p, d) {
+			return false
+		}
+	}
+	return true
+}
+
+// detectFile searches one file's bytes (text only) for secrets.
+func detectFile(ctx context.Context, p string, layer digest.Digest, data []byte) ([]Secret, error) {
+	if bytes.IndexByte(data[:min(len(data), 8192)], 0) >= 0 {
+		return nil, nil // binary
+	}
 	e, err := secretEngine()
 	if err != nil {
 		return nil, err
 	}
-	root, err := os.OpenRoot(tree.Root)
+	found, err := e.Detect(ctx, bytes.NewReader(data))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("secrets in %s: %w", p, err)
 	}
-	defer root.Close()
-	var paths []string
-	for p, f := range tree.Files {
-		if f.SHA256 == "" || f.Size == 0 || f.Size > MaxSecretFileSize || f.Mode.IsDir() || f.Link != "" {
-			continue
-		}
-		skip := false
-		for _, d := range skipSecretDirs {
-			if strings.HasPrefix(p, d) {
-				skip = true
-				break
-			}
-		}
-		if !skip {
-			paths = append(paths, p)
-		}
-	}
-	sort.Strings(paths)
-	var out []Secret
-	buf := make([]byte, MaxSecretFileSize)
-	for _, p := range paths {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		f, err := root.Open(p)
-		if err != nil {
-			continue // replaced by a later entry in the same walk; nothing to read
-		}
-		n, _ := io.ReadFull(f, buf)
-		f.Close()
-		data := buf[:n]
-		if bytes.IndexByte(data[:min(n, 8192)], 0) >= 0 {
-			continue // binary
-		}
-		found, err := e.Detect(ctx, bytes.NewReader(data))
-		if err != nil {
-			return nil, fmt.Errorf("secrets in %s: %w", p, err)
-		}
-		for _, s := range found {
-			out = append(out, Secret{Kind: kindOf(s), Path: p, Layer: tree.Files[p].Layer, Fingerprint: fingerprint(s)})
-		}
+	out := make([]Secret, 0, len(found))
+	for _, s := range found {
+		out = append(out, Secret{Kind: kindOf(s), Path: p, Layer: layer, Fingerprint: fingerprint(s)})
 	}
 	return out, nil
 }

@@ -62,7 +62,7 @@ func flatten(t *testing.T, lim Limits, layers ...Layer) (*Result, string) {
 	parent := t.TempDir()
 	dir := filepath.Join(parent, "root")
 	os.Mkdir(dir, 0o755)
-	res, err := Flatten(context.Background(), dir, layers, lim)
+	res, err := Flatten(context.Background(), dir, layers, lim, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,11 +166,15 @@ func TestHostileEntries(t *testing.T) {
 	for _, is := range res.Issues {
 		kinds[is.Kind]++
 	}
-	if kinds["escape"] < 5 || kinds["special"] != 1 || kinds["toolong"] != 1 {
+	if kinds["escape"] != 4 || kinds["loop"] != 1 || kinds["special"] != 1 || kinds["toolong"] != 1 {
 		t.Errorf("issues by kind %v: %+v", kinds, res.Issues)
 	}
 	if b, err := os.ReadFile(filepath.Join(res.Root, "etc/absolute")); err != nil || string(b) != "stays inside" {
 		t.Errorf("absolute path not kept inside: %v", err)
+	}
+	// a path through a symlink to "/" lands where it would inside the container
+	if f, ok := res.Files["tmp/escaped4"]; !ok || f.Layer != l.Digest {
+		t.Errorf("abs/tmp/escaped4 was not resolved through abs -> / : %+v", res.Files)
 	}
 	if _, ok := res.Files["ok.txt"]; !ok || res.Incomplete {
 		t.Errorf("the walk did not go on past hostile entries")
@@ -252,5 +256,48 @@ func TestTimeLimit(t *testing.T) {
 	res, _ := flatten(t, lim, l)
 	if time.Since(start) > 3*time.Second || !res.Incomplete {
 		t.Fatalf("time limit: took %s, incomplete %v", time.Since(start), res.Incomplete)
+	}
+}
+
+func TestKeepAndInspect(t *testing.T) {
+	l1 := layer(t, true, entry{name: "etc/secret.env", body: "TOKEN=abc"}, entry{name: "usr/bin/tool", body: "elf", mode: 0o755}, entry{name: "big.txt", body: strings.Repeat("x", 100)})
+	l2 := layer(t, true, entry{name: "etc/secret.env", body: "TOKEN=def"}, entry{name: "link", typ: tar.TypeLink, link: "usr/bin/tool"})
+	var seen []string
+	opts := Options{
+		Keep: func(p string, fi os.FileInfo) (bool, func([]byte) bool) {
+			if strings.HasPrefix(p, "usr/bin/") {
+				return false, func(b []byte) bool { return string(b) == "elf" }
+			}
+			return false, nil
+		},
+		Wants:      func(p string, size int64) bool { return strings.HasPrefix(p, "etc/") },
+		InspectMax: 64,
+		Inspect: func(p string, l digest.Digest, data []byte) {
+			seen = append(seen, p+"="+string(data))
+		},
+	}
+	dir := filepath.Join(t.TempDir(), "root")
+	os.Mkdir(dir, 0o755)
+	res, err := Flatten(context.Background(), dir, []Layer{l1, l2}, DefaultLimits, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(seen, ",") != "etc/secret.env=TOKEN=abc,etc/secret.env=TOKEN=def" {
+		t.Errorf("inspected %v (both layers' versions, nothing else)", seen)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "etc/secret.env")); err == nil {
+		t.Error("a file not kept was written")
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "usr/bin/tool")); err != nil || string(b) != "elf" {
+		t.Errorf("kept file: %q %v", b, err)
+	}
+	if f := res.Files["etc/secret.env"]; f.SHA256 != digest.FromString("TOKEN=def") || f.Layer != l2.Digest {
+		t.Errorf("a file not kept is still recorded and hashed: %+v", f)
+	}
+	if f := res.Files["big.txt"]; f.SHA256 != digest.FromString(strings.Repeat("x", 100)) {
+		t.Errorf("big.txt hash: %+v", f)
+	}
+	if _, ok := res.Files["link"]; !ok || len(res.Issues) != 0 {
+		t.Errorf("hard link: %+v issues %+v", res.Files["link"], res.Issues)
 	}
 }

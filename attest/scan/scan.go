@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"runtime"
 	"sort"
 	"strings"
 	"time"
@@ -86,11 +87,16 @@ func (s *Scanner) Scan(ctx context.Context, img Image) (*Result, error) {
 	if lim == (layerfs.Limits{}) {
 		lim = layerfs.DefaultLimits
 	}
-	tree, err := layerfs.Flatten(ctx, dir, img.Layers, lim)
+	ex, err := inventory.Start(ctx, runtime.GOMAXPROCS(0))
 	if err != nil {
 		return nil, fmt.Errorf("scan %s: %w", img.Digest, err)
 	}
-	inv, err := inventory.Extract(ctx, tree)
+	tree, err := layerfs.Flatten(ctx, dir, img.Layers, lim, ex.Options())
+	if err != nil {
+		ex.Close()
+		return nil, fmt.Errorf("scan %s: %w", img.Digest, err)
+	}
+	inv, err := ex.Finish(ctx, tree)
 	if err != nil {
 		return nil, fmt.Errorf("scan %s: %w", img.Digest, err)
 	}

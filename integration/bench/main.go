@@ -51,6 +51,8 @@ var (
 	registryOnly = flag.Bool("registry-only", false, "run only the registry comparison")
 	imageSize    = flag.String("image-size", "100MiB", "size of the image in the pull-through comparison")
 	proxyRounds  = flag.Int("proxy-rounds", 3, "rounds of the pull-through comparison (medians are reported)")
+	scanOnly     = flag.Bool("scan-only", false, "run only the scanning comparison")
+	scanRounds   = flag.Int("scan-rounds", 3, "rounds of the scanning comparison (the best is reported)")
 	upstreamRate = flag.String("upstream-rate", "200MiB", "bandwidth of the emulated WAN link to the upstream, per second, for the second pull-through round (0: only the unlimited loopback round)")
 )
 
@@ -91,6 +93,9 @@ func run() error {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "work directory %s\n", work)
+	if *scanOnly {
+		return scanBench(work, *scanRounds)
+	}
 	if !*registryOnly {
 		size, err := parseSize(*imageSize)
 		if err != nil {
