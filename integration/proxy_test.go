@@ -107,6 +107,14 @@ func TestProxyPull(t *testing.T) {
 		t.Errorf("ns naming a host: %d %s", status, body)
 	}
 
+	// the image that entered by first pull was scanned, and its SBOM attached on the pull route
+	if r, _ := waitScan(t, gh, appDigest, func(r scanReport) bool { return true }); !r.Complete || r.Error != "" {
+		t.Errorf("first-pull scan: %+v", r)
+	}
+	if status, _, refs := get(t, gh.url("/v2/docker.io/library/app/referrers/"+appDigest+"?artifactType=application/vnd.cyclonedx%2Bjson"), nil); status != 200 || !strings.Contains(string(refs), "cyclonedx") {
+		t.Errorf("no SBOM referrer on the pull route: %d %s", status, refs)
+	}
+
 	// a Range request on a blob not yet cached: fetched whole once, the range served from the store
 	_, _, armManifest := get(t, "http://"+up.addr+"/v2/library/multi/manifests/"+armDigest, map[string]string{"Accept": acceptAll})
 	armConfig := blobsOf(t, armManifest)[0]
