@@ -306,15 +306,21 @@ func TestScanRealImage(t *testing.T) {
 	out := run(t, nil, oras, "discover", "--plain-http", "--format", "json", gh.addr+"/team/scanned@"+digest)
 	var disc map[string]any
 	json.Unmarshal([]byte(out), &disc)
-	var sbomDigest string
+	var sbomDigest, spdxDigest string
 	for _, k := range []string{"referrers", "manifests"} {
 		refs, _ := disc[k].([]any)
 		for _, x := range refs {
 			e := x.(map[string]any)
-			if e["artifactType"] == "application/vnd.cyclonedx+json" {
+			switch e["artifactType"] {
+			case "application/vnd.cyclonedx+json":
 				sbomDigest, _ = e["digest"].(string)
+			case "application/spdx+json":
+				spdxDigest, _ = e["digest"].(string)
 			}
 		}
+	}
+	if spdxDigest == "" {
+		t.Errorf("oras discover shows no SPDX SBOM:\n%s", out)
 	}
 	if sbomDigest == "" {
 		t.Fatalf("oras discover shows no CycloneDX SBOM:\n%s", out)

@@ -337,12 +337,24 @@ func (s *Service) Rematch(ctx context.Context) error {
 	}
 }
 
-// attachSBOM stores the image's CycloneDX SBOM as an OCI 1.1 referrer of it in repo.
+// attachSBOM stores the image's CycloneDX and SPDX SBOMs as OCI 1.1 referrers of it in repo.
 func (s *Service) attachSBOM(ctx context.Context, repo string, d digest.Digest, res *scan.Result) error {
-	doc, err := sbom.CycloneDX(repo, d, res.Inventory, res.Started)
+	cdx, err := sbom.CycloneDX(repo, d, res.Inventory, res.Started)
 	if err != nil {
 		return err
 	}
+	if err := s.attach(ctx, repo, d, res, cdx, sbom.MediaType, "sbom.cdx.json"); err != nil {
+		return err
+	}
+	spdxDoc, err := sbom.SPDX(repo, d, res.Inventory, res.Started)
+	if err != nil {
+		return err
+	}
+	return s.attach(ctx, repo, d, res, spdxDoc, sbom.SPDXMediaType, "sbom.spdx.json")
+}
+
+// attach stores doc as an artifact whose subject is image d.
+func (s *Service) attach(ctx context.Context, repo string, d digest.Digest, res *scan.Result, doc []byte, mediaType, title string) error {
 	empty := []byte("{}")
 	for _, b := range [][]byte{doc, empty} {
 		if err := s.putBlob(ctx, repo, b); err != nil {
@@ -351,10 +363,10 @@ func (s *Service) attachSBOM(ctx context.Context, repo string, d digest.Digest, 
 	}
 	m := v1.Manifest{
 		MediaType:    v1.MediaTypeImageManifest,
-		ArtifactType: sbom.MediaType,
+		ArtifactType: mediaType,
 		Config:       v1.Descriptor{MediaType: v1.MediaTypeEmptyJSON, Digest: digest.FromBytes(empty), Size: int64(len(empty))},
-		Layers: []v1.Descriptor{{MediaType: sbom.MediaType, Digest: digest.FromBytes(doc), Size: int64(len(doc)),
-			Annotations: map[string]string{v1.AnnotationTitle: "sbom.cdx.json"}}},
+		Layers: []v1.Descriptor{{MediaType: mediaType, Digest: digest.FromBytes(doc), Size: int64(len(doc)),
+			Annotations: map[string]string{v1.AnnotationTitle: title}}},
 		Subject:     &v1.Descriptor{MediaType: v1.MediaTypeImageManifest, Digest: d},
 		Annotations: map[string]string{v1.AnnotationCreated: res.Started.Format(time.RFC3339), "dev.gatehouse.scanner": res.Scanner},
 	}
@@ -371,7 +383,7 @@ func (s *Service) attachSBOM(ctx context.Context, repo string, d digest.Digest, 
 		return err
 	}
 	return s.meta.ManifestPut(ctx, meta.Manifest{Repo: repo, Digest: md, MediaType: v1.MediaTypeImageManifest, Size: int64(len(body)),
-		ArtifactType: sbom.MediaType, Subject: d, Annotations: m.Annotations, Created: time.Now().UTC()})
+		ArtifactType: mediaType, Subject: d, Annotations: m.Annotations, Created: time.Now().UTC()})
 }
 
 func (s *Service) putBlob(ctx context.Context, repo string, b []byte) error {
