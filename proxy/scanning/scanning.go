@@ -323,10 +323,13 @@ func (s *Service) Rematch(ctx context.Context) error {
 				return err
 			}
 			var res scan.Result
-			if err := json.Unmarshal(sc.Result, &res); err != nil {
-				return fmt.Errorf("stored scan of %s: %w", d, err)
-			}
-			if res.Inventory == nil {
+			if err := json.Unmarshal(sc.Result, &res); err != nil || res.Inventory == nil {
+				// nothing to match (an unreadable or inventory-less result): mark it matched so
+				// it is not asked for again, keeping whatever vulnerabilities it has
+				s.log.Warn("stored scan has no inventory to re-match", "digest", d, "err", err)
+				if err := s.meta.ScanVulnsPut(ctx, d, info.Version, sc.Vulns, time.Now().UTC()); err != nil {
+					return err
+				}
 				continue
 			}
 			if err := s.match(ctx, d, &res); err != nil {
