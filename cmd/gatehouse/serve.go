@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/sirupsen/logrus"
 
+	"github.com/gatehouse-dev/gatehouse/attest/harbor"
 	"github.com/gatehouse-dev/gatehouse/attest/inventory"
 	"github.com/gatehouse-dev/gatehouse/attest/layerfs"
 	"github.com/gatehouse-dev/gatehouse/attest/scan"
@@ -128,6 +129,21 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 		log.Info("vulnerability database", "version", info.Version, "records", info.Records, "age", info.Age(time.Now()).Round(time.Minute))
 	}
 	scans = scanning.New(store, md, scanner, vdb, table, puller, log, scanning.NewMetrics(reg))
+	for i, rc := range cfg.Routes {
+		if rc.Scanner == nil || rc.Scanner.Harbor == nil {
+			continue
+		}
+		ext := &harbor.Client{URL: rc.Scanner.Harbor.URL}
+		if f := rc.Scanner.Harbor.AuthorizationFile; f != "" {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				return fmt.Errorf("routes[%d].scanner.harbor.authorization_file: %w", i, err)
+			}
+			ext.Authorization = strings.TrimSpace(string(b))
+		}
+		scans.UseExternal(rc.Prefix, ext, cfg.Scan.RegistryURL)
+		log.Info("route scanned by an external scanner", "prefix", rc.Prefix, "adapter", rc.Scanner.Harbor.URL)
+	}
 	scanCtx, stopScans := context.WithCancel(ctx)
 	defer func() { stopScans(); scans.Wait() }()
 	scans.Start(scanCtx, cfg.Scan.Workers, time.Duration(cfg.VulnDB.Recheck))

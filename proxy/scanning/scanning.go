@@ -13,6 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/gatehouse-dev/gatehouse/attest/harbor"
 	"github.com/gatehouse-dev/gatehouse/attest/layerfs"
 	"github.com/gatehouse-dev/gatehouse/attest/sbom"
 	"github.com/gatehouse-dev/gatehouse/attest/scan"
@@ -41,6 +42,14 @@ type Metadata interface {
 	ScansToMatch(ctx context.Context, dbVersion string, limit int) ([]digest.Digest, error)
 }
 
+// External is a scanner outside Gatehouse that pulls the image itself (a Harbor scanner adapter):
+// it returns vulnerabilities and its own name.
+type External interface {
+	Scan(ctx context.Context, img harbor.Image) ([]vulndb.Finding, string, error)
+}
+
+var _ External = (*harbor.Client)(nil)
+
 // Service runs scans in the background.
 type Service struct {
 	content *content.Store
@@ -51,6 +60,9 @@ type Service struct {
 	puller  *pull.Puller
 	log     *slog.Logger
 	metrics *Metrics
+
+	external    map[string]External // by route prefix
+	registryURL string              // how external scanners reach Gatehouse
 
 	jobs     chan job
 	mu       sync.Mutex
@@ -70,6 +82,15 @@ func New(c *content.Store, md Metadata, sc Scanner, db *vulndb.DB, routes *route
 	}
 	return &Service{content: c, meta: md, scanner: sc, db: db, routes: routes, puller: puller, log: log, metrics: m,
 		jobs: make(chan job, 1024), inflight: map[digest.Digest]chan struct{}{}}
+}
+
+// UseExternal scans the images of the route with prefix with ext instead of the built-in
+// scanner; registryURL is how ext reaches Gatehouse.
+func (s *Service) UseExternal(prefix string, ext External, registryURL string) {
+	if s.external == nil {
+		s.external = map[string]External{}
+	}
+	s.external[prefix], s.registryURL = ext, registryURL
 }
 
 // Start runs workers scans at a time and re-matches stored inventories whenever the database
@@ -158,6 +179,13 @@ func (s *Service) ScanNow(ctx context.Context, repo string, d digest.Digest) (me
 }
 
 func (s *Service) scan(ctx context.Context, repo string, d digest.Digest) (meta.Scan, error) {
+	if s.routes != nil && len(s.external) > 0 {
+		if rt, err := s.routes.Resolve(repo, ""); err == nil {
+			if ext, ok := s.external[rt.Route.Prefix]; ok {
+				return s.scanExternal(ctx, ext, repo, d)
+			}
+		}
+	}
 	img, err := s.image(ctx, repo, d)
 	if err != nil {
 		return meta.Scan{}, err
@@ -198,6 +226,40 @@ func (s *Service) scan(ctx context.Context, repo string, d digest.Digest) (meta.
 	s.log.Info("image scanned", "repo", repo, "digest", d, "packages", len(res.Inventory.Packages), "findings", len(res.Findings),
 		"complete", res.Complete, "took", res.Duration.Round(time.Millisecond))
 	return s.meta.ScanGet(ctx, d)
+}
+
+// scanExternal has an external scanner scan the image and records its vulnerabilities.
+func (s *Service) scanExternal(ctx context.Context, ext External, repo string, d digest.Digest) (meta.Scan, error) {
+	rec, err := s.meta.ManifestGet(ctx, repo, d)
+	if err != nil {
+		return meta.Scan{}, fmt.Errorf("manifest %s of %s: %w", d, repo, err)
+	}
+	if rec.MediaType != manifest.OCIManifest && rec.MediaType != manifest.DockerManifest {
+		return meta.Scan{}, errNotImage
+	}
+	start := time.Now()
+	found, scanner, err := ext.Scan(ctx, harbor.Image{RegistryURL: s.registryURL, Repository: repo, Digest: d, MediaType: rec.MediaType})
+	sc := meta.Scan{Digest: d, Repo: repo, Scanned: start.UTC(), Scanner: "external: " + scanner, Duration: time.Since(start)}
+	if err != nil {
+		sc.Error = err.Error()
+		s.metrics.scanned("failed", sc.Duration)
+		if perr := s.meta.ScanPut(ctx, sc); perr != nil {
+			return meta.Scan{}, perr
+		}
+		return sc, err
+	}
+	if found == nil {
+		found = []vulndb.Finding{}
+	}
+	sc.Complete = true
+	sc.Result, _ = json.Marshal(scan.Result{Digest: d, Scanner: sc.Scanner, Started: sc.Scanned, Duration: sc.Duration, Complete: true, Findings: []scan.Finding{}})
+	sc.Vulns, _ = json.Marshal(found)
+	sc.DBVersion, sc.Matched = "external", time.Now().UTC()
+	s.metrics.scanned("complete", sc.Duration)
+	for _, f := range found {
+		s.metrics.finding("vulnerability", f.Severity)
+	}
+	return sc, s.meta.ScanPut(ctx, sc)
 }
 
 // image reads an image manifest's config and layers from the store, fetching what a pull
@@ -324,6 +386,7 @@ func (s *Service) Rematch(ctx context.Context) error {
 			}
 			var res scan.Result
 			if err := json.Unmarshal(sc.Result, &res); err != nil || res.Inventory == nil {
+				// an external scanner's result, or an unreadable one: nothing to match
 				// nothing to match (an unreadable or inventory-less result): mark it matched so
 				// it is not asked for again, keeping whatever vulnerabilities it has
 				s.log.Warn("stored scan has no inventory to re-match", "digest", d, "err", err)

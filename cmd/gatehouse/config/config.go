@@ -53,6 +53,7 @@ type Scan struct {
 	MaxPathLength  int      `yaml:"max_path_length"` // longer paths are skipped (default 4096)
 	Timeout        Duration `yaml:"timeout"`         // per image (default 10m)
 	MalwareDigests string   `yaml:"malware_digests"` // file of known-bad SHA-256 digests, "sha256:<hex> name" per line; EICAR is always included
+	RegistryURL    string   `yaml:"registry_url"`    // how external scanners reach Gatehouse to pull what they scan (default http://<listen>)
 }
 
 // VulnDB configures the local OSV vulnerability database.
@@ -76,6 +77,19 @@ type Route struct {
 	Deny             []string `yaml:"deny"`      // globs refused, even if allowed
 	TagTTL           Duration `yaml:"tag_ttl"`   // serve a cached tag this long before revalidating (default 10m)
 	MaxStale         Duration `yaml:"max_stale"` // serve a cached tag this long past its TTL while the upstream cannot answer (default 24h)
+	// Scanner replaces the built-in scanner for this route's images (absent: built-in).
+	Scanner *RouteScanner `yaml:"scanner"`
+}
+
+// RouteScanner selects an external scanner.
+type RouteScanner struct {
+	Harbor *HarborScanner `yaml:"harbor"` // a Harbor pluggable scanner adapter (API v1.1), e.g. Trivy's or Clair's
+}
+
+// HarborScanner is a scanner adapter.
+type HarborScanner struct {
+	URL               string `yaml:"url"`                // the adapter's base URL
+	AuthorizationFile string `yaml:"authorization_file"` // file holding the Authorization header value for the adapter ("Bearer ...")
 }
 
 // Upstream is a registry a pull route caches.
@@ -248,6 +262,7 @@ func (c *Config) applyDefaults() {
 	if c.Scan.Timeout == 0 {
 		c.Scan.Timeout = Duration(10 * time.Minute)
 	}
+	def(&c.Scan.RegistryURL, "http://"+c.Listen)
 	def(&c.VulnDB.Path, filepath.Join(c.Data, "vulndb.sqlite"))
 	if c.VulnDB.MaxAge == 0 {
 		c.VulnDB.MaxAge = Duration(72 * time.Hour)
@@ -347,6 +362,9 @@ func (c *Config) Validate() error {
 		prefixes[r.Prefix] = i
 		if strings.HasPrefix(r.Prefix, "/") || strings.HasSuffix(r.Prefix, "/") || strings.ContainsAny(r.Prefix, ":@ ") {
 			bad(key+".prefix", "%q must be a repository path prefix (no leading or trailing '/', no ':', '@' or spaces)", r.Prefix)
+		}
+		if r.Scanner != nil && (r.Scanner.Harbor == nil || r.Scanner.Harbor.URL == "") {
+			bad(key+".scanner", "name an external scanner: scanner: {harbor: {url: ...}}")
 		}
 		switch r.Kind {
 		case "pull":
