@@ -50,7 +50,7 @@ case $set_name in
     go_tool cosign github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5
     ;;&
   bench|all)
-    apt_pkgs nginx-light wrk
+    apt_pkgs nginx-light wrk debootstrap
     go_tool registry github.com/distribution/distribution/v3/cmd/registry@v3.1.2
     ;;
   test) ;;
