@@ -102,22 +102,28 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return usageError{fmt.Sprintf("serve takes no arguments, got %q", fs.Args())}
 	}
-	raw := []byte{}
-	if *cfgPath != "" {
-		b, err := os.ReadFile(*cfgPath)
-		if err != nil {
-			return fmt.Errorf("config: %w", err)
-		}
-		raw = b
-	}
-	cfg, err := config.ParseWithOverrides(raw, config.Overrides{Listen: *listen, Data: *data, LogFormat: *logFormat, LogLevel: *logLevel})
+	cfg, err := loadConfig(*cfgPath, config.Overrides{Listen: *listen, Data: *data, LogFormat: *logFormat, LogLevel: *logLevel})
 	if err != nil {
-		if *cfgPath != "" {
-			return fmt.Errorf("config %s: %w", *cfgPath, err)
-		}
 		return err
 	}
 	return serve(ctx, cfg, *cfgPath, stderr)
+}
+
+// loadConfig reads the configuration file (none: the embedded default) with command-line overrides.
+func loadConfig(path string, o config.Overrides) (config.Config, error) {
+	raw := []byte{}
+	if path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return config.Config{}, fmt.Errorf("config: %w", err)
+		}
+		raw = b
+	}
+	cfg, err := config.ParseWithOverrides(raw, o)
+	if err != nil && path != "" {
+		return config.Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, err
 }
 
 // dbCmd imports a vulnerability database or describes the one in place.
@@ -133,15 +139,7 @@ func dbCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args[1:]); err != nil {
 		return usageError{err.Error()}
 	}
-	raw := []byte{}
-	if *cfgPath != "" {
-		b, err := os.ReadFile(*cfgPath)
-		if err != nil {
-			return fmt.Errorf("config: %w", err)
-		}
-		raw = b
-	}
-	cfg, err := config.ParseWithOverrides(raw, config.Overrides{Data: *data})
+	cfg, err := loadConfig(*cfgPath, config.Overrides{Data: *data})
 	if err != nil {
 		return err
 	}
