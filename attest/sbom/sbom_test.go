@@ -3,62 +3,16 @@ package sbom
 import (
 	"bytes"
 	"encoding/json"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
-	"github.com/santhosh-tekuri/jsonschema/v6"
 	spdxjson "github.com/spdx/tools-golang/json"
 	"github.com/spdx/tools-golang/spdxlib"
 
 	"github.com/gatehouse-dev/gatehouse/attest/inventory"
+	"github.com/gatehouse-dev/gatehouse/attest/sbom/sbomtest"
 )
-
-// schema compiles the CycloneDX 1.6 JSON schema that ships with the cyclonedx-go module.
-func schema(t *testing.T) *jsonschema.Schema {
-	t.Helper()
-	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/CycloneDX/cyclonedx-go").Output()
-	if err != nil {
-		t.Fatalf("locating cyclonedx-go: %v", err)
-	}
-	dir := filepath.Join(strings.TrimSpace(string(out)), "schema")
-	c := jsonschema.NewCompiler()
-	// the module ships the JSF schema as jsf-0.82.schemax.json; the BOM schema refers to it by
-	// its published name
-	files := map[string]string{"bom-1.6.schema.json": "bom-1.6.schema.json", "spdx.schema.json": "spdx.schema.json", "jsf-0.82.schema.json": "jsf-0.82.schemax.json"}
-	for f, onDisk := range files {
-		b, err := os.ReadFile(filepath.Join(dir, onDisk))
-		if err != nil {
-			t.Fatal(err)
-		}
-		doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := c.AddResource("http://cyclonedx.org/schema/"+f, doc); err != nil {
-			t.Fatal(err)
-		}
-	}
-	s, err := c.Compile("http://cyclonedx.org/schema/bom-1.6.schema.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-// Validate checks an SBOM against the CycloneDX 1.6 schema.
-func validate(t *testing.T, s *jsonschema.Schema, doc []byte) error {
-	t.Helper()
-	v, err := jsonschema.UnmarshalJSON(bytes.NewReader(doc))
-	if err != nil {
-		return err
-	}
-	return s.Validate(v)
-}
 
 func TestCycloneDXValidates(t *testing.T) {
 	inv := &inventory.Inventory{Scanner: "osv-scalibr 0.5.3", Packages: []inventory.Package{
@@ -70,7 +24,7 @@ func TestCycloneDXValidates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := validate(t, schema(t), doc); err != nil {
+	if err := sbomtest.ValidateCycloneDX(t, doc); err != nil {
 		t.Fatalf("the SBOM does not validate against CycloneDX 1.6: %v\n%s", err, doc)
 	}
 	var bom struct {
@@ -84,7 +38,7 @@ func TestCycloneDXValidates(t *testing.T) {
 		t.Errorf("bom: %+v", bom)
 	}
 	// and a broken document does not validate (the check can fail)
-	if err := validate(t, schema(t), []byte(`{"bomFormat":"CycloneDX","specVersion":"1.6","components":[{"name":1}]}`)); err == nil {
+	if err := sbomtest.ValidateCycloneDX(t, []byte(`{"bomFormat":"CycloneDX","specVersion":"1.6","components":[{"name":1}]}`)); err == nil {
 		t.Error("an invalid document validated")
 	}
 }
