@@ -35,7 +35,8 @@ type Finding struct {
 	Ecosystem string        `json:"ecosystem"`
 	Package   string        `json:"package"`
 	Installed string        `json:"installed"`
-	Fixed     string        `json:"fixed,omitempty"` // the version that fixes it, when the records say
+	Fixed     string        `json:"fixed,omitempty"`     // the version that fixes it, when the records say
+	Published string        `json:"published,omitempty"` // the earliest publication among the merged records (RFC 3339)
 	Path      string        `json:"path"`
 	Layer     digest.Digest `json:"layer,omitempty"`
 }
@@ -138,6 +139,9 @@ func merge(p inventory.Package, hits []hit) []Finding {
 			}
 			if f.Fixed == "" {
 				f.Fixed = h.fixed
+			}
+			if p := h.rec.Published; p != "" && (f.Published == "" || p < f.Published) {
+				f.Published = p
 			}
 			sev, score := severity(h.rec, h.aff)
 			if severityRank[sev] > severityRank[f.Severity] {

@@ -10,6 +10,7 @@ import (
 type Record struct {
 	ID         string     `json:"id"`
 	Modified   string     `json:"modified"`
+	Published  string     `json:"published,omitempty"`
 	Withdrawn  string     `json:"withdrawn,omitempty"`
 	Aliases    []string   `json:"aliases,omitempty"`
 	Summary    string     `json:"summary,omitempty"`

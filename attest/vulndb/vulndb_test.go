@@ -98,6 +98,9 @@ func TestImportAndMatch(t *testing.T) {
 		t.Fatalf("%d findings, want 3 (x/net merged, lodash, apt): %+v", len(found), found)
 	}
 	net := byPkg["golang.org/x/net"]
+	if net.Published != "2024-12-18T20:22:26Z" {
+		t.Errorf("published = %q, want the earliest of the merged records", net.Published)
+	}
 	if net.ID != "CVE-2024-45338" || strings.Join(net.Aliases, ",") != "GHSA-w32m-9786-jp63,GO-2024-3333" || net.Fixed != "0.33.0" || net.Severity != Medium || net.Score != 5.3 || net.Layer != "sha256:aa" {
 		t.Errorf("x/net finding: %+v", net)
 	}
