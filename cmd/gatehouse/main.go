@@ -5,6 +5,7 @@
 //	gatehouse config check FILE
 //	gatehouse db update --from URL|FILE|DIR [--config FILE] [--data DIR]
 //	gatehouse db info [--config FILE] [--data DIR]
+//	gatehouse policy test [--dir DIR]
 //	gatehouse version
 package main
 
@@ -22,6 +23,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/attest/vulndb"
 	"github.com/gatehouse-dev/gatehouse/cmd/gatehouse/config"
+	"github.com/gatehouse-dev/gatehouse/policies"
 )
 
 func main() {
@@ -45,6 +47,7 @@ const usage = `usage:
   gatehouse config check FILE
   gatehouse db update --from URL|FILE|DIR [--config FILE] [--data DIR]
   gatehouse db info [--config FILE] [--data DIR]
+  gatehouse policy test [--dir DIR]
   gatehouse version
 `
 
@@ -70,6 +73,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	case "db":
 		return dbCmd(ctx, args[1:], stdout, stderr)
+	case "policy":
+		return policyCmd(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, version())
 		return nil
@@ -162,5 +167,46 @@ func dbCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "%s: version %s, %d records\n", cfg.VulnDB.Path, info.Version, info.Records)
+	return nil
+}
+
+// policyCmd runs a policy bundle's Rego tests: the embedded default, or the .rego files of --dir.
+func policyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "test" {
+		return usageError{"policy takes: test [--dir DIR]"}
+	}
+	fs := flag.NewFlagSet("policy test", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("dir", "", "a directory of .rego files (default: the embedded default policy)")
+	if err := fs.Parse(args[1:]); err != nil {
+		return usageError{err.Error()}
+	}
+	bundle, name := policies.Default(), "the default policy"
+	if *dir != "" {
+		bundle, name = os.DirFS(*dir), *dir
+	}
+	engine, err := policies.Load(ctx, bundle)
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	results, err := engine.Test(ctx)
+	if err != nil {
+		return err
+	}
+	failed := 0
+	for _, r := range results {
+		status := "PASS"
+		if !r.Passed {
+			status, failed = "FAIL", failed+1
+		}
+		fmt.Fprintf(stdout, "%s %s %s\n", status, r.Name, r.Error)
+	}
+	fmt.Fprintf(stdout, "%s (%s): %d passed, %d failed\n", name, engine.Digest(), len(results)-failed, failed)
+	if len(results) == 0 {
+		return fmt.Errorf("%s has no tests", name)
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d policy test(s) failed", failed)
+	}
 	return nil
 }

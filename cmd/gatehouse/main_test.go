@@ -107,3 +107,22 @@ func TestServeEmbeddedDefault(t *testing.T) {
 		}
 	}
 }
+
+func TestPolicyTest(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"policy", "test"}, &out, io.Discard); err != nil || !strings.Contains(out.String(), " 0 failed") {
+		t.Fatalf("default policy tests: %v\n%s", err, out.String())
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "p.rego"), []byte("package gatehouse\n\nimport rego.v1\n\ndecision := {\"allow\": true, \"deny\": [], \"warn\": []}\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "p_test.rego"), []byte("package gatehouse_test\n\nimport rego.v1\n\ntest_denies_everything if {\n\tnot data.gatehouse.decision.allow\n}\n"), 0o644)
+	out.Reset()
+	err := run(context.Background(), []string{"policy", "test", "--dir", dir}, &out, io.Discard)
+	if err == nil || !strings.Contains(out.String(), "FAIL") {
+		t.Errorf("a failing policy test passed: %v\n%s", err, out.String())
+	}
+	os.WriteFile(filepath.Join(dir, "p.rego"), []byte("package gatehouse\n\ndecision := {"), 0o644)
+	if err := run(context.Background(), []string{"policy", "test", "--dir", dir}, &out, io.Discard); err == nil || !strings.Contains(err.Error(), "does not compile") {
+		t.Errorf("a broken policy: %v", err)
+	}
+}
