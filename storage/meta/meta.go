@@ -52,3 +52,34 @@ type Scan struct {
 	Vulns     []byte // JSON
 	Matched   time.Time
 }
+
+// Verdict states (DESIGN.md "Verdict states").
+const (
+	Pending     = "pending"
+	Admitted    = "admitted"
+	Quarantined = "quarantined"
+	Released    = "released"
+	Rejected    = "rejected"
+)
+
+// Verdict is the admission decision on one manifest digest in one repository.
+type Verdict struct {
+	Repo         string
+	Digest       digest.Digest
+	State        string
+	Decision     []byte // the policy's decision (JSON: allow, deny, warn)
+	PolicyDigest string // the policy bundle it was decided under
+	DBVersion    string // the vulnerability database it was decided under
+	Decided      time.Time
+}
+
+// Audit is one recorded transition of a verdict.
+type Audit struct {
+	Time   time.Time
+	Repo   string
+	Digest digest.Digest
+	Actor  string // "gatehouse" for policy decisions, a person for reviews
+	From   string // "" for the first verdict
+	To     string
+	Reason string
+}

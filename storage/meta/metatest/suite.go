@@ -33,6 +33,10 @@ type Store interface {
 	ScanGet(ctx context.Context, d digest.Digest) (meta.Scan, error)
 	ScanVulnsPut(ctx context.Context, d digest.Digest, dbVersion string, vulns []byte, at time.Time) error
 	ScansToMatch(ctx context.Context, dbVersion string, limit int) ([]digest.Digest, error)
+	VerdictGet(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error)
+	VerdictSet(ctx context.Context, v meta.Verdict, actor, reason string) error
+	AuditList(ctx context.Context, repo string, d digest.Digest) ([]meta.Audit, error)
+	VerdictsStale(ctx context.Context, policyDigest, dbVersion string, limit int) ([]meta.Verdict, error)
 	Referrers(ctx context.Context, repo string, subject digest.Digest, artifactType string) ([]meta.Manifest, error)
 	Close() error
 }
@@ -52,6 +56,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		"ConcurrentWriters":      testConcurrentWriters,
 		"TagTimestamps":          testTagTimestamps,
 		"Scans":                  testScans,
+		"Verdicts":               testVerdicts,
 	}
 	for name, fn := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -360,5 +365,57 @@ func testScans(t *testing.T, s Store) {
 	}
 	if _, err := s.ScanGet(ctx, dg("nope")); !errors.Is(err, meta.ErrNotFound) {
 		t.Errorf("ScanGet(unknown) = %v", err)
+	}
+}
+
+func testVerdicts(t *testing.T, s Store) {
+	ctx := context.Background()
+	d := dg("image")
+	at := time.Unix(1700000000, 0).UTC()
+	if _, err := s.VerdictGet(ctx, "r", d); !errors.Is(err, meta.ErrNotFound) {
+		t.Fatalf("VerdictGet before any verdict: %v", err)
+	}
+	steps := []struct {
+		state, reason string
+	}{
+		{meta.Pending, "scan queued"},
+		{meta.Admitted, "policy allows"},
+		{meta.Admitted, "re-evaluated: still allowed"}, // same state: no transition recorded
+		{meta.Quarantined, "CVE-2024-45338 (critical, fixed in 0.33.0)"},
+	}
+	for i, st := range steps {
+		v := meta.Verdict{Repo: "r", Digest: d, State: st.state, Decision: []byte(`{"allow":false}`), PolicyDigest: "p1", DBVersion: "v1", Decided: at.Add(time.Duration(i) * time.Second)}
+		if err := s.VerdictSet(ctx, v, "gatehouse", st.reason); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v, err := s.VerdictGet(ctx, "r", d)
+	if err != nil || v.State != meta.Quarantined || v.PolicyDigest != "p1" || !v.Decided.Equal(at.Add(3*time.Second)) {
+		t.Errorf("VerdictGet = %+v %v", v, err)
+	}
+	if _, err := s.VerdictGet(ctx, "other", d); !errors.Is(err, meta.ErrNotFound) {
+		t.Errorf("a verdict leaked to another repository: %v", err)
+	}
+	trail, err := s.AuditList(ctx, "r", d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, a := range trail {
+		got = append(got, a.From+">"+a.To+":"+a.Reason)
+	}
+	want := []string{">pending:scan queued", "pending>admitted:policy allows", "admitted>quarantined:CVE-2024-45338 (critical, fixed in 0.33.0)"}
+	if !cmp.Equal(got, want) {
+		t.Errorf("audit trail %v, want %v", got, want)
+	}
+	stale, err := s.VerdictsStale(ctx, "p1", "v1", 10)
+	if err != nil || len(stale) != 0 {
+		t.Errorf("VerdictsStale(current) = %v %v", stale, err)
+	}
+	if stale, _ := s.VerdictsStale(ctx, "p1", "v2", 10); len(stale) != 1 || stale[0].Digest != d {
+		t.Errorf("VerdictsStale(new db) = %v", stale)
+	}
+	if stale, _ := s.VerdictsStale(ctx, "p2", "v1", 10); len(stale) != 1 {
+		t.Errorf("VerdictsStale(new policy) = %v", stale)
 	}
 }

@@ -46,4 +46,26 @@ var migrations = []string{
 		vulns       BLOB,
 		matched_at  INTEGER NOT NULL DEFAULT 0
 	);`,
+	// 4: verdicts per (repository, manifest digest) and the audit trail of their transitions.
+	`CREATE TABLE verdicts (
+		repo          TEXT NOT NULL,
+		digest        TEXT NOT NULL,
+		state         TEXT NOT NULL,
+		decision      BLOB,
+		policy_digest TEXT NOT NULL DEFAULT '',
+		db_version    TEXT NOT NULL DEFAULT '',
+		decided_at    INTEGER NOT NULL,
+		PRIMARY KEY (repo, digest)
+	);
+	CREATE TABLE audit (
+		id      INTEGER PRIMARY KEY AUTOINCREMENT,
+		at      INTEGER NOT NULL,
+		repo    TEXT NOT NULL,
+		digest  TEXT NOT NULL,
+		actor   TEXT NOT NULL,
+		from_state TEXT NOT NULL,
+		to_state   TEXT NOT NULL,
+		reason  TEXT NOT NULL
+	);
+	CREATE INDEX audit_by_image ON audit (repo, digest, id);`,
 }

@@ -384,3 +384,84 @@ func (s *Store) ScansToMatch(ctx context.Context, dbVersion string, limit int) (
 	}
 	return out, rows.Err()
 }
+
+// VerdictGet returns the verdict on a manifest of a repository.
+func (s *Store) VerdictGet(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error) {
+	v := meta.Verdict{Repo: repo, Digest: d}
+	var decided int64
+	err := s.db.QueryRowContext(ctx, `SELECT state, decision, policy_digest, db_version, decided_at FROM verdicts WHERE repo = ? AND digest = ?`,
+		repo, d.String()).Scan(&v.State, &v.Decision, &v.PolicyDigest, &v.DBVersion, &decided)
+	if errors.Is(err, sql.ErrNoRows) {
+		return meta.Verdict{}, meta.ErrNotFound
+	}
+	if err != nil {
+		return meta.Verdict{}, err
+	}
+	v.Decided = time.Unix(0, decided).UTC()
+	return v, nil
+}
+
+// VerdictSet records a verdict and, when its state changes, an audit record of the transition,
+// in one transaction.
+func (s *Store) VerdictSet(ctx context.Context, v meta.Verdict, actor, reason string) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		var from string
+		err := tx.QueryRowContext(ctx, `SELECT state FROM verdicts WHERE repo = ? AND digest = ?`, v.Repo, v.Digest.String()).Scan(&from)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO verdicts (repo, digest, state, decision, policy_digest, db_version, decided_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?)
+			ON CONFLICT (repo, digest) DO UPDATE SET state = excluded.state, decision = excluded.decision,
+				policy_digest = excluded.policy_digest, db_version = excluded.db_version, decided_at = excluded.decided_at`,
+			v.Repo, v.Digest.String(), v.State, v.Decision, v.PolicyDigest, v.DBVersion, v.Decided.UnixNano())
+		if err != nil || from == v.State {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO audit (at, repo, digest, actor, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+			v.Decided.UnixNano(), v.Repo, v.Digest.String(), actor, from, v.State, reason)
+		return err
+	})
+}
+
+// AuditList returns the transitions of a verdict, oldest first.
+func (s *Store) AuditList(ctx context.Context, repo string, d digest.Digest) ([]meta.Audit, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT at, actor, from_state, to_state, reason FROM audit WHERE repo = ? AND digest = ? ORDER BY id`, repo, d.String())
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []meta.Audit
+	for rows.Next() {
+		a := meta.Audit{Repo: repo, Digest: d}
+		var at int64
+		if err := rows.Scan(&at, &a.Actor, &a.From, &a.To, &a.Reason); err != nil {
+			return nil, err
+		}
+		a.Time = time.Unix(0, at).UTC()
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
+
+// VerdictsStale lists the verdicts not decided under this policy and database (re-evaluation).
+func (s *Store) VerdictsStale(ctx context.Context, policyDigest, dbVersion string, limit int) ([]meta.Verdict, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT repo, digest, state, decision, policy_digest, db_version, decided_at FROM verdicts
+		WHERE policy_digest <> ? OR db_version <> ? ORDER BY decided_at LIMIT ?`, policyDigest, dbVersion, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []meta.Verdict
+	for rows.Next() {
+		var v meta.Verdict
+		var d string
+		var decided int64
+		if err := rows.Scan(&v.Repo, &d, &v.State, &v.Decision, &v.PolicyDigest, &v.DBVersion, &decided); err != nil {
+			return nil, err
+		}
+		v.Digest, v.Decided = digest.Digest(d), time.Unix(0, decided).UTC()
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
