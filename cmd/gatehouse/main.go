@@ -6,11 +6,13 @@
 //	gatehouse db update --from URL|FILE|DIR [--config FILE] [--data DIR]
 //	gatehouse db info [--config FILE] [--data DIR]
 //	gatehouse policy test [--dir DIR]
+//	gatehouse policy eval --repo REPO --digest DIGEST [--config FILE] [--data DIR]
 //	gatehouse version
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -21,9 +23,15 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/gatehouse-dev/gatehouse/attest/vulndb"
 	"github.com/gatehouse-dev/gatehouse/cmd/gatehouse/config"
 	"github.com/gatehouse-dev/gatehouse/policies"
+	"github.com/gatehouse-dev/gatehouse/proxy/admission"
+	"github.com/gatehouse-dev/gatehouse/proxy/pull"
+	"github.com/gatehouse-dev/gatehouse/storage/content"
+	"github.com/gatehouse-dev/gatehouse/storage/meta/sqlite"
 )
 
 func main() {
@@ -48,6 +56,7 @@ const usage = `usage:
   gatehouse db update --from URL|FILE|DIR [--config FILE] [--data DIR]
   gatehouse db info [--config FILE] [--data DIR]
   gatehouse policy test [--dir DIR]
+  gatehouse policy eval --repo REPO --digest DIGEST [--config FILE] [--data DIR]
   gatehouse version
 `
 
@@ -172,8 +181,11 @@ func dbCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 // policyCmd runs a policy bundle's Rego tests: the embedded default, or the .rego files of --dir.
 func policyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "eval" {
+		return policyEval(ctx, args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "test" {
-		return usageError{"policy takes: test [--dir DIR]"}
+		return usageError{"policy takes: test [--dir DIR], or eval --repo R --digest D"}
 	}
 	fs := flag.NewFlagSet("policy test", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -209,4 +221,56 @@ func policyCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("%d policy test(s) failed", failed)
 	}
 	return nil
+}
+
+// policyEval explains the decision the policy makes on a stored image: the input it sees and
+// what it answers. It records nothing.
+func policyEval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("policy eval", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "", "configuration file")
+	data := fs.String("data", "", "data directory, overrides data:")
+	repo := fs.String("repo", "", "repository (as stored, route prefix included)")
+	dg := fs.String("digest", "", "manifest digest")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err.Error()}
+	}
+	d, err := digest.Parse(*dg)
+	if err != nil || *repo == "" {
+		return usageError{"policy eval needs --repo and a valid --digest"}
+	}
+	cfg, err := loadConfig(*cfgPath, config.Overrides{Data: *data})
+	if err != nil {
+		return err
+	}
+	driver, err := newDriver(ctx, cfg.Storage)
+	if err != nil {
+		return err
+	}
+	store, err := content.New(ctx, driver)
+	if err != nil {
+		return err
+	}
+	md, err := sqlite.Open(ctx, cfg.Metadata.SQLite.Path)
+	if err != nil {
+		return err
+	}
+	defer md.Close()
+	engine, err := policies.Load(ctx, policies.Default())
+	if err != nil {
+		return err
+	}
+	table, _, err := buildRoutes(cfg, pull.NewMetrics(nil))
+	if err != nil {
+		return err
+	}
+	a := &admission.Admitter{Content: store, Meta: md, DB: vulndb.Open(cfg.VulnDB.Path), Policy: engine, Routes: table,
+		Settings: policies.Settings{HighFixGraceDays: 30}, MaxAge: time.Duration(cfg.VulnDB.MaxAge)}
+	in, dec, err := a.Explain(ctx, *repo, d)
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(map[string]any{"policy": engine.Digest(), "input": in, "decision": dec})
 }

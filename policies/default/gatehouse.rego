@@ -16,7 +16,7 @@ deny contains reason("GH-POL-DB-MISSING", "no vulnerability database has been im
 	not input.database.present
 }
 
-deny contains reason("GH-POL-DB-STALE", sprintf("the vulnerability database is %.0f hours old; the limit is %.0f", [input.database.age_hours, input.database.max_age_hours]), input.database) if {
+deny contains reason("GH-POL-DB-STALE", sprintf("the vulnerability database is %v hours old; the limit is %v (gatehouse db update --from ...)", [round(input.database.age_hours), round(input.database.max_age_hours)]), input.database) if {
 	input.database.present
 	input.database.age_hours > input.database.max_age_hours
 }

@@ -1,0 +1,177 @@
+package admission
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/gatehouse-dev/gatehouse/attest/scan"
+	"github.com/gatehouse-dev/gatehouse/attest/vulndb"
+	"github.com/gatehouse-dev/gatehouse/policies"
+	"github.com/gatehouse-dev/gatehouse/proxy/route"
+	"github.com/gatehouse-dev/gatehouse/storage/content"
+	"github.com/gatehouse-dev/gatehouse/storage/meta"
+)
+
+// ErrNotScanned means the image has no scan result yet: no decision can be made (it is pending).
+var ErrNotScanned = errors.New("the image has not been scanned yet")
+
+// Metadata is what admission reads and records.
+type Metadata interface {
+	ManifestGet(ctx context.Context, repo string, d digest.Digest) (meta.Manifest, error)
+	ScanGet(ctx context.Context, d digest.Digest) (meta.Scan, error)
+	VerdictSet(ctx context.Context, v meta.Verdict, actor, reason string) error
+}
+
+// Admitter decides on images.
+type Admitter struct {
+	Content  *content.Store
+	Meta     Metadata
+	DB       *vulndb.DB
+	Policy   *policies.Engine
+	Routes   *route.Table
+	Settings policies.Settings
+	MaxAge   time.Duration // of the vulnerability database
+	Now      func() time.Time
+}
+
+func (a *Admitter) now() time.Time {
+	if a.Now != nil {
+		return a.Now()
+	}
+	return time.Now()
+}
+
+// Input gathers the policy input for a manifest of a repository from the stored evidence.
+func (a *Admitter) Input(ctx context.Context, repo string, d digest.Digest) (policies.Input, error) {
+	rec, err := a.Meta.ManifestGet(ctx, repo, d)
+	if err != nil {
+		return policies.Input{}, fmt.Errorf("manifest %s of %s: %w", d, repo, err)
+	}
+	sc, err := a.Meta.ScanGet(ctx, d)
+	if errors.Is(err, meta.ErrNotFound) {
+		return policies.Input{}, ErrNotScanned
+	}
+	if err != nil {
+		return policies.Input{}, err
+	}
+	in := policies.Input{
+		Image:           policies.Image{Digest: d.String(), MediaType: rec.MediaType, Repository: repo, Size: rec.Size, Annotations: rec.Annotations},
+		Scan:            policies.Scan{Scanner: sc.Scanner, Complete: sc.Complete, Error: sc.Error},
+		Findings:        []policies.Finding{},
+		Vulnerabilities: []policies.Vulnerability{},
+		Settings:        a.Settings,
+		Provenance:      policies.Provenance{Evaluated: false, Facts: []any{}},
+		Now:             a.now().UTC().Format(time.RFC3339),
+	}
+	if a.Routes != nil {
+		if rt, err := a.Routes.Resolve(repo, ""); err == nil {
+			in.Route = policies.Route{Prefix: rt.Route.Prefix, Kind: string(rt.Route.Kind)}
+		}
+	}
+	if err := a.imageConfig(ctx, repo, d, &in.Image); err != nil {
+		return policies.Input{}, err
+	}
+	if len(sc.Result) > 0 {
+		var res scan.Result
+		if err := json.Unmarshal(sc.Result, &res); err != nil {
+			return policies.Input{}, fmt.Errorf("stored scan of %s: %w", d, err)
+		}
+		for _, f := range res.Findings {
+			in.Findings = append(in.Findings, policies.Finding{Kind: f.Kind, ID: f.ID, Severity: f.Severity, Title: f.Title, Path: f.Path, Layer: f.Layer.String()})
+		}
+	}
+	if len(sc.Vulns) > 0 {
+		var found []vulndb.Finding
+		if err := json.Unmarshal(sc.Vulns, &found); err != nil {
+			return policies.Input{}, fmt.Errorf("stored vulnerabilities of %s: %w", d, err)
+		}
+		for _, v := range found {
+			in.Vulnerabilities = append(in.Vulnerabilities, policies.Vulnerability{ID: v.ID, Aliases: v.Aliases, Severity: v.Severity, Score: v.Score,
+				Package: v.Package, Installed: v.Installed, Fixed: v.Fixed, Path: v.Path, Layer: v.Layer.String(), Published: v.Published})
+		}
+	}
+	// The database counts as present only if the image was matched with it (fail closed).
+	in.Database.MaxAgeHours = a.MaxAge.Hours()
+	if info, err := a.DB.Info(); err == nil && sc.DBVersion != "" {
+		in.Database = policies.Database{Present: true, Version: sc.DBVersion, AgeHours: info.Age(a.now()).Hours(), MaxAgeHours: a.MaxAge.Hours()}
+	}
+	return in, nil
+}
+
+// imageConfig fills what the image config says (platform, user, ports, labels).
+func (a *Admitter) imageConfig(ctx context.Context, repo string, d digest.Digest, img *policies.Image) error {
+	body, err := a.Content.ManifestGet(ctx, d)
+	if err != nil {
+		return err
+	}
+	var m v1.Manifest
+	if err := json.Unmarshal(body, &m); err != nil || m.Config.Digest == "" {
+		return nil // an index: its children are judged on their own
+	}
+	desc, err := a.Content.BlobStat(ctx, repo, m.Config.Digest)
+	if err != nil {
+		return fmt.Errorf("config %s of %s: %w", m.Config.Digest, d, err)
+	}
+	rc, err := a.Content.BlobReader(ctx, desc)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	var cfg v1.Image
+	if err := json.NewDecoder(io.LimitReader(rc, 4<<20)).Decode(&cfg); err != nil {
+		return nil // an artifact's config: nothing to say
+	}
+	img.Platform = policies.Platform{OS: cfg.OS, Architecture: cfg.Architecture}
+	img.User, img.Labels = cfg.Config.User, cfg.Config.Labels
+	for p := range cfg.Config.ExposedPorts {
+		img.Ports = append(img.Ports, p)
+	}
+	sort.Strings(img.Ports)
+	return nil
+}
+
+// Explain evaluates the policy on an image without recording anything.
+func (a *Admitter) Explain(ctx context.Context, repo string, d digest.Digest) (policies.Input, policies.Decision, error) {
+	in, err := a.Input(ctx, repo, d)
+	if err != nil {
+		return policies.Input{}, policies.Decision{}, err
+	}
+	dec, err := a.Policy.Eval(ctx, in)
+	return in, dec, err
+}
+
+// Decide evaluates the policy on an image and records the verdict: admitted when the policy
+// allows, quarantined otherwise, under this policy and database version.
+func (a *Admitter) Decide(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, policies.Decision, error) {
+	in, dec, err := a.Explain(ctx, repo, d)
+	if err != nil {
+		return meta.Verdict{}, policies.Decision{}, err
+	}
+	body, err := json.Marshal(dec)
+	if err != nil {
+		return meta.Verdict{}, policies.Decision{}, err
+	}
+	v := meta.Verdict{Repo: repo, Digest: d, State: meta.Quarantined, Decision: body, PolicyDigest: a.Policy.Digest(),
+		DBVersion: in.Database.Version, Decided: a.now().UTC()}
+	reason := "policy allows"
+	if dec.Allow {
+		v.State = meta.Admitted
+	} else if len(dec.Deny) > 0 {
+		reason = dec.Deny[0].Message
+		if n := len(dec.Deny); n > 1 {
+			reason += fmt.Sprintf(" (and %d more)", n-1)
+		}
+	}
+	if err := a.Meta.VerdictSet(ctx, v, "gatehouse", reason); err != nil {
+		return meta.Verdict{}, policies.Decision{}, err
+	}
+	return v, dec, nil
+}
