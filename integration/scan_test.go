@@ -128,6 +128,13 @@ type scanReport struct {
 	}
 	Duration string
 	Database struct{ Version string }
+	Verdict  *struct {
+		State    string
+		Decision struct {
+			Allow bool
+			Deny  []struct{ Rule, Message string }
+		}
+	}
 }
 
 // waitScan polls the scan report of an image until want says it is ready.
@@ -230,7 +237,9 @@ func TestScanRealImage(t *testing.T) {
 	}
 	layer1, layer2, layer3 := m.Layers[0].Digest, m.Layers[1].Digest, m.Layers[2].Digest
 
-	r, body := waitScan(t, gh, digest, func(r scanReport) bool { return r.Database.Version != "" && len(r.Vulnerabilities) > 0 })
+	r, body := waitScan(t, gh, digest, func(r scanReport) bool {
+		return r.Database.Version != "" && len(r.Vulnerabilities) > 0 && r.Verdict != nil
+	})
 	if !r.Complete || r.Error != "" {
 		t.Fatalf("scan incomplete or failed: %s", body)
 	}
@@ -301,6 +310,16 @@ func TestScanRealImage(t *testing.T) {
 			t.Errorf("finding %s at %s (layer %s) missing; findings: %+v", want.id, want.path, want.layer, r.Result.Findings)
 		}
 	}
+	// the admission decision is recorded: quarantined, and it says why
+	rules := map[string]string{}
+	for _, d := range r.Verdict.Decision.Deny {
+		rules[d.Rule] = d.Message
+	}
+	if r.Verdict.State != "quarantined" || r.Verdict.Decision.Allow || rules["GH-POL-MALWARE"] == "" || rules["GH-POL-SECRET"] == "" ||
+		!strings.Contains(rules["GH-POL-HIGH-FIXABLE"], "CVE-2020-8203 (high, fixed in 4.17.19) in lodash 4.17.15 at app/node_modules/lodash/package.json") {
+		t.Errorf("verdict: %+v", r.Verdict)
+	}
+
 	// the SBOM is attached as a referrer, found by oras, and valid CycloneDX
 	out := run(t, nil, oras, "discover", "--plain-http", "--format", "json", gh.addr+"/team/scanned@"+digest)
 	var disc map[string]any

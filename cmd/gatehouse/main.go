@@ -265,7 +265,7 @@ func policyEval(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	a := &admission.Admitter{Content: store, Meta: md, DB: vulndb.Open(cfg.VulnDB.Path), Policy: engine, Routes: table,
-		Settings: policies.Settings{HighFixGraceDays: 30}, MaxAge: time.Duration(cfg.VulnDB.MaxAge)}
+		Settings: policies.Settings{HighFixGraceDays: cfg.Admission.HighFixGraceDays}, MaxAge: time.Duration(cfg.VulnDB.MaxAge)}
 	in, dec, err := a.Explain(ctx, *repo, d)
 	if err != nil {
 		return err

@@ -29,6 +29,8 @@ import (
 	"github.com/gatehouse-dev/gatehouse/attest/scan"
 	"github.com/gatehouse-dev/gatehouse/attest/vulndb"
 	"github.com/gatehouse-dev/gatehouse/cmd/gatehouse/config"
+	"github.com/gatehouse-dev/gatehouse/policies"
+	"github.com/gatehouse-dev/gatehouse/proxy/admission"
 	"github.com/gatehouse-dev/gatehouse/proxy/api"
 	"github.com/gatehouse-dev/gatehouse/proxy/pull"
 	"github.com/gatehouse-dev/gatehouse/proxy/route"
@@ -144,6 +146,25 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 		scans.UseExternal(rc.Prefix, ext, cfg.Scan.RegistryURL)
 		log.Info("route scanned by an external scanner", "prefix", rc.Prefix, "adapter", rc.Scanner.Harbor.URL)
 	}
+	engine, err := policies.Load(ctx, policies.Default())
+	if err != nil {
+		return err
+	}
+	admitter := &admission.Admitter{Content: store, Meta: md, DB: vdb, Policy: engine, Routes: table,
+		Settings: policies.Settings{HighFixGraceDays: cfg.Admission.HighFixGraceDays}, MaxAge: time.Duration(cfg.VulnDB.MaxAge)}
+	scans.DecideWith(func(ctx context.Context, repo string, d digest.Digest) {
+		v, dec, err := admitter.Decide(ctx, repo, d)
+		if err != nil {
+			log.Error("admission decision failed", "repo", repo, "digest", d, "err", err)
+			return
+		}
+		attrs := []any{"repo", repo, "digest", d, "verdict", v.State}
+		if len(dec.Deny) > 0 {
+			attrs = append(attrs, "reason", dec.Deny[0].Message)
+		}
+		log.Info("admission decision", attrs...)
+	})
+	log.Info("admission policy", "policy", engine.Digest())
 	scanCtx, stopScans := context.WithCancel(ctx)
 	defer func() { stopScans(); scans.Wait() }()
 	scans.Start(scanCtx, cfg.Scan.Workers, time.Duration(cfg.VulnDB.Recheck))

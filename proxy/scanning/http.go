@@ -27,6 +27,15 @@ type Report struct {
 	Vulns     json.RawMessage `json:"vulnerabilities,omitempty"`
 	DBVersion string          `json:"database_version,omitempty"`
 	Database  *DBStatus       `json:"database"`
+	Verdict   *Verdict        `json:"verdict,omitempty"`
+}
+
+// Verdict is the admission decision recorded for the image in the repository it was scanned in.
+type Verdict struct {
+	State    string          `json:"state"`
+	Decided  time.Time       `json:"decided"`
+	Policy   string          `json:"policy"`
+	Decision json.RawMessage `json:"decision"`
 }
 
 // DBStatus describes the vulnerability database in place.
@@ -61,6 +70,9 @@ func (s *Service) Handler(maxAge time.Duration) http.Handler {
 		}
 		rep := Report{Digest: sc.Digest, Repo: sc.Repo, Scanned: sc.Scanned, Scanner: sc.Scanner, Duration: sc.Duration.Round(time.Millisecond).String(),
 			Complete: sc.Complete, Error: sc.Error, Result: sc.Result, Vulns: sc.Vulns, DBVersion: sc.DBVersion, Database: s.dbStatus(maxAge)}
+		if v, err := s.meta.VerdictGet(r.Context(), sc.Repo, d); err == nil {
+			rep.Verdict = &Verdict{State: v.State, Decided: v.Decided, Policy: v.PolicyDigest, Decision: v.Decision}
+		}
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")

@@ -40,6 +40,7 @@ type Metadata interface {
 	ScanGet(ctx context.Context, d digest.Digest) (meta.Scan, error)
 	ScanVulnsPut(ctx context.Context, d digest.Digest, dbVersion string, vulns []byte, at time.Time) error
 	ScansToMatch(ctx context.Context, dbVersion string, limit int) ([]digest.Digest, error)
+	VerdictGet(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error)
 }
 
 // External is a scanner outside Gatehouse that pulls the image itself (a Harbor scanner adapter):
@@ -61,8 +62,9 @@ type Service struct {
 	log     *slog.Logger
 	metrics *Metrics
 
-	external    map[string]External // by route prefix
-	registryURL string              // how external scanners reach Gatehouse
+	decide      func(ctx context.Context, repo string, d digest.Digest) // after each scan and re-match
+	external    map[string]External                                     // by route prefix
+	registryURL string                                                  // how external scanners reach Gatehouse
 
 	jobs     chan job
 	mu       sync.Mutex
@@ -82,6 +84,17 @@ func New(c *content.Store, md Metadata, sc Scanner, db *vulndb.DB, routes *route
 	}
 	return &Service{content: c, meta: md, scanner: sc, db: db, routes: routes, puller: puller, log: log, metrics: m,
 		jobs: make(chan job, 1024), inflight: map[digest.Digest]chan struct{}{}}
+}
+
+// DecideWith has decide called after every scan and every re-match (the admission decision).
+func (s *Service) DecideWith(decide func(ctx context.Context, repo string, d digest.Digest)) {
+	s.decide = decide
+}
+
+func (s *Service) decided(ctx context.Context, repo string, d digest.Digest) {
+	if s.decide != nil {
+		s.decide(ctx, repo, d)
+	}
 }
 
 // UseExternal scans the images of the route with prefix with ext instead of the built-in
@@ -199,6 +212,7 @@ func (s *Service) scan(ctx context.Context, repo string, d digest.Digest) (meta.
 			return meta.Scan{}, perr
 		}
 		s.metrics.scanned("failed", time.Since(start))
+		s.decided(ctx, repo, d)
 		return sc, err
 	}
 	body, err := json.Marshal(res)
@@ -225,6 +239,7 @@ func (s *Service) scan(ctx context.Context, repo string, d digest.Digest) (meta.
 	}
 	s.log.Info("image scanned", "repo", repo, "digest", d, "packages", len(res.Inventory.Packages), "findings", len(res.Findings),
 		"complete", res.Complete, "took", res.Duration.Round(time.Millisecond))
+	s.decided(ctx, repo, d)
 	return s.meta.ScanGet(ctx, d)
 }
 
@@ -259,7 +274,11 @@ func (s *Service) scanExternal(ctx context.Context, ext External, repo string, d
 	for _, f := range found {
 		s.metrics.finding("vulnerability", f.Severity)
 	}
-	return sc, s.meta.ScanPut(ctx, sc)
+	if err := s.meta.ScanPut(ctx, sc); err != nil {
+		return meta.Scan{}, err
+	}
+	s.decided(ctx, repo, d)
+	return sc, nil
 }
 
 // image reads an image manifest's config and layers from the store, fetching what a pull
@@ -399,6 +418,7 @@ func (s *Service) Rematch(ctx context.Context) error {
 				return err
 			}
 			s.metrics.rematched.Inc()
+			s.decided(ctx, sc.Repo, d)
 		}
 	}
 }

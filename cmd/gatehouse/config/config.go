@@ -38,6 +38,8 @@ type Config struct {
 	Scan Scan `yaml:"scan"`
 	// VulnDB is the local vulnerability database.
 	VulnDB VulnDB `yaml:"vulndb"`
+	// Admission configures the policy decision on every image.
+	Admission Admission `yaml:"admission"`
 	// Routes map repository names to pull-through caches of upstream registries and to hosted
 	// repositories. Absent: the embedded default (see DefaultRoutes).
 	Routes []Route `yaml:"routes"`
@@ -54,6 +56,12 @@ type Scan struct {
 	Timeout        Duration `yaml:"timeout"`         // per image (default 10m)
 	MalwareDigests string   `yaml:"malware_digests"` // file of known-bad SHA-256 digests, "sha256:<hex> name" per line; EICAR is always included
 	RegistryURL    string   `yaml:"registry_url"`    // how external scanners reach Gatehouse to pull what they scan (default http://<listen>)
+}
+
+// Admission configures policy decisions.
+// (mode and hold arrive with the gate that enforces decisions)
+type Admission struct {
+	HighFixGraceDays int `yaml:"high_fix_grace_days"` // a high vulnerability is denied once its fix is older than this (default 30)
 }
 
 // VulnDB configures the local OSV vulnerability database.
@@ -264,6 +272,9 @@ func (c *Config) applyDefaults() {
 	}
 	def(&c.Scan.RegistryURL, "http://"+c.Listen)
 	def(&c.VulnDB.Path, filepath.Join(c.Data, "vulndb.sqlite"))
+	if c.Admission.HighFixGraceDays == 0 {
+		c.Admission.HighFixGraceDays = 30
+	}
 	if c.VulnDB.MaxAge == 0 {
 		c.VulnDB.MaxAge = Duration(72 * time.Hour)
 	}
@@ -349,6 +360,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Scan.Timeout < Duration(time.Second) {
 		bad("scan.timeout", "must be at least 1s")
+	}
+	if c.Admission.HighFixGraceDays < 0 {
+		bad("admission.high_fix_grace_days", "must not be negative")
 	}
 	if c.VulnDB.Recheck < Duration(100*time.Millisecond) {
 		bad("vulndb.recheck", "must be at least 100ms")
