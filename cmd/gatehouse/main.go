@@ -101,7 +101,7 @@ func version() string {
 	return "gatehouse (unknown version)"
 }
 
-// serveFlags are the command-line overrides of the common settings.
+// serveCmd runs gatehouse serve, with command-line overrides of the common settings.
 func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
