@@ -30,6 +30,9 @@ func TestBenchCommandRuns(t *testing.T) {
 			t.Errorf("bench output has %d %q rows, want 2 (loopback and limited link):\n%s", len(m), row, out)
 		}
 	}
+	if !regexp.MustCompile(`(?m)^\s*req/s\s+[1-9][\d.]*\s+[1-9][\d.]*\s+[1-9][\d.]*\s+[\d.]+x`).Match(out) || !strings.Contains(string(out), "gate cost") {
+		t.Errorf("bench output lacks the gate's row:\n%s", out)
+	}
 	for _, row := range []string{"manifest GET req/s", "manifest GET p99 ms", "blob GET MiB/s, 1 stream", "blob GET MiB/s, 2 streams", "peak RSS MiB"} {
 		re := regexp.MustCompile(regexp.QuoteMeta(row) + `\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+[\d.]+x\s+[\d.]+x`)
 		m := re.FindStringSubmatch(string(out))

@@ -86,9 +86,14 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// startGatehouse starts a server on a fresh data directory with the given extra YAML.
+// startGatehouse starts a server on a fresh data directory with the given extra YAML. Unless that
+// YAML configures admission, the server runs in audit mode: tests of the registry and the proxy
+// push and pull content no policy would admit (the gate's own tests enforce).
 func startGatehouse(t *testing.T, extraYAML string) *server {
 	t.Helper()
+	if !strings.Contains(extraYAML, "admission:") {
+		extraYAML = "admission: {mode: audit}\n" + extraYAML
+	}
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "gatehouse.yaml")
 	body := fmt.Sprintf("listen: 127.0.0.1:0\ndata: %s\nlog: {format: json, level: debug}\n%s", filepath.Join(dir, "data"), extraYAML)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -32,11 +33,13 @@ import (
 	"github.com/gatehouse-dev/gatehouse/policies"
 	"github.com/gatehouse-dev/gatehouse/proxy/admission"
 	"github.com/gatehouse-dev/gatehouse/proxy/api"
+	"github.com/gatehouse-dev/gatehouse/proxy/gate"
 	"github.com/gatehouse-dev/gatehouse/proxy/pull"
 	"github.com/gatehouse-dev/gatehouse/proxy/route"
 	"github.com/gatehouse-dev/gatehouse/proxy/scanning"
 	"github.com/gatehouse-dev/gatehouse/proxy/upstream"
 	"github.com/gatehouse-dev/gatehouse/storage/content"
+	"github.com/gatehouse-dev/gatehouse/storage/meta"
 	"github.com/gatehouse-dev/gatehouse/storage/meta/sqlite"
 )
 
@@ -152,12 +155,51 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 	}
 	admitter := &admission.Admitter{Content: store, Meta: md, DB: vdb, Policy: engine, Routes: table,
 		Settings: policies.Settings{HighFixGraceDays: cfg.Admission.HighFixGraceDays}, MaxAge: time.Duration(cfg.VulnDB.MaxAge)}
+	gcfg := gate.Config{Default: gate.Mode(cfg.Admission.Mode), Hold: time.Duration(cfg.Admission.Hold), Routes: map[string]gate.Mode{}}
+	for _, rc := range cfg.Routes {
+		if rc.AdmissionMode != "" {
+			gcfg.Routes[rc.Prefix] = gate.Mode(rc.AdmissionMode)
+		}
+	}
+	// admit fetches (on a pull route) and scans an image unless done, then decides it.
+	admit := func(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error) {
+		if rt, err := table.Resolve(repo, ""); err == nil && rt.Route.Kind == route.Pull {
+			if err := puller.Manifest(ctx, rt, d); err != nil {
+				return meta.Verdict{}, err
+			}
+			// the policy reads the image config from this repository, even when the digest was
+			// scanned through another one
+			if body, err := store.ManifestGet(ctx, d); err == nil {
+				var m struct{ Config struct{ Digest digest.Digest } }
+				if json.Unmarshal(body, &m) == nil && m.Config.Digest != "" {
+					if err := puller.EnsureBlob(ctx, rt, m.Config.Digest); err != nil {
+						return meta.Verdict{}, err
+					}
+				}
+			}
+		}
+		if _, err := scans.ScanNow(ctx, repo, d); err != nil {
+			if _, serr := md.ScanGet(ctx, d); serr != nil {
+				return meta.Verdict{}, err // not even a failed scan was recorded: nothing to decide on
+			}
+		}
+		if v, err := md.VerdictGet(ctx, repo, d); err == nil && v.State != meta.Pending {
+			return v, nil
+		}
+		v, _, err := admitter.Decide(ctx, repo, d)
+		return v, err
+	}
+	gt, err := gate.New(gcfg, md, store, admit, log, reg)
+	if err != nil {
+		return err
+	}
 	scans.DecideWith(func(ctx context.Context, repo string, d digest.Digest) {
 		v, dec, err := admitter.Decide(ctx, repo, d)
 		if err != nil {
 			log.Error("admission decision failed", "repo", repo, "digest", d, "err", err)
 			return
 		}
+		gt.Record(ctx, v)
 		attrs := []any{"repo", repo, "digest", d, "verdict", v.State}
 		if len(dec.Deny) > 0 {
 			attrs = append(attrs, "reason", dec.Deny[0].Message)
@@ -172,6 +214,7 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 		api.WithRoutes(table),
 		api.WithPuller(puller),
 		api.WithManifestHook(submit),
+		api.WithGate(gt),
 		api.WithManagement(scans.Handler(time.Duration(cfg.VulnDB.MaxAge))),
 		api.WithLogger(log),
 		api.WithMaxManifestSize(int64(cfg.Limits.ManifestSize)),

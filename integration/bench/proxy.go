@@ -84,7 +84,7 @@ func proxyRound(work, upstreamBase string, repos []string, total int64, rounds i
 		label = fmt.Sprintf("upstream link limited to %d MiB/s", rate>>20)
 	}
 	tag := fmt.Sprintf("r%d", rate>>20)
-	gh, err := startGatehouse(work, "gatehouse-proxy-"+tag, fmt.Sprintf("routes:\n  - {prefix: docker.io, kind: pull, upstream: {url: %q}}\n  - {prefix: \"\", kind: push}\n", upstreamBase))
+	gh, err := startGatehouse(work, "gatehouse-proxy-"+tag, fmt.Sprintf("admission: {mode: audit}\nroutes:\n  - {prefix: docker.io, kind: pull, upstream: {url: %q}}\n  - {prefix: \"\", kind: push}\n", upstreamBase))
 	if err != nil {
 		return err
 	}

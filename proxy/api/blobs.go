@@ -32,8 +32,15 @@ func (h *Handler) blobGet(w http.ResponseWriter, r *http.Request, t Target) erro
 	if err != nil {
 		return err
 	}
-	desc, err := h.blobStat(r, t.Name, d)
 	pullRoute := t.Route.Route != nil && t.Route.Route.Kind == route.Pull
+	// Pushers HEAD blobs to skip uploads, so HEAD on a push route is not gated; it says only
+	// that a blob exists, never its bytes.
+	if h.gated(t) && (r.Method == http.MethodGet || pullRoute) {
+		if err := h.gate.Blob(t.Name, d); err != nil {
+			return err
+		}
+	}
+	desc, err := h.blobStat(r, t.Name, d)
 	if err != nil && pullRoute && apierr.From(err).Code == apierr.BlobUnknown {
 		if r.Method == http.MethodHead {
 			size, err := h.puller.BlobHead(r.Context(), t.Route, d)

@@ -97,6 +97,11 @@ func (h *Handler) manifestGet(w http.ResponseWriter, r *http.Request, t Target) 
 	if err != nil {
 		return err
 	}
+	if h.gated(t) {
+		if err := h.gate.Manifest(ctx, t.Name, d, m.body); err != nil {
+			return err
+		}
+	}
 	hd := w.Header()
 	if stale != "" {
 		setStale(w, stale)
@@ -190,6 +195,12 @@ func (h *Handler) manifestPut(w http.ResponseWriter, r *http.Request, t Target) 
 	if h.opts.onManifest != nil {
 		h.opts.onManifest(t.Name, d, p.MediaType)
 	}
+	if h.gated(t) {
+		// admitted synchronously: a refusal is the push's answer, and the content stays, quarantined, for review
+		if err := h.gate.Manifest(ctx, t.Name, d, body); err != nil {
+			return err
+		}
+	}
 	hd := w.Header()
 	hd.Set("Location", "/v2/"+t.Name+"/manifests/"+d.String())
 	hd.Set("Docker-Content-Digest", d.String())
@@ -202,6 +213,11 @@ func (h *Handler) manifestPut(w http.ResponseWriter, r *http.Request, t Target) 
 	hd.Set("Content-Length", "0")
 	w.WriteHeader(http.StatusCreated)
 	return nil
+}
+
+// gated says whether the target's route enforces admission.
+func (h *Handler) gated(t Target) bool {
+	return h.gate != nil && h.gate.Enforced(t.Route.Route)
 }
 
 func tooLarge(n, limit int64) error {

@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/gatehouse-dev/gatehouse/proxy/apierr"
+	"github.com/gatehouse-dev/gatehouse/proxy/gate"
 	"github.com/gatehouse-dev/gatehouse/proxy/pull"
 	"github.com/gatehouse-dev/gatehouse/proxy/route"
 	"github.com/gatehouse-dev/gatehouse/storage/content"
@@ -54,6 +55,7 @@ type Handler struct {
 	metrics *metrics
 	routes  *route.Table
 	puller  *pull.Puller
+	gate    *gate.Gate
 }
 
 type options struct {
@@ -69,6 +71,7 @@ type options struct {
 	puller          *pull.Puller
 	onManifest      func(repo string, d digest.Digest, mediaType string)
 	management      http.Handler
+	gate            *gate.Gate
 }
 
 // Option configures a Handler.
@@ -112,6 +115,10 @@ func WithManifestHook(fn func(repo string, d digest.Digest, mediaType string)) O
 	return func(o *options) { o.onManifest = fn }
 }
 
+// WithGate has every manifest and blob request on an enforcing route pass the admission gate,
+// and manifest pushes on one wait for their admission (default: no gate).
+func WithGate(g *gate.Gate) Option { return func(o *options) { o.gate = g } }
+
 // WithManagement serves h under /gatehouse/v1/ (Gatehouse's own API: scan results, ...).
 func WithManagement(h http.Handler) Option { return func(o *options) { o.management = h } }
 
@@ -143,7 +150,7 @@ func New(c *content.Store, md Metadata, opts ...Option) (*Handler, error) {
 			return nil, fmt.Errorf("route %q is a pull route but no puller was given", r.Prefix)
 		}
 	}
-	h := &Handler{content: c, meta: md, opts: o, routes: o.routes, puller: o.puller}
+	h := &Handler{content: c, meta: md, opts: o, routes: o.routes, puller: o.puller, gate: o.gate}
 	if o.cacheEntries > 0 {
 		cache, err := lru.New[string, cachedManifest](o.cacheEntries)
 		if err != nil {

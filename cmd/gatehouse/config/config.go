@@ -58,10 +58,11 @@ type Scan struct {
 	RegistryURL    string   `yaml:"registry_url"`    // how external scanners reach Gatehouse to pull what they scan (default http://<listen>)
 }
 
-// Admission configures policy decisions.
-// (mode and hold arrive with the gate that enforces decisions)
+// Admission configures policy decisions and the gate that enforces them.
 type Admission struct {
-	HighFixGraceDays int `yaml:"high_fix_grace_days"` // a high vulnerability is denied once its fix is older than this (default 30)
+	Mode             string   `yaml:"mode"`                // enforce (serve only what is admitted) | audit (decide and record, serve everything); default enforce
+	Hold             Duration `yaml:"hold"`                // how long a first request waits for its admission before 503 + Retry-After (default 60s)
+	HighFixGraceDays int      `yaml:"high_fix_grace_days"` // a high vulnerability is denied once its fix is older than this (default 30)
 }
 
 // VulnDB configures the local OSV vulnerability database.
@@ -87,6 +88,8 @@ type Route struct {
 	MaxStale         Duration `yaml:"max_stale"` // serve a cached tag this long past its TTL while the upstream cannot answer (default 24h)
 	// Scanner replaces the built-in scanner for this route's images (absent: built-in).
 	Scanner *RouteScanner `yaml:"scanner"`
+	// AdmissionMode overrides admission.mode for this route (enforce | audit).
+	AdmissionMode string `yaml:"admission_mode"`
 }
 
 // RouteScanner selects an external scanner.
@@ -272,6 +275,10 @@ func (c *Config) applyDefaults() {
 	}
 	def(&c.Scan.RegistryURL, "http://"+c.Listen)
 	def(&c.VulnDB.Path, filepath.Join(c.Data, "vulndb.sqlite"))
+	def(&c.Admission.Mode, "enforce")
+	if c.Admission.Hold == 0 {
+		c.Admission.Hold = Duration(60 * time.Second)
+	}
 	if c.Admission.HighFixGraceDays == 0 {
 		c.Admission.HighFixGraceDays = 30
 	}
@@ -361,6 +368,12 @@ func (c *Config) Validate() error {
 	if c.Scan.Timeout < Duration(time.Second) {
 		bad("scan.timeout", "must be at least 1s")
 	}
+	if c.Admission.Mode != "enforce" && c.Admission.Mode != "audit" {
+		bad("admission.mode", "must be enforce or audit, got %q", c.Admission.Mode)
+	}
+	if c.Admission.Hold < Duration(100*time.Millisecond) {
+		bad("admission.hold", "must be at least 100ms")
+	}
 	if c.Admission.HighFixGraceDays < 0 {
 		bad("admission.high_fix_grace_days", "must not be negative")
 	}
@@ -370,6 +383,9 @@ func (c *Config) Validate() error {
 	prefixes := map[string]int{}
 	for i, r := range c.Routes {
 		key := fmt.Sprintf("routes[%d]", i)
+		if m := r.AdmissionMode; m != "" && m != "enforce" && m != "audit" {
+			bad(key+".admission_mode", "must be enforce or audit, got %q", m)
+		}
 		if j, dup := prefixes[r.Prefix]; dup {
 			bad(key+".prefix", "%q is also the prefix of routes[%d]", r.Prefix, j)
 		}

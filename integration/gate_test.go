@@ -1,0 +1,246 @@
+//go:build integration
+
+package integration
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// gateImages pushes to the upstream registry a clean image and one carrying lodash 4.17.15
+// (CVE-2020-8203, high, fixed in 4.17.19 years ago), each with a platform, and an index of both. It returns their digests and the bad image's layer.
+func gateImages(t *testing.T, crane, upstream string) (clean, bad, index, badLayer string) {
+	t.Helper()
+	push := func(repo string, files map[string][]byte) string {
+		ref := upstream + "/" + repo
+		run(t, nil, crane, "append", "--insecure", "--oci-empty-base", "-f", tarDir(t, "", files), "-t", ref)
+		out := strings.TrimSpace(run(t, nil, crane, "mutate", "--insecure", "--set-platform", "linux/amd64", ref, "-t", ref))
+		_, d, _ := strings.Cut(out, "@")
+		return d
+	}
+	clean = push("library/clean:v1", map[string][]byte{"etc/motd": []byte("nothing to see here\n")})
+	bad = push("library/bad:v1", map[string][]byte{"app/node_modules/lodash/package.json": []byte(`{"name":"lodash","version":"4.17.15"}`)})
+	var m struct{ Layers []struct{ Digest string } }
+	json.Unmarshal([]byte(run(t, nil, crane, "manifest", "--insecure", upstream+"/library/bad@"+bad)), &m)
+	badLayer = m.Layers[0].Digest
+	// the index lives in its own repository with both children copied in
+	for _, d := range []string{clean, bad} {
+		src := upstream + "/library/clean@" + d
+		if d == bad {
+			src = upstream + "/library/bad@" + d
+		}
+		run(t, nil, crane, "copy", "--insecure", src, upstream+"/library/multi:"+d[7:19])
+	}
+	out := run(t, nil, crane, "index", "append", "--insecure", "-m", upstream+"/library/multi@"+clean, "-m", upstream+"/library/multi@"+bad, "-t", upstream+"/library/multi:v1")
+	_, index, _ = strings.Cut(strings.TrimSpace(out), "@")
+	return clean, bad, index, badLayer
+}
+
+func gateDB(t *testing.T, gh *server) {
+	t.Helper()
+	osvZip := filepath.Join(t.TempDir(), "all.zip")
+	os.WriteFile(osvZip, zipDir(t, "../attest/vulndb/testdata/osv"), 0o644)
+	run(t, nil, gatehouseBin, "db", "update", "--config", gh.config, "--from", osvZip)
+}
+
+// TestGateEnforce: a clean image is admitted and pulls through the gate; an image with a
+// long-fixed high vulnerability is refused on every path with 403 DENIED naming the CVE, pulled or pushed.
+func TestGateEnforce(t *testing.T) {
+	crane := tool(t, "crane")
+	up := startUpstream(t, "")
+	clean, bad, index, badLayer := gateImages(t, crane, up.addr)
+	gh := startGatehouse(t, proxyConfig(up.addr, `  - prefix: audited
+    kind: pull
+    upstream: {url: "http://`+up.addr+`"}
+    admission_mode: audit`)+"admission: {mode: enforce, hold: 60s}\nvulndb: {recheck: 200ms, max_age: 87600h}\n")
+	gateDB(t, gh)
+
+	// the clean image is admitted on its first pull and pulls with a real client
+	run(t, nil, crane, "pull", "--insecure", gh.addr+"/docker.io/library/clean:v1", filepath.Join(t.TempDir(), "clean.tar"))
+	if r := do(t, gh, "GET", "/gatehouse/v1/scans/"+clean, nil, nil); !strings.Contains(string(r.body), `"admitted"`) {
+		t.Fatalf("clean image verdict: %s", r.body)
+	}
+
+	const cve = "CVE-2020-8203"
+	denied := func(what string, r response) {
+		t.Helper()
+		if r.status != http.StatusForbidden {
+			t.Errorf("%s: status %d, want 403; body %.300s", what, r.status, r.body)
+			return
+		}
+		if r.status == http.StatusForbidden && r.header.Get("Content-Length") != "" && len(r.body) == 0 {
+			return // HEAD: status only
+		}
+		if code, msg := r.ociError(); code != "DENIED" || !strings.Contains(msg, cve) {
+			t.Errorf("%s: %s %q, want DENIED naming %s", what, code, msg, cve)
+		}
+	}
+	badRepo := "/v2/docker.io/library/bad"
+	denied("manifest GET by tag (first pull)", do(t, gh, "GET", badRepo+"/manifests/v1", nil, nil))
+	denied("manifest GET by digest", do(t, gh, "GET", badRepo+"/manifests/"+bad, nil, nil))
+	if r := do(t, gh, "HEAD", badRepo+"/manifests/"+bad, nil, nil); r.status != http.StatusForbidden {
+		t.Errorf("manifest HEAD: %d, want 403", r.status)
+	}
+	for name, h := range map[string]map[string]string{"blob GET": nil, "blob Range GET": {"Range": "bytes=0-99"}} {
+		r := do(t, gh, "GET", badRepo+"/blobs/"+badLayer, h, nil)
+		if r.status != http.StatusForbidden || r.code() != "DENIED" {
+			t.Errorf("%s of the bad layer: %d %s, want 403 DENIED", name, r.status, tail(string(r.body), 3))
+		}
+	}
+	// the message names the CVE, its severity and fix, the package and the file
+	_, msg := do(t, gh, "GET", badRepo+"/manifests/"+bad, nil, nil).ociError()
+	for _, want := range []string{bad, "lodash", "4.17.19", "app/node_modules/lodash/package.json"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("refusal %q does not name %s", msg, want)
+		}
+	}
+	out := runFail(t, nil, crane, "pull", "--insecure", gh.addr+"/docker.io/library/bad:v1", filepath.Join(t.TempDir(), "bad.tar"))
+	if !strings.Contains(out, "DENIED") || !strings.Contains(out, cve) {
+		t.Errorf("crane pull of the bad image: %s", out)
+	}
+	// the index is refused because a child is; the clean child pulls on its own, the bad one does not
+	multi := "/v2/docker.io/library/multi"
+	if r := do(t, gh, "GET", multi+"/manifests/v1", nil, nil); r.status != http.StatusForbidden || !strings.Contains(r.message(), cve) {
+		t.Errorf("index: %d %s", r.status, r.body)
+	}
+	if r := do(t, gh, "GET", multi+"/manifests/"+index, nil, nil); r.status != http.StatusForbidden {
+		t.Errorf("index by digest: %d", r.status)
+	}
+	if r := do(t, gh, "GET", multi+"/manifests/"+clean, nil, nil); r.status != http.StatusOK {
+		t.Errorf("clean child of the index: %d %s", r.status, r.body)
+	}
+	denied("bad child of the index", do(t, gh, "GET", multi+"/manifests/"+bad, nil, nil))
+
+	// audit mode on another route: decided and recorded, but served
+	if r := do(t, gh, "GET", "/v2/audited/library/bad/manifests/"+bad, nil, nil); r.status != http.StatusOK {
+		t.Errorf("audit route: %d %s", r.status, r.body)
+	}
+	waitScan(t, gh, bad, func(r scanReport) bool { return r.Verdict != nil && r.Verdict.State == "quarantined" })
+
+	// CI pushing through a push route: the push fails with the reasons; the content is kept
+	out = runFail(t, nil, crane, "copy", "--insecure", up.addr+"/library/bad:v1", gh.addr+"/ci/bad:v1")
+	if !strings.Contains(out, "DENIED") || !strings.Contains(out, cve) {
+		t.Errorf("crane push of the bad image: %s", out)
+	}
+	if r := do(t, gh, "GET", "/v2/ci/bad/manifests/v1", nil, nil); r.status != http.StatusForbidden {
+		t.Errorf("pushed bad image by tag: %d", r.status)
+	}
+	run(t, nil, crane, "copy", "--insecure", up.addr+"/library/clean:v1", gh.addr+"/ci/clean:v1")
+	run(t, nil, crane, "pull", "--insecure", gh.addr+"/ci/clean:v1", filepath.Join(t.TempDir(), "again.tar"))
+	gateBypasses(t, gh, crane, bad, badLayer)
+}
+
+// gateBypasses tries the ways around the gate; every one must be refused.
+func gateBypasses(t *testing.T, gh *server, crane, bad, badLayer string) {
+	t.Helper()
+	type attempt struct {
+		name, method, path string
+		header             map[string]string
+		want               int
+	}
+	attempts := []attempt{
+		{"tag", "GET", "/v2/docker.io/library/bad/manifests/v1", nil, 403},
+		{"digest", "GET", "/v2/docker.io/library/bad/manifests/" + bad, nil, 403},
+		{"HEAD then GET", "HEAD", "/v2/docker.io/library/bad/manifests/v1", nil, 403},
+		{"If-None-Match with the digest", "GET", "/v2/docker.io/library/bad/manifests/" + bad, map[string]string{"If-None-Match": `"` + bad + `"`}, 403},
+		{"Accept only the index type", "GET", "/v2/docker.io/library/bad/manifests/v1", map[string]string{"Accept": "application/vnd.oci.image.index.v1+json"}, 403},
+		{"upper-case name", "GET", "/v2/docker.io/library/BAD/manifests/" + bad, nil, 400},
+		{"percent-encoded name", "GET", "/v2/docker.io/library/b%61d/manifests/" + bad, nil, 400},
+		{"dot segment", "GET", "/v2/docker.io/library/./bad/manifests/" + bad, nil, 400},
+		{"double slash", "GET", "/v2/docker.io/library//bad/manifests/" + bad, nil, 400},
+		{"containerd ns= mirror", "GET", "/v2/library/bad/manifests/" + bad + "?ns=docker.io", nil, 403},
+		{"Docker Hub short name", "GET", "/v2/docker.io/bad/manifests/" + bad, nil, 403},
+		{"unknown ns= value", "GET", "/v2/library/bad/manifests/" + bad + "?ns=elsewhere", nil, 404},
+		{"blob by digest", "GET", "/v2/docker.io/library/bad/blobs/" + badLayer, nil, 403},
+		{"blob HEAD on a pull route", "HEAD", "/v2/docker.io/library/bad/blobs/" + badLayer, nil, 403},
+		{"blob Range", "GET", "/v2/docker.io/library/bad/blobs/" + badLayer, map[string]string{"Range": "bytes=10-"}, 403},
+		{"blob through the clean repository", "GET", "/v2/docker.io/library/clean/blobs/" + badLayer, nil, 403},
+		{"blob through the index repository", "GET", "/v2/docker.io/library/multi/blobs/" + badLayer, nil, 403},
+		{"pushed copy by digest", "GET", "/v2/ci/bad/manifests/" + bad, nil, 403},
+		{"pushed copy's blob", "GET", "/v2/ci/bad/blobs/" + badLayer, nil, 403},
+		{"sha512 alias of the digest", "GET", "/v2/ci/bad/manifests/sha512:" + strings.Repeat("0", 128), nil, 404},
+	}
+	// cross-repository mount of the quarantined layer into a fresh repository, then GET it there
+	r := do(t, gh, "POST", "/v2/ci/mounted/blobs/uploads/?mount="+badLayer+"&from=ci/bad", nil, nil)
+	if r.status != http.StatusCreated && r.status != http.StatusAccepted {
+		t.Fatalf("mount: %d %s", r.status, r.body)
+	}
+	attempts = append(attempts, attempt{"cross-repository mount, then GET", "GET", "/v2/ci/mounted/blobs/" + badLayer, nil, 403})
+	// a referrer whose subject is the bad image: served as metadata, but the subject stays refused
+	sig := fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/vnd.example.sig","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2,"data":"e30="},"layers":[{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2}],"subject":{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"%s","size":1}}`, bad)
+	pushBlob(t, gh, "ci/bad", []byte("{}"))
+	if r := do(t, gh, "PUT", "/v2/ci/bad/manifests/sig", map[string]string{"Content-Type": "application/vnd.oci.image.manifest.v1+json"}, []byte(sig)); r.status != http.StatusCreated {
+		t.Fatalf("referrer push: %d %s", r.status, r.body)
+	}
+	if r := do(t, gh, "GET", "/v2/ci/bad/referrers/"+bad, nil, nil); r.status != http.StatusOK || !strings.Contains(string(r.body), sha([]byte(sig))) {
+		t.Errorf("referrers of the bad image: %d %s", r.status, r.body)
+	}
+	attempts = append(attempts, attempt{"subject after a referrer was pushed", "GET", "/v2/ci/bad/manifests/" + bad, nil, 403})
+	// a tag re-pointed at the bad image after the clean one was admitted under it
+	cleanManifest := do(t, gh, "GET", "/v2/ci/clean/manifests/v1", nil, nil)
+	if cleanManifest.status != 200 {
+		t.Fatalf("clean manifest: %d", cleanManifest.status)
+	}
+	if out := runFail(t, nil, crane, "copy", "--insecure", gh.addr+"/audited/library/bad:v1", gh.addr+"/ci/clean:v1"); !strings.Contains(out, "DENIED") {
+		t.Errorf("re-pointing a tag at the bad image: %s", out)
+	}
+	attempts = append(attempts, attempt{"tag re-pointed after admission", "GET", "/v2/ci/clean/manifests/v1", nil, 403})
+
+	for _, a := range attempts {
+		r := do(t, gh, a.method, a.path, a.header, nil)
+		if r.status != a.want || (a.want == 403 && a.method == "GET" && r.code() != "DENIED") {
+			t.Errorf("bypass %q: %s %s = %d %s, want %d", a.name, a.method, a.path, r.status, tail(string(r.body), 3), a.want)
+		}
+	}
+	if len(attempts) < 20 {
+		t.Fatalf("only %d bypass attempts", len(attempts))
+	}
+}
+
+// TestGateHerd: 50 concurrent first pulls of an uncached image run one admission and all get the
+// same answer.
+func TestGateHerd(t *testing.T) {
+	crane := tool(t, "crane")
+	up := startUpstream(t, "")
+	_, bad, _, _ := gateImages(t, crane, up.addr)
+	gh := startGatehouse(t, proxyConfig(up.addr, "")+"admission: {mode: enforce}\nvulndb: {max_age: 87600h}\n")
+	gateDB(t, gh)
+	before := metricValue(t, gh, "gatehouse_gate_admissions_total")
+	var wg sync.WaitGroup
+	results := make([]response, 50)
+	for i := range results {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i] = do(t, gh, "GET", "/v2/docker.io/library/bad/manifests/"+bad, nil, nil)
+		}()
+	}
+	wg.Wait()
+	for i, r := range results {
+		if r.status != 403 || r.message() != results[0].message() {
+			rep := do(t, gh, "GET", "/gatehouse/v1/scans/"+bad, nil, nil)
+			t.Fatalf("caller %d: %d %s; caller 0: %d %s\nscan: %s\nlog: %s", i, r.status, tail(string(r.body), 5), results[0].status, tail(string(results[0].body), 5), rep.body, tail(gh.log.String(), 40))
+		}
+	}
+	if n := metricValue(t, gh, "gatehouse_gate_admissions_total") - before; n != 1 {
+		t.Errorf("%v admissions for 50 concurrent first pulls, want 1", n)
+	}
+}
+
+// TestGateNoDatabase: without a vulnerability database nothing is admitted, and the refusal says why.
+func TestGateNoDatabase(t *testing.T) {
+	crane := tool(t, "crane")
+	up := startUpstream(t, "")
+	clean, _, _, _ := gateImages(t, crane, up.addr)
+	gh := startGatehouse(t, proxyConfig(up.addr, "")+"admission: {mode: enforce}\n")
+	r := do(t, gh, "GET", "/v2/docker.io/library/clean/manifests/"+clean, nil, nil)
+	if r.status != 403 || !strings.Contains(strings.ToLower(r.message()), "vulnerability database") {
+		t.Errorf("clean image without a database: %d %s", r.status, r.body)
+	}
+}

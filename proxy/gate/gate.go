@@ -1,0 +1,403 @@
+package gate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/gatehouse-dev/gatehouse/policies"
+	"github.com/gatehouse-dev/gatehouse/proxy/apierr"
+	"github.com/gatehouse-dev/gatehouse/proxy/route"
+	"github.com/gatehouse-dev/gatehouse/storage/meta"
+)
+
+// Mode is how a route treats decisions.
+type Mode string
+
+const (
+	Enforce Mode = "enforce" // serve only what is admitted or released
+	Audit   Mode = "audit"   // decide and record, but serve everything
+)
+
+// Metadata is where verdicts are kept.
+type Metadata interface {
+	VerdictGet(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error)
+	VerdictSet(ctx context.Context, v meta.Verdict, actor, reason string) error
+}
+
+// Admit produces the verdict on an image manifest of a repository: it fetches and scans what it
+// must, then decides. It is called at most once at a time per digest.
+type Admit func(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error)
+
+// Manifests reads stored manifest bytes (to learn an index's children and an image's blobs).
+type Manifests interface {
+	ManifestGet(ctx context.Context, d digest.Digest) ([]byte, error)
+}
+
+// Config configures a Gate.
+type Config struct {
+	Default Mode            // the mode of routes not in Routes
+	Routes  map[string]Mode // by route prefix
+	Hold    time.Duration   // how long a request waits for an admission before 503 (default 60s)
+	Timeout time.Duration   // how long one admission may run in all (default 15m)
+}
+
+// Gate is the admission gate. It is safe for concurrent use.
+type Gate struct {
+	cfg       Config
+	meta      Metadata
+	manifests Manifests
+	admit     Admit
+	log       *slog.Logger
+	metrics   *metrics
+
+	mu    sync.RWMutex
+	known map[string]known // repo@digest: the verdict as served
+	blobs map[string]int   // repo@blob: how many admitted manifests of repo reference it
+
+	flights singleflight.Group
+}
+
+type known struct {
+	state   string
+	refusal *apierr.Error   // nil when the state serves
+	refs    []digest.Digest // blobs counted in Gate.blobs
+}
+
+// New returns a gate. reg may be nil.
+func New(cfg Config, md Metadata, manifests Manifests, admit Admit, log *slog.Logger, reg prometheus.Registerer) (*Gate, error) {
+	if cfg.Default == "" {
+		cfg.Default = Enforce
+	}
+	if cfg.Hold <= 0 {
+		cfg.Hold = 60 * time.Second
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 15 * time.Minute
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	return &Gate{cfg: cfg, meta: md, manifests: manifests, admit: admit, log: log, metrics: m,
+		known: map[string]known{}, blobs: map[string]int{}}, nil
+}
+
+// Enforced says whether requests through a route are gated (nil: the default route).
+func (g *Gate) Enforced(r *route.Route) bool {
+	if r != nil {
+		if m, ok := g.cfg.Routes[r.Prefix]; ok {
+			return m == Enforce
+		}
+	}
+	return g.cfg.Default == Enforce
+}
+
+func key(repo string, d digest.Digest) string { return repo + "@" + d.String() }
+
+// Manifest returns nil when manifest d of repo (whose bytes are body) may be served, and the
+// refusal otherwise: 403 DENIED with the reasons, or 503 with Retry-After while it is under
+// admission. The first request for an undecided digest starts its admission.
+func (g *Gate) Manifest(ctx context.Context, repo string, d digest.Digest, body []byte) error {
+	g.mu.RLock()
+	k, ok := g.known[key(repo, d)]
+	g.mu.RUnlock()
+	if ok {
+		return g.refused("manifest", k.refusal)
+	}
+	p := parse(body)
+	if p.Subject != nil {
+		// A referrer (signature, SBOM, attestation) is metadata about its subject: its manifest is
+		// served, but it never makes the subject pullable and its blobs stay gated.
+		return nil
+	}
+	v, err := g.meta.VerdictGet(ctx, repo, d)
+	switch {
+	case err == nil && v.State != meta.Pending:
+		return g.refused("manifest", g.learn(v, p).refusal)
+	case err != nil && !errors.Is(err, meta.ErrNotFound):
+		return apierr.Unavailablef(err, "the metadata store did not answer while looking up the verdict on %s; nothing is served undecided", d)
+	}
+	k, err = g.await(ctx, repo, d, p)
+	if err != nil {
+		return err
+	}
+	return g.refused("manifest", k.refusal)
+}
+
+func (g *Gate) refused(kind string, e *apierr.Error) error {
+	if e == nil {
+		return nil
+	}
+	g.metrics.refusals.WithLabelValues(kind).Inc()
+	return e
+}
+
+// Blob returns nil when blob d may be served from repo: it must be referenced by a manifest of
+// repo that is admitted or released.
+func (g *Gate) Blob(repo string, d digest.Digest) error {
+	g.mu.RLock()
+	n := g.blobs[key(repo, d)]
+	g.mu.RUnlock()
+	if n > 0 {
+		return nil
+	}
+	g.metrics.refusals.WithLabelValues("blob").Inc()
+	return apierr.New(apierr.Denied, "blob %s of %s is not part of any admitted image of this repository: it is served only after a manifest that references it is admitted (pull that manifest first; if it is refused, it says why)", d, repo).
+		WithDetail(map[string]string{"repository": repo, "digest": d.String()})
+}
+
+// Record tells the gate of a decision made elsewhere (a background scan, a re-match, a review), so
+// what it serves follows at once.
+func (g *Gate) Record(ctx context.Context, v meta.Verdict) {
+	if v.State == meta.Pending {
+		return
+	}
+	var p parsed
+	if serves(v.State) {
+		body, err := g.manifests.ManifestGet(ctx, v.Digest)
+		if err != nil {
+			// without its blob list nothing of it can be served; forget it so the next request asks again
+			g.forget(v.Repo, v.Digest)
+			return
+		}
+		p = parse(body)
+	}
+	g.learn(v, p)
+}
+
+func (g *Gate) forget(repo string, d digest.Digest) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	k := key(repo, d)
+	if old, ok := g.known[k]; ok {
+		g.unref(repo, old.refs)
+		delete(g.known, k)
+	}
+}
+
+func (g *Gate) unref(repo string, refs []digest.Digest) {
+	for _, b := range refs {
+		bk := key(repo, b)
+		if g.blobs[bk] <= 1 {
+			delete(g.blobs, bk)
+		} else {
+			g.blobs[bk]--
+		}
+	}
+}
+
+func serves(state string) bool { return state == meta.Admitted || state == meta.Released }
+
+// learn remembers a final verdict and the blobs it makes servable.
+func (g *Gate) learn(v meta.Verdict, p parsed) known {
+	k := known{state: v.State}
+	if serves(v.State) {
+		k.refs = p.blobs()
+	} else {
+		k.refusal = refusal(v)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	mk := key(v.Repo, v.Digest)
+	if old, ok := g.known[mk]; ok {
+		g.unref(v.Repo, old.refs)
+	}
+	for _, b := range k.refs {
+		g.blobs[key(v.Repo, b)]++
+	}
+	g.known[mk] = k
+	return k
+}
+
+// await runs the admission of d once, however many requests ask, and waits for it up to the hold.
+func (g *Gate) await(ctx context.Context, repo string, d digest.Digest, p parsed) (known, error) {
+	ch := g.flights.DoChan(key(repo, d), func() (any, error) {
+		// not the request's context: the decision is worth finishing for whoever asks next
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.Timeout)
+		defer cancel()
+		g.metrics.admissions.Inc()
+		start := time.Now()
+		defer func() { g.metrics.admissionSeconds.Observe(time.Since(start).Seconds()) }()
+		v, err := g.decide(actx, repo, d, p)
+		if err != nil {
+			g.log.Error("admission failed", "repo", repo, "digest", d, "err", err)
+			return known{}, err
+		}
+		return g.learn(v, p), nil
+	})
+	timer := time.NewTimer(g.cfg.Hold)
+	defer timer.Stop()
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			var e *apierr.Error
+			if errors.As(res.Err, &e) {
+				return known{}, e
+			}
+			return known{}, apierr.Unavailablef(res.Err, "manifest %s of %s could not be admitted: %v; nothing is served undecided, so retry once the cause is fixed", d, repo, res.Err)
+		}
+		return res.Val.(known), nil
+	case <-timer.C:
+		g.metrics.held.Inc()
+		retry := int(g.cfg.Hold.Seconds() / 4)
+		if retry < 1 {
+			retry = 1
+		}
+		return known{}, apierr.New(apierr.Unavailable, "manifest %s of %s is under admission (being fetched, scanned and decided); retry in %d seconds", d, repo, retry).
+			WithHeader("Retry-After", strconv.Itoa(retry)).
+			WithDetail(map[string]string{"repository": repo, "digest": d.String(), "state": meta.Pending})
+	case <-ctx.Done():
+		return known{}, ctx.Err()
+	}
+}
+
+// decide admits an image through Admit; an index is judged by its children, each on its own.
+func (g *Gate) decide(ctx context.Context, repo string, d digest.Digest, p parsed) (meta.Verdict, error) {
+	if len(p.Manifests) == 0 {
+		return g.admit(ctx, repo, d)
+	}
+	type child struct {
+		desc v1.Descriptor
+		v    meta.Verdict
+	}
+	var children []*child
+	for _, c := range p.Manifests {
+		if c.Annotations["vnd.docker.reference.type"] == "attestation-manifest" {
+			continue // buildx attestations ride in indexes; they are referrers, not platforms
+		}
+		children = append(children, &child{desc: c})
+	}
+	eg, ectx := errgroup.WithContext(ctx)
+	eg.SetLimit(4)
+	for _, c := range children {
+		eg.Go(func() error {
+			v, err := g.child(ectx, repo, c.desc.Digest)
+			c.v = v
+			return err
+		})
+	}
+	if err := eg.Wait(); err != nil {
+		return meta.Verdict{}, err
+	}
+	dec := policies.Decision{Allow: true, Deny: []policies.Reason{}, Warn: []policies.Reason{}}
+	for _, c := range children {
+		if serves(c.v.State) {
+			continue
+		}
+		dec.Allow = false
+		plat := "unknown platform"
+		if pl := c.desc.Platform; pl != nil {
+			plat = pl.OS + "/" + pl.Architecture
+			if pl.Variant != "" {
+				plat += "/" + pl.Variant
+			}
+		}
+		dec.Deny = append(dec.Deny, policies.Reason{Rule: "index.child", Message: fmt.Sprintf("%s child %s is %s: %s", plat, c.desc.Digest, c.v.State, firstReasons(c.v, 1)),
+			Evidence: map[string]string{"digest": c.desc.Digest.String(), "platform": plat, "state": c.v.State}})
+	}
+	body, err := json.Marshal(dec)
+	if err != nil {
+		return meta.Verdict{}, err
+	}
+	v := meta.Verdict{Repo: repo, Digest: d, State: meta.Admitted, Decision: body, PolicyDigest: "index: judged by its children", Decided: time.Now().UTC()}
+	reason := "every platform child is admitted"
+	if !dec.Allow {
+		v.State, reason = meta.Quarantined, dec.Deny[0].Message
+	}
+	if err := g.meta.VerdictSet(ctx, v, "gatehouse", reason); err != nil {
+		return meta.Verdict{}, err
+	}
+	return v, nil
+}
+
+// child returns the verdict on an index child, admitting it (once) if it is undecided.
+func (g *Gate) child(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error) {
+	if v, err := g.meta.VerdictGet(ctx, repo, d); err == nil && v.State != meta.Pending {
+		return v, nil
+	}
+	res, err, _ := g.flights.Do(key(repo, d)+"#child", func() (any, error) {
+		v, err := g.admit(ctx, repo, d)
+		if err != nil {
+			return nil, err
+		}
+		g.Record(ctx, v)
+		return v, nil
+	})
+	if err != nil {
+		return meta.Verdict{}, err
+	}
+	return res.(meta.Verdict), nil
+}
+
+// refusal is the 403 for a verdict that does not serve: the digest, the state and the first
+// reasons in the message; everything in the detail.
+func refusal(v meta.Verdict) *apierr.Error {
+	var dec policies.Decision
+	_ = json.Unmarshal(v.Decision, &dec)
+	msg := fmt.Sprintf("manifest %s of %s is %s by policy", v.Digest, v.Repo, v.State)
+	if r := firstReasons(v, 3); r != "" {
+		msg += ": " + r
+	}
+	return apierr.New(apierr.Denied, "%s", msg).WithStatus(http.StatusForbidden).WithDetail(map[string]any{
+		"repository": v.Repo, "digest": v.Digest.String(), "state": v.State, "deny": dec.Deny, "warn": dec.Warn,
+		"policy": v.PolicyDigest, "database": v.DBVersion, "decided": v.Decided.Format(time.RFC3339),
+	})
+}
+
+func firstReasons(v meta.Verdict, n int) string {
+	var dec policies.Decision
+	if json.Unmarshal(v.Decision, &dec) != nil || len(dec.Deny) == 0 {
+		return ""
+	}
+	var msgs []string
+	for i, r := range dec.Deny {
+		if i == n {
+			msgs = append(msgs, fmt.Sprintf("and %d more", len(dec.Deny)-n))
+			break
+		}
+		msgs = append(msgs, r.Message)
+	}
+	return strings.Join(msgs, "; ")
+}
+
+// parsed is what the gate needs of a manifest.
+type parsed struct {
+	Config    *v1.Descriptor  `json:"config"`
+	Layers    []v1.Descriptor `json:"layers"`
+	Manifests []v1.Descriptor `json:"manifests"`
+	Subject   *v1.Descriptor  `json:"subject"`
+}
+
+func parse(body []byte) parsed {
+	var p parsed
+	_ = json.Unmarshal(body, &p) // stored manifests were validated when they entered
+	return p
+}
+
+func (p parsed) blobs() []digest.Digest {
+	var out []digest.Digest
+	if p.Config != nil && p.Config.Digest != "" {
+		out = append(out, p.Config.Digest)
+	}
+	for _, l := range p.Layers {
+		out = append(out, l.Digest)
+	}
+	return out
+}

@@ -1,0 +1,153 @@
+package gate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/gatehouse-dev/gatehouse/policies"
+	"github.com/gatehouse-dev/gatehouse/proxy/apierr"
+	"github.com/gatehouse-dev/gatehouse/storage/meta"
+)
+
+type fakeMeta struct {
+	mu sync.Mutex
+	v  map[string]meta.Verdict
+}
+
+func (f *fakeMeta) VerdictGet(_ context.Context, repo string, d digest.Digest) (meta.Verdict, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	v, ok := f.v[key(repo, d)]
+	if !ok {
+		return meta.Verdict{}, meta.ErrNotFound
+	}
+	return v, nil
+}
+
+func (f *fakeMeta) VerdictSet(_ context.Context, v meta.Verdict, _, _ string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.v[key(v.Repo, v.Digest)] = v
+	return nil
+}
+
+type bodies map[digest.Digest][]byte
+
+func (b bodies) ManifestGet(_ context.Context, d digest.Digest) ([]byte, error) {
+	if body, ok := b[d]; ok {
+		return body, nil
+	}
+	return nil, errors.New("no such manifest")
+}
+
+const (
+	layer  = digest.Digest("sha256:1111111111111111111111111111111111111111111111111111111111111111")
+	config = digest.Digest("sha256:2222222222222222222222222222222222222222222222222222222222222222")
+)
+
+var image = []byte(`{"schemaVersion":2,"config":{"digest":"` + string(config) + `"},"layers":[{"digest":"` + string(layer) + `"}]}`)
+
+func verdict(d digest.Digest, state string, deny ...string) meta.Verdict {
+	dec := policies.Decision{Allow: len(deny) == 0}
+	for _, m := range deny {
+		dec.Deny = append(dec.Deny, policies.Reason{Rule: "r", Message: m})
+	}
+	b, _ := json.Marshal(dec)
+	return meta.Verdict{Repo: "r", Digest: d, State: state, Decision: b}
+}
+
+func TestOneAdmissionManyWaiters(t *testing.T) {
+	d := digest.FromBytes(image)
+	var calls atomic.Int32
+	release := make(chan struct{})
+	g, _ := New(Config{}, &fakeMeta{v: map[string]meta.Verdict{}}, bodies{d: image}, func(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error) {
+		calls.Add(1)
+		<-release
+		return verdict(d, meta.Quarantined, "CVE-1 (high) in x", "CVE-2"), nil
+	}, nil, nil)
+	var wg sync.WaitGroup
+	errs := make([]error, 20)
+	for i := range errs {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[i] = g.Manifest(context.Background(), "r", d, image) }()
+	}
+	time.Sleep(50 * time.Millisecond)
+	close(release)
+	wg.Wait()
+	if n := calls.Load(); n != 1 {
+		t.Errorf("%d admissions, want 1", n)
+	}
+	for _, err := range errs {
+		e := apierr.From(err)
+		if e.Code != apierr.Denied || e.HTTPStatus() != http.StatusForbidden || e.Message != "manifest "+d.String()+" of r is quarantined by policy: CVE-1 (high) in x; CVE-2" {
+			t.Fatalf("refusal = %v", err)
+		}
+	}
+	if err := g.Blob("r", layer); apierr.From(err).Code != apierr.Denied {
+		t.Errorf("blob of a quarantined image: %v", err)
+	}
+}
+
+func TestHoldExpires(t *testing.T) {
+	d := digest.FromBytes(image)
+	release := make(chan struct{})
+	g, _ := New(Config{Hold: 50 * time.Millisecond}, &fakeMeta{v: map[string]meta.Verdict{}}, bodies{d: image}, func(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error) {
+		<-release
+		return verdict(d, meta.Admitted), nil
+	}, nil, nil)
+	e := apierr.From(g.Manifest(context.Background(), "r", d, image))
+	if e.HTTPStatus() != http.StatusServiceUnavailable || e.Header.Get("Retry-After") == "" {
+		t.Fatalf("held request: %v (headers %v)", e, e.Header)
+	}
+	close(release) // the admission goes on; the next request is served
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if err := g.Manifest(context.Background(), "r", d, image); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("still refused after the admission finished: %v", err)
+		}
+	}
+	if err := g.Blob("r", layer); err != nil {
+		t.Errorf("layer of an admitted image: %v", err)
+	}
+	if err := g.Blob("other", layer); err == nil {
+		t.Errorf("the layer was served from a repository whose images do not reference it")
+	}
+}
+
+func TestRecordQuarantineRevokesBlobs(t *testing.T) {
+	d := digest.FromBytes(image)
+	md := &fakeMeta{v: map[string]meta.Verdict{key("r", d): verdict(d, meta.Admitted)}}
+	g, _ := New(Config{}, md, bodies{d: image}, nil, nil, nil)
+	if err := g.Manifest(context.Background(), "r", d, image); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Blob("r", config); err != nil {
+		t.Fatal(err)
+	}
+	g.Record(context.Background(), verdict(d, meta.Quarantined, "a new advisory"))
+	if err := g.Manifest(context.Background(), "r", d, image); apierr.From(err).Code != apierr.Denied {
+		t.Errorf("manifest after quarantine: %v", err)
+	}
+	if err := g.Blob("r", config); err == nil {
+		t.Errorf("blob still served after its image was quarantined")
+	}
+}
+
+func TestAdmissionErrorFailsClosed(t *testing.T) {
+	d := digest.FromBytes(image)
+	g, _ := New(Config{}, &fakeMeta{v: map[string]meta.Verdict{}}, bodies{d: image}, func(context.Context, string, digest.Digest) (meta.Verdict, error) {
+		return meta.Verdict{}, errors.New("upstream went away")
+	}, nil, nil)
+	if e := apierr.From(g.Manifest(context.Background(), "r", d, image)); e.HTTPStatus() != http.StatusServiceUnavailable {
+		t.Errorf("admission error: %v", e)
+	}
+}
