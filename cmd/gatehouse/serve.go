@@ -170,7 +170,9 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 			// the policy reads the image config from this repository, even when the digest was
 			// scanned through another one
 			if body, err := store.ManifestGet(ctx, d); err == nil {
-				var m struct{ Config struct{ Digest digest.Digest } }
+				var m struct {
+					Config struct{ Digest digest.Digest }
+				}
 				if json.Unmarshal(body, &m) == nil && m.Config.Digest != "" {
 					if err := puller.EnsureBlob(ctx, rt, m.Config.Digest); err != nil {
 						return meta.Verdict{}, err
