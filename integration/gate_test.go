@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // gateImages pushes to the upstream registry a clean image and one carrying lodash 4.17.15
@@ -24,7 +25,9 @@ func gateImages(t *testing.T, crane, upstream string) (clean, bad, index, badLay
 		_, d, _ := strings.Cut(out, "@")
 		return d
 	}
-	clean = push("library/clean:v1", map[string][]byte{"etc/motd": []byte("nothing to see here\n")})
+	// lodash 4.17.20 has no advisory in the base database; testdata/osv-gate adds one (#5's evidence 5)
+	clean = push("library/clean:v1", map[string][]byte{"etc/motd": []byte("nothing to see here\n"),
+		"app/node_modules/lodash/package.json": []byte(`{"name":"lodash","version":"4.17.20"}`)})
 	bad = push("library/bad:v1", map[string][]byte{"app/node_modules/lodash/package.json": []byte(`{"name":"lodash","version":"4.17.15"}`)})
 	var m struct{ Layers []struct{ Digest string } }
 	json.Unmarshal([]byte(run(t, nil, crane, "manifest", "--insecure", upstream+"/library/bad@"+bad)), &m)
@@ -95,6 +98,7 @@ func TestGateEnforce(t *testing.T) {
 	}
 	// the message names the CVE, its severity and fix, the package and the file
 	_, msg := do(t, gh, "GET", badRepo+"/manifests/"+bad, nil, nil).ociError()
+	t.Logf("refusal: %s", msg)
 	for _, want := range []string{bad, "lodash", "4.17.19", "app/node_modules/lodash/package.json"} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("refusal %q does not name %s", msg, want)
@@ -242,5 +246,47 @@ func TestGateNoDatabase(t *testing.T) {
 	r := do(t, gh, "GET", "/v2/docker.io/library/clean/manifests/"+clean, nil, nil)
 	if r.status != 403 || !strings.Contains(strings.ToLower(r.message()), "vulnerability database") {
 		t.Errorf("clean image without a database: %d %s", r.status, r.body)
+	}
+}
+
+// TestGateReevaluation: a database update that adds an advisory moves an admitted image to
+// quarantine from its stored inventory, without reading its layers, and the gate follows at once.
+func TestGateReevaluation(t *testing.T) {
+	crane := tool(t, "crane")
+	up := startUpstream(t, "")
+	clean, _, _, _ := gateImages(t, crane, up.addr)
+	gh := startGatehouse(t, proxyConfig(up.addr, "")+"admission: {mode: enforce}\nvulndb: {recheck: 200ms, max_age: 87600h}\n")
+	gateDB(t, gh)
+	path := "/v2/docker.io/library/clean/manifests/" + clean
+	if r := do(t, gh, "GET", path, nil, nil); r.status != 200 {
+		t.Fatalf("clean image before the update: %d %s", r.status, r.body)
+	}
+	var m struct{ Layers []struct{ Digest string } }
+	json.Unmarshal(do(t, gh, "GET", path, nil, nil).body, &m)
+	blob := "/v2/docker.io/library/clean/blobs/" + m.Layers[0].Digest
+	if r := do(t, gh, "GET", blob, nil, nil); r.status != 200 {
+		t.Fatalf("clean layer before the update: %d", r.status)
+	}
+	read := metricValue(t, gh, "gatehouse_scan_layer_bytes_read_total")
+	osvZip := filepath.Join(t.TempDir(), "all.zip")
+	os.WriteFile(osvZip, zipDir(t, "../attest/vulndb/testdata/osv", "testdata/osv-gate"), 0o644)
+	run(t, nil, gatehouseBin, "db", "update", "--config", gh.config, "--from", osvZip)
+	var r response
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if r = do(t, gh, "GET", path, nil, nil); r.status == 403 {
+			break
+		}
+	}
+	if r.status != 403 || !strings.Contains(r.message(), "CVE-2021-23337") {
+		t.Fatalf("admitted image after an advisory was added: %d %s", r.status, r.body)
+	}
+	if r := do(t, gh, "GET", blob, nil, nil); r.status != 403 {
+		t.Errorf("its layer after quarantine: %d", r.status)
+	}
+	if after := metricValue(t, gh, "gatehouse_scan_layer_bytes_read_total"); after != read {
+		t.Errorf("re-evaluation read %v layer bytes", after-read)
+	}
+	if n := metricValue(t, gh, "gatehouse_gate_revoked_total"); n != 1 {
+		t.Errorf("gatehouse_gate_revoked_total = %v, want 1", n)
 	}
 }

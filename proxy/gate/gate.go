@@ -218,6 +218,10 @@ func (g *Gate) learn(v meta.Verdict, p parsed) known {
 	mk := key(v.Repo, v.Digest)
 	if old, ok := g.known[mk]; ok {
 		g.unref(v.Repo, old.refs)
+		if serves(old.state) && !serves(v.State) {
+			g.metrics.revoked.Inc()
+			g.log.Warn("a served digest is now refused", "repo", v.Repo, "digest", v.Digest, "verdict", v.State, "reason", firstReasons(v, 1))
+		}
 	}
 	for _, b := range k.refs {
 		g.blobs[key(v.Repo, b)]++
