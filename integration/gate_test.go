@@ -290,3 +290,39 @@ func TestGateReevaluation(t *testing.T) {
 		t.Errorf("gatehouse_gate_revoked_total = %v, want 1", n)
 	}
 }
+
+// TestGateTagFallback: on a route with tag_fallback: last-admitted, a tag re-pointed upstream at
+// a refused image keeps serving the digest it last served admitted, and says so.
+func TestGateTagFallback(t *testing.T) {
+	crane := tool(t, "crane")
+	up := startUpstream(t, "")
+	clean, bad, _, _ := gateImages(t, crane, up.addr)
+	run(t, nil, crane, "copy", "--insecure", up.addr+"/library/clean:v1", up.addr+"/library/moving:v1")
+	gh := startGatehouse(t, proxyConfig(up.addr, "    tag_ttl: 1s\n    tag_fallback: last-admitted")+"admission: {mode: enforce}\nvulndb: {max_age: 87600h}\n")
+	gateDB(t, gh)
+	path := "/v2/docker.io/library/moving/manifests/v1"
+	if r := do(t, gh, "GET", path, nil, nil); r.status != 200 || r.header.Get("Docker-Content-Digest") != clean {
+		t.Fatalf("tag before it moved: %d %s %s", r.status, r.header.Get("Docker-Content-Digest"), r.body)
+	}
+	run(t, nil, crane, "copy", "--insecure", up.addr+"/library/bad:v1", up.addr+"/library/moving:v1")
+	time.Sleep(1500 * time.Millisecond) // past tag_ttl: the next request revalidates and sees the new digest
+	for i := 0; i < 2; i++ {            // while the new digest is under admission, and once it is refused
+		r := do(t, gh, "GET", path, nil, nil)
+		if r.status != 200 || r.header.Get("Docker-Content-Digest") != clean || sha(r.body) != clean {
+			t.Fatalf("moved tag, request %d: %d %s", i, r.status, r.header.Get("Docker-Content-Digest"))
+		}
+		if fb := r.header.Get("Gatehouse-Tag-Fallback"); !strings.Contains(fb, bad) || !strings.Contains(fb, clean) {
+			t.Errorf("Gatehouse-Tag-Fallback = %q, want both digests", fb)
+		}
+		waitScan(t, gh, bad, func(r scanReport) bool { return r.Verdict != nil && r.Verdict.State == "quarantined" })
+	}
+	if r := do(t, gh, "GET", "/v2/docker.io/library/moving/manifests/"+bad, nil, nil); r.status != 403 {
+		t.Errorf("the new digest itself: %d", r.status)
+	}
+	// the fallback survives a restart (it is recorded, not only remembered)
+	gh.stop()
+	gh.start()
+	if r := do(t, gh, "GET", path, nil, nil); r.status != 200 || r.header.Get("Docker-Content-Digest") != clean {
+		t.Errorf("moved tag after a restart: %d %s %s", r.status, r.header.Get("Docker-Content-Digest"), r.body)
+	}
+}

@@ -155,11 +155,12 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 	}
 	admitter := &admission.Admitter{Content: store, Meta: md, DB: vdb, Policy: engine, Routes: table,
 		Settings: policies.Settings{HighFixGraceDays: cfg.Admission.HighFixGraceDays}, MaxAge: time.Duration(cfg.VulnDB.MaxAge)}
-	gcfg := gate.Config{Default: gate.Mode(cfg.Admission.Mode), Hold: time.Duration(cfg.Admission.Hold), Routes: map[string]gate.Mode{}}
+	gcfg := gate.Config{Default: gate.Mode(cfg.Admission.Mode), Hold: time.Duration(cfg.Admission.Hold), Routes: map[string]gate.Mode{}, Fallback: map[string]bool{}}
 	for _, rc := range cfg.Routes {
 		if rc.AdmissionMode != "" {
 			gcfg.Routes[rc.Prefix] = gate.Mode(rc.AdmissionMode)
 		}
+		gcfg.Fallback[rc.Prefix] = rc.TagFallback == "last-admitted"
 	}
 	// admit fetches (on a pull route) and scans an image unless done, then decides it.
 	admit := func(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error) {

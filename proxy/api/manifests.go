@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -98,7 +99,7 @@ func (h *Handler) manifestGet(w http.ResponseWriter, r *http.Request, t Target) 
 		return err
 	}
 	if h.gated(t) {
-		if err := h.gate.Manifest(ctx, t.Name, d, m.body); err != nil {
+		if d, m, err = h.admitted(ctx, w, t, d, m); err != nil {
 			return err
 		}
 	}
@@ -213,6 +214,46 @@ func (h *Handler) manifestPut(w http.ResponseWriter, r *http.Request, t Target) 
 	hd.Set("Content-Length", "0")
 	w.WriteHeader(http.StatusCreated)
 	return nil
+}
+
+// admitted passes a manifest through the gate. A tag on a route with tag_fallback that now points
+// to a digest under admission or refused serves the digest it last served admitted instead, and
+// says so in Gatehouse-Tag-Fallback.
+func (h *Handler) admitted(ctx context.Context, w http.ResponseWriter, t Target, d digest.Digest, m cachedManifest) (digest.Digest, cachedManifest, error) {
+	byTag := !IsDigest(t.Ref) && h.gate.Fallback(t.Route.Route)
+	var last digest.Digest
+	hold := time.Duration(-1)
+	if byTag {
+		var ok bool
+		if last, ok = h.gate.LastAdmitted(ctx, t.Name, t.Ref); ok && last != d {
+			hold = 0 // a known-good digest is at hand: do not keep the client waiting for the new one
+		}
+	}
+	var err error
+	if hold == 0 {
+		err = h.gate.ManifestWithin(ctx, t.Name, d, m.body, 0)
+	} else {
+		err = h.gate.Manifest(ctx, t.Name, d, m.body)
+	}
+	if err == nil {
+		if byTag {
+			h.gate.TagServed(ctx, t.Name, t.Ref, d)
+		}
+		return d, m, nil
+	}
+	if hold != 0 {
+		return "", cachedManifest{}, err
+	}
+	lm, lerr := h.manifest(ctx, t, last)
+	if lerr != nil || h.gate.Manifest(ctx, t.Name, last, lm.body) != nil {
+		return "", cachedManifest{}, err // the fallback is gone or refused too: the new digest's answer stands
+	}
+	why := "refused by policy"
+	if apierr.From(err).Code == apierr.Unavailable {
+		why = "under admission"
+	}
+	w.Header().Set("Gatehouse-Tag-Fallback", fmt.Sprintf("tag %s now points to %s (%s); serving %s, the last admitted", t.Ref, d, why, last))
+	return last, lm, nil
 }
 
 // gated says whether the target's route enforces admission.

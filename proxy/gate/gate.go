@@ -36,6 +36,8 @@ const (
 type Metadata interface {
 	VerdictGet(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error)
 	VerdictSet(ctx context.Context, v meta.Verdict, actor, reason string) error
+	AdmittedTagSet(ctx context.Context, repo, tag string, d digest.Digest) error
+	AdmittedTagGet(ctx context.Context, repo, tag string) (digest.Digest, error)
 }
 
 // Admit produces the verdict on an image manifest of a repository: it fetches and scans what it
@@ -51,8 +53,11 @@ type Manifests interface {
 type Config struct {
 	Default Mode            // the mode of routes not in Routes
 	Routes  map[string]Mode // by route prefix
-	Hold    time.Duration   // how long a request waits for an admission before 503 (default 60s)
-	Timeout time.Duration   // how long one admission may run in all (default 15m)
+	// Fallback lists the route prefixes whose tags keep serving their last admitted digest while
+	// the tag's new digest is pending or refused (tag_fallback: last-admitted).
+	Fallback map[string]bool
+	Hold     time.Duration // how long a request waits for an admission before 503 (default 60s)
+	Timeout  time.Duration // how long one admission may run in all (default 15m)
 }
 
 // Gate is the admission gate. It is safe for concurrent use.
@@ -65,8 +70,9 @@ type Gate struct {
 	metrics   *metrics
 
 	mu    sync.RWMutex
-	known map[string]known // repo@digest: the verdict as served
-	blobs map[string]int   // repo@blob: how many admitted manifests of repo reference it
+	known map[string]known         // repo@digest: the verdict as served
+	blobs map[string]int           // repo@blob: how many admitted manifests of repo reference it
+	tags  map[string]digest.Digest // repo:tag -> the digest it last served admitted (fallback routes)
 
 	flights singleflight.Group
 }
@@ -96,7 +102,7 @@ func New(cfg Config, md Metadata, manifests Manifests, admit Admit, log *slog.Lo
 		return nil, err
 	}
 	return &Gate{cfg: cfg, meta: md, manifests: manifests, admit: admit, log: log, metrics: m,
-		known: map[string]known{}, blobs: map[string]int{}}, nil
+		known: map[string]known{}, blobs: map[string]int{}, tags: map[string]digest.Digest{}}, nil
 }
 
 // Enforced says whether requests through a route are gated (nil: the default route).
@@ -109,12 +115,57 @@ func (g *Gate) Enforced(r *route.Route) bool {
 	return g.cfg.Default == Enforce
 }
 
+// Fallback says whether a route's tags fall back to their last admitted digest.
+func (g *Gate) Fallback(r *route.Route) bool { return r != nil && g.cfg.Fallback[r.Prefix] }
+
+// TagServed remembers that a tag served admitted digest d (written through only on change).
+func (g *Gate) TagServed(ctx context.Context, repo, tag string, d digest.Digest) {
+	k := repo + ":" + tag
+	g.mu.RLock()
+	cur := g.tags[k]
+	g.mu.RUnlock()
+	if cur == d {
+		return
+	}
+	if err := g.meta.AdmittedTagSet(ctx, repo, tag, d); err != nil {
+		g.log.Warn("could not record a tag's admitted digest; its fallback stays the previous one", "repo", repo, "tag", tag, "digest", d, "err", err)
+		return
+	}
+	g.mu.Lock()
+	g.tags[k] = d
+	g.mu.Unlock()
+}
+
+// LastAdmitted returns the digest a tag last served admitted.
+func (g *Gate) LastAdmitted(ctx context.Context, repo, tag string) (digest.Digest, bool) {
+	k := repo + ":" + tag
+	g.mu.RLock()
+	d, ok := g.tags[k]
+	g.mu.RUnlock()
+	if ok {
+		return d, true
+	}
+	d, err := g.meta.AdmittedTagGet(ctx, repo, tag)
+	if err != nil {
+		return "", false
+	}
+	g.mu.Lock()
+	g.tags[k] = d
+	g.mu.Unlock()
+	return d, true
+}
+
 func key(repo string, d digest.Digest) string { return repo + "@" + d.String() }
 
 // Manifest returns nil when manifest d of repo (whose bytes are body) may be served, and the
 // refusal otherwise: 403 DENIED with the reasons, or 503 with Retry-After while it is under
 // admission. The first request for an undecided digest starts its admission.
 func (g *Gate) Manifest(ctx context.Context, repo string, d digest.Digest, body []byte) error {
+	return g.ManifestWithin(ctx, repo, d, body, g.cfg.Hold)
+}
+
+// ManifestWithin is Manifest with its own hold (0: answer at once; the admission goes on).
+func (g *Gate) ManifestWithin(ctx context.Context, repo string, d digest.Digest, body []byte, hold time.Duration) error {
 	g.mu.RLock()
 	k, ok := g.known[key(repo, d)]
 	g.mu.RUnlock()
@@ -134,7 +185,7 @@ func (g *Gate) Manifest(ctx context.Context, repo string, d digest.Digest, body 
 	case err != nil && !errors.Is(err, meta.ErrNotFound):
 		return apierr.Unavailablef(err, "the metadata store did not answer while looking up the verdict on %s; nothing is served undecided", d)
 	}
-	k, err = g.await(ctx, repo, d, p)
+	k, err = g.await(ctx, repo, d, p, hold)
 	if err != nil {
 		return err
 	}
@@ -231,7 +282,7 @@ func (g *Gate) learn(v meta.Verdict, p parsed) known {
 }
 
 // await runs the admission of d once, however many requests ask, and waits for it up to the hold.
-func (g *Gate) await(ctx context.Context, repo string, d digest.Digest, p parsed) (known, error) {
+func (g *Gate) await(ctx context.Context, repo string, d digest.Digest, p parsed, hold time.Duration) (known, error) {
 	ch := g.flights.DoChan(key(repo, d), func() (any, error) {
 		// not the request's context: the decision is worth finishing for whoever asks next
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.Timeout)
@@ -246,7 +297,7 @@ func (g *Gate) await(ctx context.Context, repo string, d digest.Digest, p parsed
 		}
 		return g.learn(v, p), nil
 	})
-	timer := time.NewTimer(g.cfg.Hold)
+	timer := time.NewTimer(hold)
 	defer timer.Stop()
 	select {
 	case res := <-ch:

@@ -39,6 +39,11 @@ func (f *fakeMeta) VerdictSet(_ context.Context, v meta.Verdict, _, _ string) er
 	return nil
 }
 
+func (f *fakeMeta) AdmittedTagSet(context.Context, string, string, digest.Digest) error { return nil }
+func (f *fakeMeta) AdmittedTagGet(context.Context, string, string) (digest.Digest, error) {
+	return "", meta.ErrNotFound
+}
+
 type bodies map[digest.Digest][]byte
 
 func (b bodies) ManifestGet(_ context.Context, d digest.Digest) ([]byte, error) {

@@ -90,6 +90,9 @@ type Route struct {
 	Scanner *RouteScanner `yaml:"scanner"`
 	// AdmissionMode overrides admission.mode for this route (enforce | audit).
 	AdmissionMode string `yaml:"admission_mode"`
+	// TagFallback "last-admitted": on a pull route, a tag whose new upstream digest is pending or
+	// refused keeps serving the digest it last served admitted ("": refuse).
+	TagFallback string `yaml:"tag_fallback"`
 }
 
 // RouteScanner selects an external scanner.
@@ -385,6 +388,12 @@ func (c *Config) Validate() error {
 		key := fmt.Sprintf("routes[%d]", i)
 		if m := r.AdmissionMode; m != "" && m != "enforce" && m != "audit" {
 			bad(key+".admission_mode", "must be enforce or audit, got %q", m)
+		}
+		switch {
+		case r.TagFallback != "" && r.TagFallback != "last-admitted":
+			bad(key+".tag_fallback", "must be last-admitted or empty, got %q", r.TagFallback)
+		case r.TagFallback != "" && r.Kind != "pull":
+			bad(key+".tag_fallback", "applies to pull routes only (a pushed tag moves only when someone pushes it)")
 		}
 		if j, dup := prefixes[r.Prefix]; dup {
 			bad(key+".prefix", "%q is also the prefix of routes[%d]", r.Prefix, j)

@@ -37,6 +37,8 @@ type Store interface {
 	VerdictSet(ctx context.Context, v meta.Verdict, actor, reason string) error
 	AuditList(ctx context.Context, repo string, d digest.Digest) ([]meta.Audit, error)
 	VerdictsStale(ctx context.Context, policyDigest, dbVersion string, limit int) ([]meta.Verdict, error)
+	AdmittedTagSet(ctx context.Context, repo, tag string, d digest.Digest) error
+	AdmittedTagGet(ctx context.Context, repo, tag string) (digest.Digest, error)
 	Referrers(ctx context.Context, repo string, subject digest.Digest, artifactType string) ([]meta.Manifest, error)
 	Close() error
 }
@@ -57,6 +59,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		"TagTimestamps":          testTagTimestamps,
 		"Scans":                  testScans,
 		"Verdicts":               testVerdicts,
+		"AdmittedTags":           testAdmittedTags,
 	}
 	for name, fn := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -417,5 +420,23 @@ func testVerdicts(t *testing.T, s Store) {
 	}
 	if stale, _ := s.VerdictsStale(ctx, "p2", "v1", 10); len(stale) != 1 {
 		t.Errorf("VerdictsStale(new policy) = %v", stale)
+	}
+}
+
+func testAdmittedTags(t *testing.T, s Store) {
+	ctx := context.Background()
+	if _, err := s.AdmittedTagGet(ctx, "r", "v1"); !errors.Is(err, meta.ErrNotFound) {
+		t.Fatalf("AdmittedTagGet before any: %v", err)
+	}
+	for _, d := range []digest.Digest{dg("one"), dg("two")} {
+		if err := s.AdmittedTagSet(ctx, "r", "v1", d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d, err := s.AdmittedTagGet(ctx, "r", "v1"); err != nil || d != dg("two") {
+		t.Errorf("AdmittedTagGet = %s %v, want the latest", d, err)
+	}
+	if _, err := s.AdmittedTagGet(ctx, "other", "v1"); !errors.Is(err, meta.ErrNotFound) {
+		t.Errorf("another repository's tag: %v", err)
 	}
 }

@@ -68,4 +68,12 @@ var migrations = []string{
 		reason  TEXT NOT NULL
 	);
 	CREATE INDEX audit_by_image ON audit (repo, digest, id);`,
+	// 5: the digest each tag last served admitted (routes with tag_fallback: last-admitted).
+	`CREATE TABLE admitted_tags (
+		repo       TEXT NOT NULL,
+		tag        TEXT NOT NULL,
+		digest     TEXT NOT NULL,
+		served_at  INTEGER NOT NULL,
+		PRIMARY KEY (repo, tag)
+	);`,
 }

@@ -444,6 +444,23 @@ func (s *Store) AuditList(ctx context.Context, repo string, d digest.Digest) ([]
 	return out, rows.Err()
 }
 
+// AdmittedTagSet records that a tag served an admitted digest.
+func (s *Store) AdmittedTagSet(ctx context.Context, repo, tag string, d digest.Digest) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO admitted_tags (repo, tag, digest, served_at) VALUES (?, ?, ?, ?)
+		ON CONFLICT (repo, tag) DO UPDATE SET digest = excluded.digest, served_at = excluded.served_at`, repo, tag, d.String(), time.Now().UnixNano())
+	return err
+}
+
+// AdmittedTagGet returns the digest a tag last served admitted.
+func (s *Store) AdmittedTagGet(ctx context.Context, repo, tag string) (digest.Digest, error) {
+	var d string
+	err := s.db.QueryRowContext(ctx, `SELECT digest FROM admitted_tags WHERE repo = ? AND tag = ?`, repo, tag).Scan(&d)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", meta.ErrNotFound
+	}
+	return digest.Digest(d), err
+}
+
 // VerdictsStale lists the verdicts not decided under this policy and database (re-evaluation).
 func (s *Store) VerdictsStale(ctx context.Context, policyDigest, dbVersion string, limit int) ([]meta.Verdict, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT repo, digest, state, decision, policy_digest, db_version, decided_at FROM verdicts
