@@ -326,3 +326,27 @@ func TestGateTagFallback(t *testing.T) {
 		t.Errorf("moved tag after a restart: %d %s %s", r.status, r.header.Get("Docker-Content-Digest"), r.body)
 	}
 }
+
+// TestGateBrokenPolicy: a route whose policy does not compile admits nothing new and says why;
+// config check reports it; other routes keep deciding under their own policy.
+func TestGateBrokenPolicy(t *testing.T) {
+	crane := tool(t, "crane")
+	up := startUpstream(t, "")
+	clean, _, _, _ := gateImages(t, crane, up.addr)
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "broken.rego"), []byte("package gatehouse\n\ndecision := {\"allow\": true\n"), 0o644)
+	gh := startGatehouse(t, proxyConfig(up.addr, "    policy: "+dir)+"admission: {mode: enforce}\nvulndb: {max_age: 87600h}\n")
+	gateDB(t, gh)
+	if out := runFail(t, nil, gatehouseBin, "config", "check", gh.config); !strings.Contains(out, "broken.rego") {
+		t.Errorf("config check of a broken policy: %s", out)
+	}
+	r := do(t, gh, "GET", "/v2/docker.io/library/clean/manifests/"+clean, nil, nil)
+	if r.status == 200 || !strings.Contains(r.message(), "does not compile") || !strings.Contains(r.message(), "nothing new is admitted") {
+		t.Errorf("image on the broken route: %d %s", r.status, r.body)
+	}
+	// the push route decides under the embedded default
+	run(t, nil, crane, "copy", "--insecure", up.addr+"/library/clean:v1", gh.addr+"/ci/clean:v1")
+	if r := do(t, gh, "GET", "/v2/ci/clean/manifests/v1", nil, nil); r.status != 200 {
+		t.Errorf("clean image on the default route: %d %s", r.status, r.body)
+	}
+}

@@ -75,8 +75,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if len(args) != 3 || args[1] != "check" {
 			return usageError{"config takes: check FILE"}
 		}
-		if _, err := config.Load(args[2]); err != nil {
+		cfg, err := config.Load(args[2])
+		if err != nil {
 			return err
+		}
+		if err := policyErrors(loadPolicies(ctx, cfg)); err != nil {
+			return fmt.Errorf("%s: a policy does not compile:\n%w", args[2], err)
 		}
 		fmt.Fprintf(stdout, "%s: ok\n", args[2])
 		return nil
@@ -256,15 +260,12 @@ func policyEval(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	defer md.Close()
-	engine, err := policies.Load(ctx, policies.Default())
-	if err != nil {
-		return err
-	}
+	def, routePolicies := loadPolicies(ctx, cfg)
 	table, _, err := buildRoutes(cfg, pull.NewMetrics(nil))
 	if err != nil {
 		return err
 	}
-	a := &admission.Admitter{Content: store, Meta: md, DB: vulndb.Open(cfg.VulnDB.Path), Policy: engine, Routes: table,
+	a := &admission.Admitter{Content: store, Meta: md, DB: vulndb.Open(cfg.VulnDB.Path), Policy: def.Engine, PolicyErr: def.Err, RoutePolicies: routePolicies, Routes: table,
 		Settings: policies.Settings{HighFixGraceDays: cfg.Admission.HighFixGraceDays}, MaxAge: time.Duration(cfg.VulnDB.MaxAge)}
 	in, dec, err := a.Explain(ctx, *repo, d)
 	if err != nil {
@@ -272,5 +273,5 @@ func policyEval(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
-	return enc.Encode(map[string]any{"policy": engine.Digest(), "input": in, "decision": dec})
+	return enc.Encode(map[string]any{"policy": a.PolicyDigest(*repo), "input": in, "decision": dec})
 }

@@ -149,11 +149,11 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 		scans.UseExternal(rc.Prefix, ext, cfg.Scan.RegistryURL)
 		log.Info("route scanned by an external scanner", "prefix", rc.Prefix, "adapter", rc.Scanner.Harbor.URL)
 	}
-	engine, err := policies.Load(ctx, policies.Default())
-	if err != nil {
-		return err
+	def, routePolicies := loadPolicies(ctx, cfg)
+	if err := policyErrors(def, routePolicies); err != nil {
+		log.Error("a policy does not compile: nothing new is admitted under it until it is fixed (already admitted images are still served)", "err", err)
 	}
-	admitter := &admission.Admitter{Content: store, Meta: md, DB: vdb, Policy: engine, Routes: table,
+	admitter := &admission.Admitter{Content: store, Meta: md, DB: vdb, Policy: def.Engine, PolicyErr: def.Err, RoutePolicies: routePolicies, Routes: table,
 		Settings: policies.Settings{HighFixGraceDays: cfg.Admission.HighFixGraceDays}, MaxAge: time.Duration(cfg.VulnDB.MaxAge)}
 	gcfg := gate.Config{Default: gate.Mode(cfg.Admission.Mode), Hold: time.Duration(cfg.Admission.Hold), Routes: map[string]gate.Mode{}, Fallback: map[string]bool{}}
 	for _, rc := range cfg.Routes {
@@ -209,7 +209,9 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 		}
 		log.Info("admission decision", attrs...)
 	})
-	log.Info("admission policy", "policy", engine.Digest())
+	if def.Engine != nil {
+		log.Info("admission policy", "source", def.Source, "policy", def.Engine.Digest())
+	}
 	scanCtx, stopScans := context.WithCancel(ctx)
 	defer func() { stopScans(); scans.Wait() }()
 	scans.Start(scanCtx, cfg.Scan.Workers, time.Duration(cfg.VulnDB.Recheck))

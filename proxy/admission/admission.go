@@ -20,6 +20,39 @@ import (
 	"github.com/gatehouse-dev/gatehouse/storage/meta"
 )
 
+// Bundle is a route's policy, or why it could not be loaded.
+type Bundle struct {
+	Source string // where it was loaded from
+	Engine *policies.Engine
+	Err    error
+}
+
+// engine picks the policy for a repository's route; a bundle that did not load fails closed.
+func (a *Admitter) engine(repo string) (*policies.Engine, error) {
+	if a.Routes != nil && len(a.RoutePolicies) > 0 {
+		if rt, err := a.Routes.Resolve(repo, ""); err == nil {
+			if b, ok := a.RoutePolicies[rt.Route.Prefix]; ok {
+				if b.Err != nil {
+					return nil, fmt.Errorf("route %q's policy (%s) does not compile, so nothing new is admitted on it until it is fixed: %w", rt.Route.Prefix, b.Source, b.Err)
+				}
+				return b.Engine, nil
+			}
+		}
+	}
+	if a.PolicyErr != nil || a.Policy == nil {
+		return nil, fmt.Errorf("the admission policy does not compile, so nothing new is admitted until it is fixed: %v", a.PolicyErr)
+	}
+	return a.Policy, nil
+}
+
+// PolicyDigest names the policy a repository's images are decided under ("" when it did not load).
+func (a *Admitter) PolicyDigest(repo string) string {
+	if e, err := a.engine(repo); err == nil {
+		return e.Digest()
+	}
+	return ""
+}
+
 // ErrNotScanned means the image has no scan result yet: no decision can be made (it is pending).
 var ErrNotScanned = errors.New("the image has not been scanned yet")
 
@@ -32,14 +65,18 @@ type Metadata interface {
 
 // Admitter decides on images.
 type Admitter struct {
-	Content  *content.Store
-	Meta     Metadata
-	DB       *vulndb.DB
-	Policy   *policies.Engine
-	Routes   *route.Table
-	Settings policies.Settings
-	MaxAge   time.Duration // of the vulnerability database
-	Now      func() time.Time
+	Content *content.Store
+	Meta    Metadata
+	DB      *vulndb.DB
+	Policy  *policies.Engine // the default bundle (nil when PolicyErr says why it did not load)
+	// PolicyErr is why the default bundle did not load: nothing is admitted under it.
+	PolicyErr error
+	// RoutePolicies are the routes' own bundles, by route prefix.
+	RoutePolicies map[string]Bundle
+	Routes        *route.Table
+	Settings      policies.Settings
+	MaxAge        time.Duration // of the vulnerability database
+	Now           func() time.Time
 }
 
 func (a *Admitter) now() time.Time {
@@ -140,17 +177,25 @@ func (a *Admitter) imageConfig(ctx context.Context, repo string, d digest.Digest
 
 // Explain evaluates the policy on an image without recording anything.
 func (a *Admitter) Explain(ctx context.Context, repo string, d digest.Digest) (policies.Input, policies.Decision, error) {
+	eng, err := a.engine(repo)
+	if err != nil {
+		return policies.Input{}, policies.Decision{}, err
+	}
 	in, err := a.Input(ctx, repo, d)
 	if err != nil {
 		return policies.Input{}, policies.Decision{}, err
 	}
-	dec, err := a.Policy.Eval(ctx, in)
+	dec, err := eng.Eval(ctx, in)
 	return in, dec, err
 }
 
 // Decide evaluates the policy on an image and records the verdict: admitted when the policy
 // allows, quarantined otherwise, under this policy and database version.
 func (a *Admitter) Decide(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, policies.Decision, error) {
+	eng, err := a.engine(repo)
+	if err != nil {
+		return meta.Verdict{}, policies.Decision{}, err
+	}
 	in, dec, err := a.Explain(ctx, repo, d)
 	if err != nil {
 		return meta.Verdict{}, policies.Decision{}, err
@@ -159,7 +204,7 @@ func (a *Admitter) Decide(ctx context.Context, repo string, d digest.Digest) (me
 	if err != nil {
 		return meta.Verdict{}, policies.Decision{}, err
 	}
-	v := meta.Verdict{Repo: repo, Digest: d, State: meta.Quarantined, Decision: body, PolicyDigest: a.Policy.Digest(),
+	v := meta.Verdict{Repo: repo, Digest: d, State: meta.Quarantined, Decision: body, PolicyDigest: eng.Digest(),
 		DBVersion: in.Database.Version, Decided: a.now().UTC()}
 	reason := "policy allows"
 	if dec.Allow {

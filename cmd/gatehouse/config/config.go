@@ -60,6 +60,7 @@ type Scan struct {
 
 // Admission configures policy decisions and the gate that enforces them.
 type Admission struct {
+	Policy           string   `yaml:"policy"`              // a directory of .rego files replacing the embedded default policy
 	Mode             string   `yaml:"mode"`                // enforce (serve only what is admitted) | audit (decide and record, serve everything); default enforce
 	Hold             Duration `yaml:"hold"`                // how long a first request waits for its admission before 503 + Retry-After (default 60s)
 	HighFixGraceDays int      `yaml:"high_fix_grace_days"` // a high vulnerability is denied once its fix is older than this (default 30)
@@ -93,6 +94,8 @@ type Route struct {
 	// TagFallback "last-admitted": on a pull route, a tag whose new upstream digest is pending or
 	// refused keeps serving the digest it last served admitted ("": refuse).
 	TagFallback string `yaml:"tag_fallback"`
+	// Policy is a directory of .rego files that decides this route's images instead of admission.policy.
+	Policy string `yaml:"policy"`
 }
 
 // RouteScanner selects an external scanner.
