@@ -350,3 +350,35 @@ func TestGateBrokenPolicy(t *testing.T) {
 		t.Errorf("clean image on the default route: %d %s", r.status, r.body)
 	}
 }
+
+// TestGatePolicyChange: a new policy re-decides stored verdicts from stored evidence on start, and
+// an image admitted under the old one is refused under the new one.
+func TestGatePolicyChange(t *testing.T) {
+	crane := tool(t, "crane")
+	up := startUpstream(t, "")
+	gateImages(t, crane, up.addr)
+	gh := startGatehouse(t, "admission: {mode: enforce}\nvulndb: {max_age: 87600h}\n")
+	gateDB(t, gh)
+	run(t, nil, crane, "copy", "--insecure", up.addr+"/library/clean:v1", gh.addr+"/ci/clean:v1")
+	if r := do(t, gh, "GET", "/v2/ci/clean/manifests/v1", nil, nil); r.status != 200 {
+		t.Fatalf("clean image under the default policy: %d %s", r.status, r.body)
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "freeze.rego"), []byte(`package gatehouse
+
+decision := {"allow": false, "deny": [{"rule": "ORG-FREEZE", "message": "change freeze: nothing new is admitted this week"}], "warn": []}
+`), 0o644)
+	gh.stop()
+	cfg, _ := os.ReadFile(gh.config)
+	os.WriteFile(gh.config, []byte(strings.Replace(string(cfg), "admission: {mode: enforce}", "admission: {mode: enforce, policy: "+dir+"}", 1)), 0o644)
+	gh.start()
+	var r response
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if r = do(t, gh, "GET", "/v2/ci/clean/manifests/v1", nil, nil); r.status == 403 {
+			break
+		}
+	}
+	if r.status != 403 || !strings.Contains(r.message(), "change freeze") {
+		t.Fatalf("admitted image after the policy changed: %d %s", r.status, r.body)
+	}
+}

@@ -61,6 +61,7 @@ type Metadata interface {
 	ManifestGet(ctx context.Context, repo string, d digest.Digest) (meta.Manifest, error)
 	ScanGet(ctx context.Context, d digest.Digest) (meta.Scan, error)
 	VerdictSet(ctx context.Context, v meta.Verdict, actor, reason string) error
+	VerdictsStale(ctx context.Context, policyDigest, dbVersion string, limit int) ([]meta.Verdict, error)
 }
 
 // Admitter decides on images.
@@ -219,4 +220,42 @@ func (a *Admitter) Decide(ctx context.Context, repo string, d digest.Digest) (me
 		return meta.Verdict{}, policies.Decision{}, err
 	}
 	return v, dec, nil
+}
+
+// Reevaluate re-decides, from stored evidence, every policy verdict that was not decided under its
+// route's current policy (the policy changed since), and tells after of each new verdict.
+// Reviewers' decisions stand; indexes follow their children when next requested.
+func (a *Admitter) Reevaluate(ctx context.Context, after func(meta.Verdict)) (int, error) {
+	cur := a.PolicyDigest("")
+	// listing by the default digest finds every verdict of another policy, including the
+	// routes' own; those still current are skipped below
+	stale, err := a.Meta.VerdictsStale(ctx, cur, "\x00", 1<<20)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, v := range stale {
+		if ctx.Err() != nil {
+			return n, ctx.Err()
+		}
+		if v.State == meta.Released || v.State == meta.Rejected || v.State == meta.Pending {
+			continue
+		}
+		want := a.PolicyDigest(v.Repo)
+		if want == "" || v.PolicyDigest == want {
+			continue
+		}
+		nv, _, err := a.Decide(ctx, v.Repo, v.Digest)
+		if errors.Is(err, ErrNotScanned) {
+			continue
+		}
+		if err != nil {
+			return n, fmt.Errorf("re-deciding %s of %s: %w", v.Digest, v.Repo, err)
+		}
+		n++
+		if after != nil {
+			after(nv)
+		}
+	}
+	return n, nil
 }
