@@ -3,6 +3,7 @@
 package integration
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -380,5 +381,37 @@ decision := {"allow": false, "deny": [{"rule": "ORG-FREEZE", "message": "change 
 	}
 	if r.status != 403 || !strings.Contains(r.message(), "change freeze") {
 		t.Fatalf("admitted image after the policy changed: %d %s", r.status, r.body)
+	}
+}
+
+// TestGateContainerd: containerd pulling through Gatehouse as its docker.io mirror (deploy's
+// hosts.toml) gets the admitted image and is refused the quarantined one, with no way around.
+func TestGateContainerd(t *testing.T) {
+	crane, ctr := tool(t, "crane"), tool(t, "ctr")
+	up := startUpstream(t, "")
+	clean, _, _, _ := gateImages(t, crane, up.addr)
+	gh := startGatehouse(t, proxyConfig(up.addr, "")+"admission: {mode: enforce}\nvulndb: {max_age: 87600h}\n")
+	gateDB(t, gh)
+	dir := t.TempDir()
+	sock := startContainerd(t, dir)
+	example, err := os.ReadFile("../deploy/containerd/certs.d/docker.io/hosts.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hosts := filepath.Join(dir, "certs.d", "docker.io")
+	os.MkdirAll(hosts, 0o755)
+	os.WriteFile(filepath.Join(hosts, "hosts.toml"), bytes.ReplaceAll(example, []byte("127.0.0.1:5000"), []byte(gh.addr)), 0o644)
+	pull := []string{"--address", sock, "images", "pull", "--hosts-dir", filepath.Join(dir, "certs.d")}
+	run(t, nil, ctr, append(pull, "docker.io/library/clean:v1")...)
+	if list := run(t, nil, ctr, "--address", sock, "images", "ls"); !strings.Contains(list, clean) {
+		t.Fatalf("ctr images ls lacks the clean image %s:\n%s", clean, list)
+	}
+	out := runFail(t, nil, ctr, append(pull, "docker.io/library/bad:v1")...)
+	if !strings.Contains(out, "403 Forbidden") {
+		t.Errorf("ctr pull of the quarantined image failed, but not with the gate's refusal:\n%s", out)
+	}
+	t.Logf("ctr pull of the quarantined image: %s", tail(out, 2))
+	if list := run(t, nil, ctr, "--address", sock, "images", "ls"); strings.Contains(list, "library/bad") {
+		t.Errorf("containerd has the quarantined image:\n%s", list)
 	}
 }
