@@ -155,7 +155,7 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 	}
 	admitter := &admission.Admitter{Content: store, Meta: md, DB: vdb, Policy: def.Engine, PolicyErr: def.Err, RoutePolicies: routePolicies, Routes: table,
 		Settings: policies.Settings{HighFixGraceDays: cfg.Admission.HighFixGraceDays}, MaxAge: time.Duration(cfg.VulnDB.MaxAge)}
-	gcfg := gate.Config{Default: gate.Mode(cfg.Admission.Mode), Hold: time.Duration(cfg.Admission.Hold), Routes: map[string]gate.Mode{}, Fallback: map[string]bool{}}
+	gcfg := gate.Config{Default: gate.Mode(cfg.Admission.Mode), Hold: time.Duration(cfg.Admission.Hold), RevokeGrace: time.Duration(cfg.Admission.RevokeGrace), Routes: map[string]gate.Mode{}, Fallback: map[string]bool{}}
 	for _, rc := range cfg.Routes {
 		if rc.AdmissionMode != "" {
 			gcfg.Routes[rc.Prefix] = gate.Mode(rc.AdmissionMode)

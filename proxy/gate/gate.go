@@ -58,6 +58,9 @@ type Config struct {
 	Fallback map[string]bool
 	Hold     time.Duration // how long a request waits for an admission before 503 (default 60s)
 	Timeout  time.Duration // how long one admission may run in all (default 15m)
+	// RevokeGrace keeps serving a digest this long after a later decision refuses it (a new
+	// advisory, a policy change), so teams can roll forward first (0: refuse at once).
+	RevokeGrace time.Duration
 }
 
 // Gate is the admission gate. It is safe for concurrent use.
@@ -219,6 +222,29 @@ func (g *Gate) Blob(repo string, d digest.Digest) error {
 func (g *Gate) Record(ctx context.Context, v meta.Verdict) {
 	if v.State == meta.Pending {
 		return
+	}
+	if g.cfg.RevokeGrace > 0 && !serves(v.State) {
+		g.mu.RLock()
+		old, ok := g.known[key(v.Repo, v.Digest)]
+		g.mu.RUnlock()
+		if ok && serves(old.state) {
+			g.log.Warn("a served digest is refused by a later decision; it is served until the grace period ends", "repo", v.Repo, "digest", v.Digest,
+				"verdict", v.State, "grace", g.cfg.RevokeGrace, "reason", firstReasons(v, 1))
+			time.AfterFunc(g.cfg.RevokeGrace, func() {
+				// whatever the stored verdict is by then (it may have been re-admitted meanwhile)
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				cur, err := g.meta.VerdictGet(ctx, v.Repo, v.Digest)
+				if err != nil {
+					g.forget(v.Repo, v.Digest) // the next request asks the store again
+					return
+				}
+				if !serves(cur.State) {
+					g.learn(cur, parsed{})
+				}
+			})
+			return
+		}
 	}
 	var p parsed
 	if serves(v.State) {

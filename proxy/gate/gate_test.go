@@ -156,3 +156,25 @@ func TestAdmissionErrorFailsClosed(t *testing.T) {
 		t.Errorf("admission error: %v", e)
 	}
 }
+
+func TestRevokeGrace(t *testing.T) {
+	d := digest.FromBytes(image)
+	md := &fakeMeta{v: map[string]meta.Verdict{key("r", d): verdict(d, meta.Admitted)}}
+	g, _ := New(Config{RevokeGrace: 200 * time.Millisecond}, md, bodies{d: image}, nil, nil, nil)
+	if err := g.Manifest(context.Background(), "r", d, image); err != nil {
+		t.Fatal(err)
+	}
+	q := verdict(d, meta.Quarantined, "a new advisory")
+	md.VerdictSet(context.Background(), q, "gatehouse", "")
+	g.Record(context.Background(), q)
+	if err := g.Manifest(context.Background(), "r", d, image); err != nil {
+		t.Fatalf("refused within the grace period: %v", err)
+	}
+	time.Sleep(400 * time.Millisecond)
+	if err := g.Manifest(context.Background(), "r", d, image); apierr.From(err).Code != apierr.Denied {
+		t.Errorf("after the grace period: %v", err)
+	}
+	if err := g.Blob("r", layer); err == nil {
+		t.Errorf("its layer is still served after the grace period")
+	}
+}

@@ -62,6 +62,7 @@ type Scan struct {
 type Admission struct {
 	Policy           string   `yaml:"policy"`              // a directory of .rego files replacing the embedded default policy
 	Mode             string   `yaml:"mode"`                // enforce (serve only what is admitted) | audit (decide and record, serve everything); default enforce
+	RevokeGrace      Duration `yaml:"revoke_grace"`        // a served digest that a later decision refuses is still served this long (default 0: refused at once)
 	Hold             Duration `yaml:"hold"`                // how long a first request waits for its admission before 503 + Retry-After (default 60s)
 	HighFixGraceDays int      `yaml:"high_fix_grace_days"` // a high vulnerability is denied once its fix is older than this (default 30)
 }
@@ -376,6 +377,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Admission.Mode != "enforce" && c.Admission.Mode != "audit" {
 		bad("admission.mode", "must be enforce or audit, got %q", c.Admission.Mode)
+	}
+	if c.Admission.RevokeGrace < 0 {
+		bad("admission.revoke_grace", "must not be negative")
 	}
 	if c.Admission.Hold < Duration(100*time.Millisecond) {
 		bad("admission.hold", "must be at least 100ms")
