@@ -287,8 +287,8 @@ func TestGateReevaluation(t *testing.T) {
 	if after := metricValue(t, gh, "gatehouse_scan_layer_bytes_read_total"); after != read {
 		t.Errorf("re-evaluation read %v layer bytes", after-read)
 	}
-	if n := metricValue(t, gh, "gatehouse_gate_revoked_total"); n != 1 {
-		t.Errorf("gatehouse_gate_revoked_total = %v, want 1", n)
+	if n := metricValue(t, gh, "gatehouse_verdicts_revoked_total"); n != 1 {
+		t.Errorf("gatehouse_verdicts_revoked_total = %v, want 1", n)
 	}
 }
 

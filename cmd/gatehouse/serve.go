@@ -153,7 +153,10 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 	if err := policyErrors(def, routePolicies); err != nil {
 		log.Error("a policy does not compile: nothing new is admitted under it until it is fixed (already admitted images are still served)", "err", err)
 	}
-	admitter := &admission.Admitter{Content: store, Meta: md, DB: vdb, Policy: def.Engine, PolicyErr: def.Err, RoutePolicies: routePolicies, Routes: table,
+	revoked := prometheus.NewCounter(prometheus.CounterOpts{Name: "gatehouse_verdicts_revoked_total",
+		Help: "Admitted digests that a later decision (a new advisory, a policy change) quarantined."})
+	reg.MustRegister(revoked)
+	admitter := &admission.Admitter{Revoked: revoked, Content: store, Meta: md, DB: vdb, Policy: def.Engine, PolicyErr: def.Err, RoutePolicies: routePolicies, Routes: table,
 		Settings: policies.Settings{HighFixGraceDays: cfg.Admission.HighFixGraceDays}, MaxAge: time.Duration(cfg.VulnDB.MaxAge)}
 	gcfg := gate.Config{Default: gate.Mode(cfg.Admission.Mode), Hold: time.Duration(cfg.Admission.Hold), RevokeGrace: time.Duration(cfg.Admission.RevokeGrace), Routes: map[string]gate.Mode{}, Fallback: map[string]bool{}}
 	for _, rc := range cfg.Routes {

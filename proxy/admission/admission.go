@@ -11,6 +11,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gatehouse-dev/gatehouse/attest/scan"
 	"github.com/gatehouse-dev/gatehouse/attest/vulndb"
@@ -60,6 +61,7 @@ var ErrNotScanned = errors.New("the image has not been scanned yet")
 type Metadata interface {
 	ManifestGet(ctx context.Context, repo string, d digest.Digest) (meta.Manifest, error)
 	ScanGet(ctx context.Context, d digest.Digest) (meta.Scan, error)
+	VerdictGet(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error)
 	VerdictSet(ctx context.Context, v meta.Verdict, actor, reason string) error
 	VerdictsStale(ctx context.Context, policyDigest, dbVersion string, limit int) ([]meta.Verdict, error)
 }
@@ -78,6 +80,8 @@ type Admitter struct {
 	Settings      policies.Settings
 	MaxAge        time.Duration // of the vulnerability database
 	Now           func() time.Time
+	// Revoked counts admitted digests that a later decision quarantines (may be nil).
+	Revoked prometheus.Counter
 }
 
 func (a *Admitter) now() time.Time {
@@ -216,8 +220,12 @@ func (a *Admitter) Decide(ctx context.Context, repo string, d digest.Digest) (me
 			reason += fmt.Sprintf(" (and %d more)", n-1)
 		}
 	}
+	prev, perr := a.Meta.VerdictGet(ctx, repo, d)
 	if err := a.Meta.VerdictSet(ctx, v, "gatehouse", reason); err != nil {
 		return meta.Verdict{}, policies.Decision{}, err
+	}
+	if perr == nil && prev.State == meta.Admitted && v.State != meta.Admitted && a.Revoked != nil {
+		a.Revoked.Inc()
 	}
 	return v, dec, nil
 }

@@ -296,7 +296,6 @@ func (g *Gate) learn(v meta.Verdict, p parsed) known {
 	if old, ok := g.known[mk]; ok {
 		g.unref(v.Repo, old.refs)
 		if serves(old.state) && !serves(v.State) {
-			g.metrics.revoked.Inc()
 			g.log.Warn("a served digest is now refused", "repo", v.Repo, "digest", v.Digest, "verdict", v.State, "reason", firstReasons(v, 1))
 		}
 	}

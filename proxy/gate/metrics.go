@@ -7,7 +7,6 @@ type metrics struct {
 	admissions       prometheus.Counter
 	admissionSeconds prometheus.Histogram
 	held             prometheus.Counter
-	revoked          prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -20,11 +19,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "How long an admission took (fetch, scan, decide).", Buckets: prometheus.ExponentialBuckets(0.05, 2, 14)}),
 		held: prometheus.NewCounter(prometheus.CounterOpts{Name: "gatehouse_gate_hold_expired_total",
 			Help: "Requests answered 503 because their admission outlasted admission.hold."}),
-		revoked: prometheus.NewCounter(prometheus.CounterOpts{Name: "gatehouse_gate_revoked_total",
-			Help: "Digests that were served (admitted or released) and are refused after a later decision (a new advisory, a policy change)."}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.refusals, m.admissions, m.admissionSeconds, m.held, m.revoked} {
+		for _, c := range []prometheus.Collector{m.refusals, m.admissions, m.admissionSeconds, m.held} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}
