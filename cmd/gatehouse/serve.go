@@ -199,16 +199,14 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 	if err != nil {
 		return err
 	}
-	// a policy changed since the last run: re-decide stored verdicts from stored evidence
-	go func() {
-		n, err := admitter.Reevaluate(ctx, func(v meta.Verdict) { gt.Record(ctx, v) })
-		if err != nil {
-			log.Error("re-evaluating verdicts under the current policy failed", "err", err)
-		}
-		if n > 0 {
-			log.Info("verdicts re-decided under the current policy", "count", n)
-		}
-	}()
+	// a policy changed since the last run: re-decide stored verdicts from stored evidence before
+	// serving, so no verdict of the old policy is served under the new one
+	start := time.Now()
+	if n, err := admitter.Reevaluate(ctx, func(v meta.Verdict) { gt.Record(ctx, v) }); err != nil {
+		return fmt.Errorf("re-evaluating stored verdicts under the current policy: %w", err)
+	} else if n > 0 {
+		log.Info("verdicts re-decided under the current policy", "count", n, "took", time.Since(start).Round(time.Millisecond))
+	}
 	scans.DecideWith(func(ctx context.Context, repo string, d digest.Digest) {
 		v, dec, err := admitter.Decide(ctx, repo, d)
 		if err != nil {

@@ -258,7 +258,11 @@ func (a *Admitter) Reevaluate(ctx context.Context, after func(meta.Verdict)) (in
 			continue
 		}
 		if err != nil {
-			return n, fmt.Errorf("re-deciding %s of %s: %w", v.Digest, v.Repo, err)
+			// fail closed: not served under the old policy's verdict; the next request retries
+			nv = meta.Verdict{Repo: v.Repo, Digest: v.Digest, State: meta.Pending, PolicyDigest: want, Decided: a.now().UTC()}
+			if serr := a.Meta.VerdictSet(ctx, nv, "gatehouse", "could not be re-decided under the current policy: "+err.Error()); serr != nil {
+				return n, serr
+			}
 		}
 		n++
 		if after != nil {

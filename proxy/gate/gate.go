@@ -221,6 +221,7 @@ func (g *Gate) Blob(repo string, d digest.Digest) error {
 // what it serves follows at once.
 func (g *Gate) Record(ctx context.Context, v meta.Verdict) {
 	if v.State == meta.Pending {
+		g.forget(v.Repo, v.Digest) // undecided again: the next request waits for its admission
 		return
 	}
 	if g.cfg.RevokeGrace > 0 && !serves(v.State) {
