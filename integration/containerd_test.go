@@ -54,6 +54,20 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	return ""
 }
 
+// mirrorHosts writes deploy's docker.io hosts.toml, pointed at gh, under dir and returns the
+// directory to pass to ctr --hosts-dir.
+func mirrorHosts(t *testing.T, dir string, gh *server) string {
+	t.Helper()
+	example, err := os.ReadFile("../deploy/containerd/certs.d/docker.io/hosts.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hosts := filepath.Join(dir, "certs.d", "docker.io")
+	os.MkdirAll(hosts, 0o755)
+	os.WriteFile(filepath.Join(hosts, "hosts.toml"), bytes.ReplaceAll(example, []byte("127.0.0.1:5000"), []byte(gh.addr)), 0o644)
+	return filepath.Join(dir, "certs.d")
+}
+
 // TestContainerdMirror pulls docker.io/library/<name>:<tag> with containerd's ctr through
 // Gatehouse configured as its registry mirror with the hosts.toml shipped in deploy/, the local
 // upstream registry standing in for docker.io.
@@ -65,15 +79,7 @@ func TestContainerdMirror(t *testing.T) {
 
 	dir := t.TempDir()
 	sock := startContainerd(t, dir)
-	example, err := os.ReadFile("../deploy/containerd/certs.d/docker.io/hosts.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hosts := filepath.Join(dir, "certs.d", "docker.io")
-	os.MkdirAll(hosts, 0o755)
-	os.WriteFile(filepath.Join(hosts, "hosts.toml"), bytes.ReplaceAll(example, []byte("127.0.0.1:5000"), []byte(gh.addr)), 0o644)
-
-	run(t, nil, ctr, "--address", sock, "images", "pull", "--hosts-dir", filepath.Join(dir, "certs.d"), "docker.io/library/mirrored:v1")
+	run(t, nil, ctr, "--address", sock, "images", "pull", "--hosts-dir", mirrorHosts(t, dir, gh), "docker.io/library/mirrored:v1")
 	list := run(t, nil, ctr, "--address", sock, "images", "ls")
 	if !strings.Contains(list, "docker.io/library/mirrored:v1") || !strings.Contains(list, digest) {
 		t.Fatalf("ctr images ls does not show the image with digest %s:\n%s", digest, list)

@@ -3,7 +3,6 @@
 package integration
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -394,14 +393,7 @@ func TestGateContainerd(t *testing.T) {
 	gateDB(t, gh)
 	dir := t.TempDir()
 	sock := startContainerd(t, dir)
-	example, err := os.ReadFile("../deploy/containerd/certs.d/docker.io/hosts.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hosts := filepath.Join(dir, "certs.d", "docker.io")
-	os.MkdirAll(hosts, 0o755)
-	os.WriteFile(filepath.Join(hosts, "hosts.toml"), bytes.ReplaceAll(example, []byte("127.0.0.1:5000"), []byte(gh.addr)), 0o644)
-	pull := []string{"--address", sock, "images", "pull", "--hosts-dir", filepath.Join(dir, "certs.d")}
+	pull := []string{"--address", sock, "images", "pull", "--hosts-dir", mirrorHosts(t, dir, gh)}
 	run(t, nil, ctr, append(pull, "docker.io/library/clean:v1")...)
 	if list := run(t, nil, ctr, "--address", sock, "images", "ls"); !strings.Contains(list, clean) {
 		t.Fatalf("ctr images ls lacks the clean image %s:\n%s", clean, list)

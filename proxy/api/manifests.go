@@ -222,15 +222,14 @@ func (h *Handler) manifestPut(w http.ResponseWriter, r *http.Request, t Target) 
 func (h *Handler) admitted(ctx context.Context, w http.ResponseWriter, t Target, d digest.Digest, m cachedManifest) (digest.Digest, cachedManifest, error) {
 	byTag := !IsDigest(t.Ref) && h.gate.Fallback(t.Route.Route)
 	var last digest.Digest
-	hold := time.Duration(-1)
+	canFallBack := false
 	if byTag {
-		var ok bool
-		if last, ok = h.gate.LastAdmitted(ctx, t.Name, t.Ref); ok && last != d {
-			hold = 0 // a known-good digest is at hand: do not keep the client waiting for the new one
-		}
+		last, canFallBack = h.gate.LastAdmitted(ctx, t.Name, t.Ref)
+		canFallBack = canFallBack && last != d
 	}
 	var err error
-	if hold == 0 {
+	if canFallBack {
+		// a known-good digest is at hand: do not keep the client waiting for the new one
 		err = h.gate.ManifestWithin(ctx, t.Name, d, m.body, 0)
 	} else {
 		err = h.gate.Manifest(ctx, t.Name, d, m.body)
@@ -241,7 +240,7 @@ func (h *Handler) admitted(ctx context.Context, w http.ResponseWriter, t Target,
 		}
 		return d, m, nil
 	}
-	if hold != 0 {
+	if !canFallBack {
 		return "", cachedManifest{}, err
 	}
 	lm, lerr := h.manifest(ctx, t, last)
