@@ -319,9 +319,15 @@ func TestGateTagFallback(t *testing.T) {
 	if r := do(t, gh, "GET", "/v2/docker.io/library/moving/manifests/"+bad, nil, nil); r.status != 403 {
 		t.Errorf("the new digest itself: %d", r.status)
 	}
-	// the fallback survives a restart (it is recorded, not only remembered)
+	// the fallback survives a restart (it is recorded, not only remembered), and a client that
+	// asks for a layer before its manifest after the restart gets it
+	var m struct{ Layers []struct{ Digest string } }
+	json.Unmarshal(do(t, gh, "GET", "/v2/docker.io/library/moving/manifests/"+clean, nil, nil).body, &m)
 	gh.stop()
 	gh.start()
+	if r := do(t, gh, "GET", "/v2/docker.io/library/moving/blobs/"+m.Layers[0].Digest, nil, nil); r.status != 200 {
+		t.Errorf("admitted layer before its manifest, after a restart: %d %s", r.status, tail(string(r.body), 3))
+	}
 	if r := do(t, gh, "GET", path, nil, nil); r.status != 200 || r.header.Get("Docker-Content-Digest") != clean {
 		t.Errorf("moved tag after a restart: %d %s %s", r.status, r.header.Get("Docker-Content-Digest"), r.body)
 	}

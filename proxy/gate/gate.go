@@ -38,6 +38,7 @@ type Metadata interface {
 	VerdictSet(ctx context.Context, v meta.Verdict, actor, reason string) error
 	AdmittedTagSet(ctx context.Context, repo, tag string, d digest.Digest) error
 	AdmittedTagGet(ctx context.Context, repo, tag string) (digest.Digest, error)
+	VerdictsServed(ctx context.Context, repo string) ([]meta.Verdict, error)
 }
 
 // Admit produces the verdict on an image manifest of a repository: it fetches and scans what it
@@ -76,6 +77,7 @@ type Gate struct {
 	known map[string]known         // repo@digest: the verdict as served
 	blobs map[string]int           // repo@blob: how many admitted manifests of repo reference it
 	tags  map[string]digest.Digest // repo:tag -> the digest it last served admitted (fallback routes)
+	repos map[string]bool          // repositories whose stored served verdicts have been learned
 
 	flights singleflight.Group
 }
@@ -105,7 +107,7 @@ func New(cfg Config, md Metadata, manifests Manifests, admit Admit, log *slog.Lo
 		return nil, err
 	}
 	return &Gate{cfg: cfg, meta: md, manifests: manifests, admit: admit, log: log, metrics: m,
-		known: map[string]known{}, blobs: map[string]int{}, tags: map[string]digest.Digest{}}, nil
+		known: map[string]known{}, blobs: map[string]int{}, tags: map[string]digest.Digest{}, repos: map[string]bool{}}, nil
 }
 
 // Enforced says whether requests through a route are gated (nil: the default route).
@@ -205,16 +207,54 @@ func (g *Gate) refused(kind string, e *apierr.Error) error {
 
 // Blob returns nil when blob d may be served from repo: it must be referenced by a manifest of
 // repo that is admitted or released.
-func (g *Gate) Blob(repo string, d digest.Digest) error {
+func (g *Gate) Blob(ctx context.Context, repo string, d digest.Digest) error {
 	g.mu.RLock()
-	n := g.blobs[key(repo, d)]
+	n, loaded := g.blobs[key(repo, d)], g.repos[repo]
 	g.mu.RUnlock()
 	if n > 0 {
 		return nil
 	}
+	if !loaded {
+		// the first blob request for this repository since start: learn what its stored
+		// admitted manifests reference (a client may ask for a blob before its manifest)
+		if _, err, _ := g.flights.Do("repo\x00"+repo, func() (any, error) { return nil, g.loadRepo(ctx, repo) }); err != nil {
+			return apierr.Unavailablef(err, "could not read the admitted images of %s to decide on blob %s; nothing is served undecided", repo, d)
+		}
+		g.mu.RLock()
+		n = g.blobs[key(repo, d)]
+		g.mu.RUnlock()
+		if n > 0 {
+			return nil
+		}
+	}
 	g.metrics.refusals.WithLabelValues("blob").Inc()
 	return apierr.New(apierr.Denied, "blob %s of %s is not part of any admitted image of this repository: it is served only after a manifest that references it is admitted (pull that manifest first; if it is refused, it says why)", d, repo).
 		WithDetail(map[string]string{"repository": repo, "digest": d.String()})
+}
+
+// loadRepo learns the stored served verdicts of a repository and the blobs they reference.
+func (g *Gate) loadRepo(ctx context.Context, repo string) error {
+	vs, err := g.meta.VerdictsServed(ctx, repo)
+	if err != nil {
+		return err
+	}
+	for _, v := range vs {
+		g.mu.RLock()
+		_, ok := g.known[key(repo, v.Digest)]
+		g.mu.RUnlock()
+		if ok {
+			continue // learned already, perhaps more recently than this listing
+		}
+		body, err := g.manifests.ManifestGet(ctx, v.Digest)
+		if err != nil {
+			return fmt.Errorf("manifest %s: %w", v.Digest, err)
+		}
+		g.learnUnlessKnown(v, parse(body))
+	}
+	g.mu.Lock()
+	g.repos[repo] = true
+	g.mu.Unlock()
+	return nil
 }
 
 // Record tells the gate of a decision made elsewhere (a background scan, a re-match, a review), so
@@ -305,6 +345,21 @@ func (g *Gate) learn(v meta.Verdict, p parsed) known {
 	}
 	g.known[mk] = k
 	return k
+}
+
+// learnUnlessKnown learns a listed verdict unless a decision arrived meanwhile (which is newer).
+func (g *Gate) learnUnlessKnown(v meta.Verdict, p parsed) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	mk := key(v.Repo, v.Digest)
+	if _, ok := g.known[mk]; ok {
+		return
+	}
+	k := known{state: v.State, refs: p.blobs()}
+	for _, b := range k.refs {
+		g.blobs[key(v.Repo, b)]++
+	}
+	g.known[mk] = k
 }
 
 // await runs the admission of d once, however many requests ask, and waits for it up to the hold.

@@ -44,6 +44,18 @@ func (f *fakeMeta) AdmittedTagGet(context.Context, string, string) (digest.Diges
 	return "", meta.ErrNotFound
 }
 
+func (f *fakeMeta) VerdictsServed(_ context.Context, repo string) ([]meta.Verdict, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []meta.Verdict
+	for _, v := range f.v {
+		if v.Repo == repo && serves(v.State) {
+			out = append(out, v)
+		}
+	}
+	return out, nil
+}
+
 type bodies map[digest.Digest][]byte
 
 func (b bodies) ManifestGet(_ context.Context, d digest.Digest) ([]byte, error) {
@@ -96,7 +108,7 @@ func TestOneAdmissionManyWaiters(t *testing.T) {
 			t.Fatalf("refusal = %v", err)
 		}
 	}
-	if err := g.Blob("r", layer); apierr.From(err).Code != apierr.Denied {
+	if err := g.Blob(context.Background(), "r", layer); apierr.From(err).Code != apierr.Denied {
 		t.Errorf("blob of a quarantined image: %v", err)
 	}
 }
@@ -120,10 +132,10 @@ func TestHoldExpires(t *testing.T) {
 			t.Fatalf("still refused after the admission finished: %v", err)
 		}
 	}
-	if err := g.Blob("r", layer); err != nil {
+	if err := g.Blob(context.Background(), "r", layer); err != nil {
 		t.Errorf("layer of an admitted image: %v", err)
 	}
-	if err := g.Blob("other", layer); err == nil {
+	if err := g.Blob(context.Background(), "other", layer); err == nil {
 		t.Errorf("the layer was served from a repository whose images do not reference it")
 	}
 }
@@ -135,14 +147,14 @@ func TestRecordQuarantineRevokesBlobs(t *testing.T) {
 	if err := g.Manifest(context.Background(), "r", d, image); err != nil {
 		t.Fatal(err)
 	}
-	if err := g.Blob("r", config); err != nil {
+	if err := g.Blob(context.Background(), "r", config); err != nil {
 		t.Fatal(err)
 	}
 	g.Record(context.Background(), verdict(d, meta.Quarantined, "a new advisory"))
 	if err := g.Manifest(context.Background(), "r", d, image); apierr.From(err).Code != apierr.Denied {
 		t.Errorf("manifest after quarantine: %v", err)
 	}
-	if err := g.Blob("r", config); err == nil {
+	if err := g.Blob(context.Background(), "r", config); err == nil {
 		t.Errorf("blob still served after its image was quarantined")
 	}
 }
@@ -174,7 +186,19 @@ func TestRevokeGrace(t *testing.T) {
 	if err := g.Manifest(context.Background(), "r", d, image); apierr.From(err).Code != apierr.Denied {
 		t.Errorf("after the grace period: %v", err)
 	}
-	if err := g.Blob("r", layer); err == nil {
+	if err := g.Blob(context.Background(), "r", layer); err == nil {
 		t.Errorf("its layer is still served after the grace period")
+	}
+}
+
+func TestBlobBeforeManifestAfterRestart(t *testing.T) {
+	d := digest.FromBytes(image)
+	md := &fakeMeta{v: map[string]meta.Verdict{key("r", d): verdict(d, meta.Admitted)}}
+	g, _ := New(Config{}, md, bodies{d: image}, nil, nil, nil) // a fresh gate: nothing learned yet
+	if err := g.Blob(context.Background(), "r", layer); err != nil {
+		t.Errorf("layer of a stored admitted image, asked for before its manifest: %v", err)
+	}
+	if err := g.Blob(context.Background(), "r", "sha256:3333333333333333333333333333333333333333333333333333333333333333"); apierr.From(err).Code != apierr.Denied {
+		t.Errorf("a blob no admitted image references: %v", err)
 	}
 }

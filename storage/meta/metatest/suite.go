@@ -38,6 +38,7 @@ type Store interface {
 	AuditList(ctx context.Context, repo string, d digest.Digest) ([]meta.Audit, error)
 	VerdictsStale(ctx context.Context, policyDigest, dbVersion string, limit int) ([]meta.Verdict, error)
 	AdmittedTagSet(ctx context.Context, repo, tag string, d digest.Digest) error
+	VerdictsServed(ctx context.Context, repo string) ([]meta.Verdict, error)
 	AdmittedTagGet(ctx context.Context, repo, tag string) (digest.Digest, error)
 	Referrers(ctx context.Context, repo string, subject digest.Digest, artifactType string) ([]meta.Manifest, error)
 	Close() error
@@ -60,6 +61,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		"Scans":                  testScans,
 		"Verdicts":               testVerdicts,
 		"AdmittedTags":           testAdmittedTags,
+		"VerdictsServed":         testVerdictsServed,
 	}
 	for name, fn := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -438,5 +440,29 @@ func testAdmittedTags(t *testing.T, s Store) {
 	}
 	if _, err := s.AdmittedTagGet(ctx, "other", "v1"); !errors.Is(err, meta.ErrNotFound) {
 		t.Errorf("another repository's tag: %v", err)
+	}
+}
+
+func testVerdictsServed(t *testing.T, s Store) {
+	ctx := context.Background()
+	for name, state := range map[string]string{"a": meta.Admitted, "b": meta.Quarantined, "c": meta.Released, "d": meta.Pending} {
+		v := meta.Verdict{Repo: "r", Digest: dg(name), State: state, Decided: time.Unix(1700000000, 0)}
+		if err := s.VerdictSet(ctx, v, "gatehouse", "test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.VerdictSet(ctx, meta.Verdict{Repo: "other", Digest: dg("e"), State: meta.Admitted, Decided: time.Unix(1700000000, 0)}, "gatehouse", "test")
+	got, err := s.VerdictsServed(ctx, "r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[digest.Digest]string{dg("a"): meta.Admitted, dg("c"): meta.Released}
+	if len(got) != len(want) {
+		t.Fatalf("VerdictsServed = %+v, want %v", got, want)
+	}
+	for _, v := range got {
+		if want[v.Digest] != v.State || v.Repo != "r" {
+			t.Errorf("VerdictsServed has %+v", v)
+		}
 	}
 }

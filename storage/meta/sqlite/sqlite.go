@@ -444,6 +444,28 @@ func (s *Store) AuditList(ctx context.Context, repo string, d digest.Digest) ([]
 	return out, rows.Err()
 }
 
+// VerdictsServed lists the verdicts of a repository that let a digest be served (admitted, released).
+func (s *Store) VerdictsServed(ctx context.Context, repo string) ([]meta.Verdict, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT digest, state, decision, policy_digest, db_version, decided_at FROM verdicts
+		WHERE repo = ? AND state IN (?, ?) ORDER BY digest`, repo, meta.Admitted, meta.Released)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []meta.Verdict
+	for rows.Next() {
+		v := meta.Verdict{Repo: repo}
+		var d string
+		var decided int64
+		if err := rows.Scan(&d, &v.State, &v.Decision, &v.PolicyDigest, &v.DBVersion, &decided); err != nil {
+			return nil, err
+		}
+		v.Digest, v.Decided = digest.Digest(d), time.Unix(0, decided).UTC()
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
 // AdmittedTagSet records that a tag served an admitted digest.
 func (s *Store) AdmittedTagSet(ctx context.Context, repo, tag string, d digest.Digest) error {
 	_, err := s.db.ExecContext(ctx, `INSERT INTO admitted_tags (repo, tag, digest, served_at) VALUES (?, ?, ?, ?)
