@@ -185,6 +185,10 @@ func gateBypasses(t *testing.T, gh *server, crane, bad, badLayer string) {
 	if r := do(t, gh, "GET", "/v2/ci/bad/referrers/"+bad, nil, nil); r.status != http.StatusOK || !strings.Contains(string(r.body), sha([]byte(sig))) {
 		t.Errorf("referrers of the bad image: %d %s", r.status, r.body)
 	}
+	// the referrer itself is served (as metadata)
+	if r := do(t, gh, "GET", "/v2/ci/bad/manifests/"+sha([]byte(sig)), nil, nil); r.status != http.StatusOK {
+		t.Errorf("the referrer manifest: %d %s", r.status, r.body)
+	}
 	attempts = append(attempts, attempt{"subject after a referrer was pushed", "GET", "/v2/ci/bad/manifests/" + bad, nil, 403})
 	// a tag re-pointed at the bad image after the clean one was admitted under it
 	cleanManifest := do(t, gh, "GET", "/v2/ci/clean/manifests/v1", nil, nil)

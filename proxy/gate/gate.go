@@ -181,6 +181,7 @@ func (g *Gate) ManifestWithin(ctx context.Context, repo string, d digest.Digest,
 	if p.Subject != nil {
 		// A referrer (signature, SBOM, attestation) is metadata about its subject: its manifest is
 		// served, but it never makes the subject pullable and its blobs stay gated.
+		g.referrer(repo, d)
 		return nil
 	}
 	v, err := g.meta.VerdictGet(ctx, repo, d)
@@ -287,17 +288,30 @@ func (g *Gate) Record(ctx context.Context, v meta.Verdict) {
 			return
 		}
 	}
-	var p parsed
-	if serves(v.State) {
-		body, err := g.manifests.ManifestGet(ctx, v.Digest)
-		if err != nil {
-			// without its blob list nothing of it can be served; forget it so the next request asks again
-			g.forget(v.Repo, v.Digest)
-			return
-		}
-		p = parse(body)
+	body, err := g.manifests.ManifestGet(ctx, v.Digest)
+	if err != nil {
+		// without its bytes the gate cannot tell its blobs or whether it is a referrer; forget
+		// it so the next request reads the stored verdict again
+		g.forget(v.Repo, v.Digest)
+		return
+	}
+	p := parse(body)
+	if p.Subject != nil {
+		g.referrer(v.Repo, v.Digest) // served as metadata whatever a scan of it concluded
+		return
 	}
 	g.learn(v, p)
+}
+
+// referrer remembers that a manifest is a referrer: served as metadata, its blobs not counted.
+func (g *Gate) referrer(repo string, d digest.Digest) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	mk := key(repo, d)
+	if old, ok := g.known[mk]; ok {
+		g.unref(repo, old.refs)
+	}
+	g.known[mk] = known{state: "referrer"}
 }
 
 func (g *Gate) forget(repo string, d digest.Digest) {

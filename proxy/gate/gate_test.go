@@ -202,3 +202,19 @@ func TestBlobBeforeManifestAfterRestart(t *testing.T) {
 		t.Errorf("a blob no admitted image references: %v", err)
 	}
 }
+
+func TestReferrerServedAsMetadata(t *testing.T) {
+	sub := digest.FromBytes(image)
+	sig := []byte(`{"schemaVersion":2,"config":{"digest":"` + string(config) + `"},"layers":[{"digest":"` + string(layer) + `"}],"subject":{"digest":"` + string(sub) + `"}}`)
+	d := digest.FromBytes(sig)
+	md := &fakeMeta{v: map[string]meta.Verdict{}}
+	g, _ := New(Config{}, md, bodies{d: sig, sub: image}, nil, nil, nil)
+	// a scan of the referrer concluded it is no admissible image
+	g.Record(context.Background(), verdict(d, meta.Quarantined, "not a tar layer"))
+	if err := g.Manifest(context.Background(), "r", d, sig); err != nil {
+		t.Errorf("referrer manifest: %v", err)
+	}
+	if err := g.Blob(context.Background(), "r", layer); err == nil {
+		t.Errorf("a referrer made its blobs pullable")
+	}
+}
