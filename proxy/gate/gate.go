@@ -307,73 +307,68 @@ func (g *Gate) Record(ctx context.Context, v meta.Verdict) {
 func (g *Gate) referrer(repo string, d digest.Digest) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	mk := key(repo, d)
-	if old, ok := g.known[mk]; ok {
-		g.unref(repo, old.refs)
-	}
-	g.known[mk] = known{state: "referrer"}
+	g.put(repo, d, &known{state: "referrer"})
 }
 
 func (g *Gate) forget(repo string, d digest.Digest) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	k := key(repo, d)
-	if old, ok := g.known[k]; ok {
-		g.unref(repo, old.refs)
-		delete(g.known, k)
-	}
+	g.put(repo, d, nil)
 }
 
-func (g *Gate) unref(repo string, refs []digest.Digest) {
-	for _, b := range refs {
-		bk := key(repo, b)
-		if g.blobs[bk] <= 1 {
-			delete(g.blobs, bk)
-		} else {
-			g.blobs[bk]--
+// put replaces what the gate knows of manifest d of repo (nil: forgets it), keeping the blob
+// counts true, and returns what it replaced. g.mu must be held.
+func (g *Gate) put(repo string, d digest.Digest, k *known) (old known, had bool) {
+	mk := key(repo, d)
+	if old, had = g.known[mk]; had {
+		for _, b := range old.refs {
+			bk := key(repo, b)
+			if g.blobs[bk] <= 1 {
+				delete(g.blobs, bk)
+			} else {
+				g.blobs[bk]--
+			}
 		}
+		delete(g.known, mk)
 	}
+	if k != nil {
+		for _, b := range k.refs {
+			g.blobs[key(repo, b)]++
+		}
+		g.known[mk] = *k
+	}
+	return old, had
 }
 
 func serves(state string) bool { return state == meta.Admitted || state == meta.Released }
 
+// knownFor is what the gate keeps of a final verdict: the blobs it makes servable, or its refusal.
+func knownFor(v meta.Verdict, p parsed) known {
+	if serves(v.State) {
+		return known{state: v.State, refs: p.blobs()}
+	}
+	return known{state: v.State, refusal: refusal(v)}
+}
+
 // learn remembers a final verdict and the blobs it makes servable.
 func (g *Gate) learn(v meta.Verdict, p parsed) known {
-	k := known{state: v.State}
-	if serves(v.State) {
-		k.refs = p.blobs()
-	} else {
-		k.refusal = refusal(v)
-	}
+	k := knownFor(v, p)
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	mk := key(v.Repo, v.Digest)
-	if old, ok := g.known[mk]; ok {
-		g.unref(v.Repo, old.refs)
-		if serves(old.state) && !serves(v.State) {
-			g.log.Warn("a served digest is now refused", "repo", v.Repo, "digest", v.Digest, "verdict", v.State, "reason", firstReasons(v, 1))
-		}
+	if old, had := g.put(v.Repo, v.Digest, &k); had && serves(old.state) && !serves(v.State) {
+		g.log.Warn("a served digest is now refused", "repo", v.Repo, "digest", v.Digest, "verdict", v.State, "reason", firstReasons(v, 1))
 	}
-	for _, b := range k.refs {
-		g.blobs[key(v.Repo, b)]++
-	}
-	g.known[mk] = k
 	return k
 }
 
 // learnUnlessKnown learns a listed verdict unless a decision arrived meanwhile (which is newer).
 func (g *Gate) learnUnlessKnown(v meta.Verdict, p parsed) {
+	k := knownFor(v, p)
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	mk := key(v.Repo, v.Digest)
-	if _, ok := g.known[mk]; ok {
-		return
+	if _, ok := g.known[key(v.Repo, v.Digest)]; !ok {
+		g.put(v.Repo, v.Digest, &k)
 	}
-	k := known{state: v.State, refs: p.blobs()}
-	for _, b := range k.refs {
-		g.blobs[key(v.Repo, b)]++
-	}
-	g.known[mk] = k
 }
 
 // await runs the admission of d once, however many requests ask, and waits for it up to the hold.
