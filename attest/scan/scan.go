@@ -33,6 +33,9 @@ const (
 // malware path can be tested without malware.
 const EICAR = digest.Digest("sha256:275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f")
 
+// TreePrefix begins the name of each scan's temporary tree.
+const TreePrefix = "gatehouse-scan-"
+
 // Image is what a scan reads: the image config and the layers in order.
 type Image struct {
 	Digest digest.Digest
@@ -62,6 +65,9 @@ type Result struct {
 	Findings  []Finding            `json:"findings"`
 	Read      int64                `json:"read"`     // layer bytes read as stored
 	Expanded  int64                `json:"expanded"` // tar bytes read
+	// Blobs are the blobs this scan read whole (the config and each layer read to its end), set
+	// by whoever fed the scan; the gate serves no other blob of the image.
+	Blobs []digest.Digest `json:"blobs,omitempty"`
 }
 
 // Scanner is the built-in scanner.
@@ -78,7 +84,7 @@ func (s *Scanner) Scan(ctx context.Context, img Image) (*Result, error) {
 	if err := json.Unmarshal(img.Config, &cfg); err != nil {
 		return nil, fmt.Errorf("scan %s: the image config is not JSON: %w", img.Digest, err)
 	}
-	dir, err := os.MkdirTemp(s.TempDir, "gatehouse-scan-")
+	dir, err := os.MkdirTemp(s.TempDir, TreePrefix)
 	if err != nil {
 		return nil, err
 	}

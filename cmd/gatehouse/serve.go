@@ -133,7 +133,12 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 	} else {
 		log.Info("vulnerability database", "version", info.Version, "records", info.Records, "age", info.Age(time.Now()).Round(time.Minute))
 	}
-	scans = scanning.New(store, md, scanner, vdb, table, puller, log, scanning.NewMetrics(reg))
+	if n, err := scanning.RemoveStaleTrees(scanner.TempDir); err != nil {
+		return fmt.Errorf("scan.temp_dir: removing the scan trees a previous run left: %w", err)
+	} else if n > 0 {
+		log.Info("removed the scan trees a previous run left (it stopped mid-scan); those images are scanned again when asked for", "count", n, "dir", scanner.TempDir)
+	}
+	scans = scanning.New(store, md, scanner, vdb, table, puller, log, scanning.NewMetrics(reg), cfg.Scan.Workers)
 	for i, rc := range cfg.Routes {
 		if rc.Scanner == nil || rc.Scanner.Harbor == nil {
 			continue
@@ -158,7 +163,8 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 	reg.MustRegister(revoked)
 	admitter := &admission.Admitter{Revoked: revoked, Content: store, Meta: md, DB: vdb, Policy: def.Engine, PolicyErr: def.Err, RoutePolicies: routePolicies, Routes: table,
 		Settings: policies.Settings{HighFixGraceDays: cfg.Admission.HighFixGraceDays}, MaxAge: time.Duration(cfg.VulnDB.MaxAge)}
-	gcfg := gate.Config{Default: gate.Mode(cfg.Admission.Mode), Hold: time.Duration(cfg.Admission.Hold), RevokeGrace: time.Duration(cfg.Admission.RevokeGrace), Routes: map[string]gate.Mode{}, Fallback: map[string]bool{}}
+	gcfg := gate.Config{Default: gate.Mode(cfg.Admission.Mode), Hold: time.Duration(cfg.Admission.Hold), RevokeGrace: time.Duration(cfg.Admission.RevokeGrace), Routes: map[string]gate.Mode{}, Fallback: map[string]bool{},
+		Table: table, MaxIndexChildren: cfg.Admission.MaxIndexChildren}
 	for _, rc := range cfg.Routes {
 		if rc.AdmissionMode != "" {
 			gcfg.Routes[rc.Prefix] = gate.Mode(rc.AdmissionMode)
@@ -225,7 +231,7 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 	}
 	scanCtx, stopScans := context.WithCancel(ctx)
 	defer func() { stopScans(); scans.Wait() }()
-	scans.Start(scanCtx, cfg.Scan.Workers, time.Duration(cfg.VulnDB.Recheck))
+	scans.Start(scanCtx, time.Duration(cfg.VulnDB.Recheck))
 	handler, err := api.New(store, md,
 		api.WithRoutes(table),
 		api.WithPuller(puller),

@@ -20,6 +20,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/policies"
 	"github.com/gatehouse-dev/gatehouse/proxy/apierr"
+	"github.com/gatehouse-dev/gatehouse/proxy/manifest"
 	"github.com/gatehouse-dev/gatehouse/proxy/route"
 	"github.com/gatehouse-dev/gatehouse/storage/meta"
 )
@@ -39,6 +40,8 @@ type Metadata interface {
 	AdmittedTagSet(ctx context.Context, repo, tag string, d digest.Digest) error
 	AdmittedTagGet(ctx context.Context, repo, tag string) (digest.Digest, error)
 	VerdictsServed(ctx context.Context, repo string) ([]meta.Verdict, error)
+	// ScanGet returns an image's stored scan: the gate serves only the blobs it read.
+	ScanGet(ctx context.Context, d digest.Digest) (meta.Scan, error)
 }
 
 // Admit produces the verdict on an image manifest of a repository: it fetches and scans what it
@@ -62,6 +65,12 @@ type Config struct {
 	// RevokeGrace keeps serving a digest this long after a later decision refuses it (a new
 	// advisory, a policy change), so teams can roll forward first (0: refuse at once).
 	RevokeGrace time.Duration
+	// Table resolves a repository to its route (nil: every repository is on a push route). On
+	// a pull route an index is served without fetching its children: each child is fetched and
+	// admitted when a client asks for it, so a pull of one platform admits one image.
+	Table *route.Table
+	// MaxIndexChildren refuses larger indexes (default 1024).
+	MaxIndexChildren int
 }
 
 // Gate is the admission gate. It is safe for concurrent use.
@@ -73,11 +82,12 @@ type Gate struct {
 	log       *slog.Logger
 	metrics   *metrics
 
-	mu    sync.RWMutex
-	known map[string]known         // repo@digest: the verdict as served
-	blobs map[string]int           // repo@blob: how many admitted manifests of repo reference it
-	tags  map[string]digest.Digest // repo:tag -> the digest it last served admitted (fallback routes)
-	repos map[string]bool          // repositories whose stored served verdicts have been learned
+	mu      sync.RWMutex
+	known   map[string]known         // repo@digest: the verdict as served
+	blobs   map[string]int           // repo@blob: how many admitted manifests of repo reference it (and their scans read it)
+	anyBlob map[digest.Digest]int    // blob: how many admitted manifests of any repository do
+	tags    map[string]digest.Digest // repo:tag -> the digest it last served admitted (fallback routes)
+	repos   map[string]bool          // repositories whose stored served verdicts have been learned
 
 	flights singleflight.Group
 }
@@ -99,6 +109,9 @@ func New(cfg Config, md Metadata, manifests Manifests, admit Admit, log *slog.Lo
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 15 * time.Minute
 	}
+	if cfg.MaxIndexChildren <= 0 {
+		cfg.MaxIndexChildren = 1024
+	}
 	if log == nil {
 		log = slog.Default()
 	}
@@ -107,7 +120,7 @@ func New(cfg Config, md Metadata, manifests Manifests, admit Admit, log *slog.Lo
 		return nil, err
 	}
 	return &Gate{cfg: cfg, meta: md, manifests: manifests, admit: admit, log: log, metrics: m,
-		known: map[string]known{}, blobs: map[string]int{}, tags: map[string]digest.Digest{}, repos: map[string]bool{}}, nil
+		known: map[string]known{}, blobs: map[string]int{}, anyBlob: map[digest.Digest]int{}, tags: map[string]digest.Digest{}, repos: map[string]bool{}}, nil
 }
 
 // Enforced says whether requests through a route are gated (nil: the default route).
@@ -178,7 +191,7 @@ func (g *Gate) ManifestWithin(ctx context.Context, repo string, d digest.Digest,
 		return g.refused("manifest", k.refusal)
 	}
 	p := parse(body)
-	if p.Subject != nil {
+	if p.metadata() {
 		// A referrer (signature, SBOM, attestation) is metadata about its subject: its manifest is
 		// served, but it never makes the subject pullable and its blobs stay gated.
 		g.referrer(repo, d)
@@ -187,7 +200,7 @@ func (g *Gate) ManifestWithin(ctx context.Context, repo string, d digest.Digest,
 	v, err := g.meta.VerdictGet(ctx, repo, d)
 	switch {
 	case err == nil && v.State != meta.Pending:
-		return g.refused("manifest", g.learn(v, p).refusal)
+		return g.refused("manifest", g.learn(ctx, v, p).refusal)
 	case err != nil && !errors.Is(err, meta.ErrNotFound):
 		return apierr.Unavailablef(err, "the metadata store did not answer while looking up the verdict on %s; nothing is served undecided", d)
 	}
@@ -229,7 +242,7 @@ func (g *Gate) Blob(ctx context.Context, repo string, d digest.Digest) error {
 		}
 	}
 	g.metrics.refusals.WithLabelValues("blob").Inc()
-	return apierr.New(apierr.Denied, "blob %s of %s is not part of any admitted image of this repository: it is served only after a manifest that references it is admitted (pull that manifest first; if it is refused, it says why)", d, repo).
+	return apierr.New(apierr.Denied, "blob %s of %s is not part of any admitted image of this repository whose scan read it: it is served only after a manifest that references it is admitted (pull that manifest first; if it is refused, it says why)", d, repo).
 		WithDetail(map[string]string{"repository": repo, "digest": d.String()})
 }
 
@@ -250,7 +263,7 @@ func (g *Gate) loadRepo(ctx context.Context, repo string) error {
 		if err != nil {
 			return fmt.Errorf("manifest %s: %w", v.Digest, err)
 		}
-		g.learnUnlessKnown(v, parse(body))
+		g.learnUnlessKnown(ctx, v, parse(body))
 	}
 	g.mu.Lock()
 	g.repos[repo] = true
@@ -282,7 +295,7 @@ func (g *Gate) Record(ctx context.Context, v meta.Verdict) {
 					return
 				}
 				if !serves(cur.State) {
-					g.learn(cur, parsed{})
+					g.learn(ctx, cur, parsed{})
 				}
 			})
 			return
@@ -296,11 +309,11 @@ func (g *Gate) Record(ctx context.Context, v meta.Verdict) {
 		return
 	}
 	p := parse(body)
-	if p.Subject != nil {
+	if p.metadata() {
 		g.referrer(v.Repo, v.Digest) // served as metadata whatever a scan of it concluded
 		return
 	}
-	g.learn(v, p)
+	g.learn(ctx, v, p)
 }
 
 // referrer remembers that a manifest is a referrer: served as metadata, its blobs not counted.
@@ -328,31 +341,88 @@ func (g *Gate) put(repo string, d digest.Digest, k *known) (old known, had bool)
 			} else {
 				g.blobs[bk]--
 			}
+			if g.anyBlob[b] <= 1 {
+				delete(g.anyBlob, b)
+			} else {
+				g.anyBlob[b]--
+			}
 		}
 		delete(g.known, mk)
 	}
 	if k != nil {
 		for _, b := range k.refs {
 			g.blobs[key(repo, b)]++
+			g.anyBlob[b]++
 		}
 		g.known[mk] = *k
 	}
 	return old, had
 }
 
+// Mountable says whether blob d may be linked into a repository by a mount that names no source
+// repository: only when an admitted image somewhere references it and its scan read it. Anything
+// else must be uploaded, so a pusher cannot link a quarantined layer it learned the digest of.
+func (g *Gate) Mountable(d digest.Digest) bool {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return g.anyBlob[d] > 0
+}
+
 func serves(state string) bool { return state == meta.Admitted || state == meta.Released }
 
 // knownFor is what the gate keeps of a final verdict: the blobs it makes servable, or its refusal.
-func knownFor(v meta.Verdict, p parsed) known {
-	if serves(v.State) {
-		return known{state: v.State, refs: p.blobs()}
+// A serving verdict makes servable only the blobs that the image's scan read: a layer the scan
+// did not read (whatever the reason) is never served on the strength of the image's verdict.
+func (g *Gate) knownFor(ctx context.Context, v meta.Verdict, p parsed) known {
+	if !serves(v.State) {
+		return known{state: v.State, refusal: refusal(v)}
 	}
-	return known{state: v.State, refusal: refusal(v)}
+	k := known{state: v.State}
+	want := p.blobs()
+	if len(want) == 0 {
+		return k
+	}
+	read, err := g.scanned(ctx, v.Digest)
+	if err != nil {
+		g.log.Warn("could not read which blobs an admitted image's scan read; none of its blobs is served until it is known", "repo", v.Repo, "digest", v.Digest, "err", err)
+		return k
+	}
+	for _, b := range want {
+		if read[b] {
+			k.refs = append(k.refs, b)
+		}
+	}
+	if len(k.refs) < len(want) {
+		g.log.Warn("an admitted image references blobs its scan did not read; they are not served", "repo", v.Repo, "digest", v.Digest,
+			"read", len(k.refs), "referenced", len(want))
+	}
+	return k
+}
+
+// scanned returns the blobs the stored scan of image d read.
+func (g *Gate) scanned(ctx context.Context, d digest.Digest) (map[digest.Digest]bool, error) {
+	sc, err := g.meta.ScanGet(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	var res struct {
+		Blobs []digest.Digest `json:"blobs"`
+	}
+	if len(sc.Result) > 0 {
+		if err := json.Unmarshal(sc.Result, &res); err != nil {
+			return nil, fmt.Errorf("the stored scan of %s: %w", d, err)
+		}
+	}
+	read := make(map[digest.Digest]bool, len(res.Blobs))
+	for _, b := range res.Blobs {
+		read[b] = true
+	}
+	return read, nil
 }
 
 // learn remembers a final verdict and the blobs it makes servable.
-func (g *Gate) learn(v meta.Verdict, p parsed) known {
-	k := knownFor(v, p)
+func (g *Gate) learn(ctx context.Context, v meta.Verdict, p parsed) known {
+	k := g.knownFor(ctx, v, p)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if old, had := g.put(v.Repo, v.Digest, &k); had && serves(old.state) && !serves(v.State) {
@@ -362,8 +432,8 @@ func (g *Gate) learn(v meta.Verdict, p parsed) known {
 }
 
 // learnUnlessKnown learns a listed verdict unless a decision arrived meanwhile (which is newer).
-func (g *Gate) learnUnlessKnown(v meta.Verdict, p parsed) {
-	k := knownFor(v, p)
+func (g *Gate) learnUnlessKnown(ctx context.Context, v meta.Verdict, p parsed) {
+	k := g.knownFor(ctx, v, p)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if _, ok := g.known[key(v.Repo, v.Digest)]; !ok {
@@ -385,7 +455,7 @@ func (g *Gate) await(ctx context.Context, repo string, d digest.Digest, p parsed
 			g.log.Error("admission failed", "repo", repo, "digest", d, "err", err)
 			return known{}, err
 		}
-		return g.learn(v, p), nil
+		return g.learn(actx, v, p), nil
 	})
 	timer := time.NewTimer(hold)
 	defer timer.Stop()
@@ -422,9 +492,17 @@ func (g *Gate) decide(ctx context.Context, repo string, d digest.Digest, p parse
 		desc v1.Descriptor
 		v    meta.Verdict
 	}
+	dec := policies.Decision{Allow: true, Deny: []policies.Reason{}, Warn: []policies.Reason{}}
+	if n := len(p.Manifests); n > g.cfg.MaxIndexChildren {
+		dec.Allow = false
+		dec.Deny = append(dec.Deny, policies.Reason{Rule: "index.children", Message: fmt.Sprintf("the index lists %d manifests; the limit is %d (admission.max_index_children)", n, g.cfg.MaxIndexChildren),
+			Evidence: map[string]int{"children": n, "limit": g.cfg.MaxIndexChildren}})
+		return g.recordIndex(ctx, repo, d, dec, "")
+	}
+	lazy := g.onPullRoute(repo)
 	var children []*child
 	for _, c := range p.Manifests {
-		if c.Annotations["vnd.docker.reference.type"] == "attestation-manifest" {
+		if !lazy && g.attestation(ctx, c) {
 			continue // buildx attestations ride in indexes; they are referrers, not platforms
 		}
 		children = append(children, &child{desc: c})
@@ -433,6 +511,16 @@ func (g *Gate) decide(ctx context.Context, repo string, d digest.Digest, p parse
 	eg.SetLimit(4)
 	for _, c := range children {
 		eg.Go(func() error {
+			if lazy {
+				// a pull route fetches and admits a child only when a client asks for it: the
+				// index is refused only for children already known to be refused
+				v, err := g.meta.VerdictGet(ectx, repo, c.desc.Digest)
+				if errors.Is(err, meta.ErrNotFound) {
+					v, err = meta.Verdict{State: meta.Pending}, nil
+				}
+				c.v = v
+				return err
+			}
 			v, err := g.child(ectx, repo, c.desc.Digest)
 			c.v = v
 			return err
@@ -441,9 +529,8 @@ func (g *Gate) decide(ctx context.Context, repo string, d digest.Digest, p parse
 	if err := eg.Wait(); err != nil {
 		return meta.Verdict{}, err
 	}
-	dec := policies.Decision{Allow: true, Deny: []policies.Reason{}, Warn: []policies.Reason{}}
 	for _, c := range children {
-		if serves(c.v.State) {
+		if serves(c.v.State) || (lazy && c.v.State == meta.Pending) {
 			continue
 		}
 		dec.Allow = false
@@ -457,19 +544,69 @@ func (g *Gate) decide(ctx context.Context, repo string, d digest.Digest, p parse
 		dec.Deny = append(dec.Deny, policies.Reason{Rule: "index.child", Message: fmt.Sprintf("%s child %s is %s: %s", plat, c.desc.Digest, c.v.State, firstReasons(c.v, 1)),
 			Evidence: map[string]string{"digest": c.desc.Digest.String(), "platform": plat, "state": c.v.State}})
 	}
+	why := "every platform child is admitted"
+	if lazy {
+		why = "no child is known to be refused; each child is fetched and admitted when it is asked for"
+	}
+	return g.recordIndex(ctx, repo, d, dec, why)
+}
+
+// recordIndex records the verdict on an index from its decision.
+func (g *Gate) recordIndex(ctx context.Context, repo string, d digest.Digest, dec policies.Decision, why string) (meta.Verdict, error) {
 	body, err := json.Marshal(dec)
 	if err != nil {
 		return meta.Verdict{}, err
 	}
 	v := meta.Verdict{Repo: repo, Digest: d, State: meta.Admitted, Decision: body, PolicyDigest: "index: judged by its children", Decided: time.Now().UTC()}
-	reason := "every platform child is admitted"
 	if !dec.Allow {
-		v.State, reason = meta.Quarantined, dec.Deny[0].Message
+		v.State, why = meta.Quarantined, dec.Deny[0].Message
 	}
-	if err := g.meta.VerdictSet(ctx, v, "gatehouse", reason); err != nil {
+	if err := g.meta.VerdictSet(ctx, v, "gatehouse", why); err != nil {
 		return meta.Verdict{}, err
 	}
 	return v, nil
+}
+
+// onPullRoute says whether repo is served by a pull route.
+func (g *Gate) onPullRoute(repo string) bool {
+	if g.cfg.Table == nil {
+		return false
+	}
+	rt, err := g.cfg.Table.Resolve(repo, "")
+	return err == nil && rt.Route.Kind == route.Pull
+}
+
+// attestation says whether an index child is an attestation, not a platform: buildx marks them
+// (vnd.docker.reference.type), but only a child whose platform is unknown/unknown and whose
+// layers are all in-toto or DSSE statements is one. Anything else is judged as an image.
+func (g *Gate) attestation(ctx context.Context, c v1.Descriptor) bool {
+	if c.Annotations["vnd.docker.reference.type"] != "attestation-manifest" {
+		return false
+	}
+	if c.Platform == nil || c.Platform.OS != "unknown" || c.Platform.Architecture != "unknown" {
+		return false
+	}
+	body, err := g.manifests.ManifestGet(ctx, c.Digest)
+	if err != nil {
+		return false // not at hand: judged as a child, which fails closed
+	}
+	m := parse(body)
+	if len(m.Layers) == 0 || len(m.Manifests) > 0 {
+		return false
+	}
+	for _, l := range m.Layers {
+		if !statementTypes[l.MediaType] {
+			return false
+		}
+	}
+	return true
+}
+
+// statementTypes are the layer media types of attestations (in-toto statements, DSSE envelopes).
+var statementTypes = map[string]bool{
+	"application/vnd.in-toto+json":                  true,
+	"application/vnd.dsse.envelope.v1+json":         true,
+	"application/vnd.dev.sigstore.bundle.v0.3+json": true,
 }
 
 // child returns the verdict on an index child, admitting it (once) if it is undecided.
@@ -534,6 +671,21 @@ func parse(body []byte) parsed {
 	var p parsed
 	_ = json.Unmarshal(body, &p) // stored manifests were validated when they entered
 	return p
+}
+
+// metadata says whether a manifest is metadata about another (a signature, an SBOM, an
+// attestation): it has a subject and no layer a runtime would unpack. Anything runnable is an
+// image, whatever else it says about itself.
+func (p parsed) metadata() bool {
+	if p.Subject == nil || len(p.Manifests) > 0 {
+		return false
+	}
+	for _, l := range p.Layers {
+		if manifest.Runnable(l.MediaType) {
+			return false
+		}
+	}
+	return true
 }
 
 func (p parsed) blobs() []digest.Digest {

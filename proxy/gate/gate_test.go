@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,12 +16,27 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/policies"
 	"github.com/gatehouse-dev/gatehouse/proxy/apierr"
+	"github.com/gatehouse-dev/gatehouse/proxy/route"
 	"github.com/gatehouse-dev/gatehouse/storage/meta"
 )
 
 type fakeMeta struct {
 	mu sync.Mutex
 	v  map[string]meta.Verdict
+	// read lists, per image, the blobs its scan read; an image not listed was read whole (its
+	// config and layer, as in image below)
+	read map[digest.Digest][]digest.Digest
+}
+
+func (f *fakeMeta) ScanGet(_ context.Context, d digest.Digest) (meta.Scan, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	blobs, ok := f.read[d]
+	if !ok {
+		blobs = []digest.Digest{config, layer}
+	}
+	b, _ := json.Marshal(map[string]any{"blobs": blobs})
+	return meta.Scan{Digest: d, Complete: true, Result: b}, nil
 }
 
 func (f *fakeMeta) VerdictGet(_ context.Context, repo string, d digest.Digest) (meta.Verdict, error) {
@@ -216,5 +233,148 @@ func TestReferrerServedAsMetadata(t *testing.T) {
 	}
 	if err := g.Blob(context.Background(), "r", layer); err == nil {
 		t.Errorf("a referrer made its blobs pullable")
+	}
+}
+
+func TestBlobsTheScanDidNotReadAreNotServed(t *testing.T) {
+	d := digest.FromBytes(image)
+	md := &fakeMeta{v: map[string]meta.Verdict{key("r", d): verdict(d, meta.Admitted)},
+		read: map[digest.Digest][]digest.Digest{d: {config}}} // the layer was skipped
+	g, _ := New(Config{}, md, bodies{d: image}, nil, nil, nil)
+	if err := g.Manifest(context.Background(), "r", d, image); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Blob(context.Background(), "r", config); err != nil {
+		t.Errorf("config the scan read: %v", err)
+	}
+	if err := g.Blob(context.Background(), "r", layer); apierr.From(err).Code != apierr.Denied {
+		t.Errorf("a layer the scan did not read was served: %v", err)
+	}
+	if g.Mountable(layer) {
+		t.Errorf("a layer no scan read is mountable")
+	}
+	if !g.Mountable(config) {
+		t.Errorf("the admitted image's config is not mountable")
+	}
+}
+
+func TestMountableOnlyWhatAnAdmittedImageReferences(t *testing.T) {
+	d := digest.FromBytes(image)
+	md := &fakeMeta{v: map[string]meta.Verdict{key("r", d): verdict(d, meta.Quarantined, "EICAR")}}
+	g, _ := New(Config{}, md, bodies{d: image}, nil, nil, nil)
+	g.Manifest(context.Background(), "r", d, image)
+	if g.Mountable(layer) || g.Mountable(config) {
+		t.Fatalf("a quarantined image's blobs are mountable")
+	}
+	g.Record(context.Background(), verdict(d, meta.Admitted))
+	if !g.Mountable(layer) {
+		t.Errorf("an admitted image's layer is not mountable")
+	}
+	g.Record(context.Background(), verdict(d, meta.Quarantined, "a new advisory"))
+	if g.Mountable(layer) {
+		t.Errorf("still mountable after the image was quarantined")
+	}
+}
+
+func TestRunnableImageWithASubjectIsGated(t *testing.T) {
+	sub := digest.FromBytes(image)
+	for _, mt := range []string{"application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.oci.image.layer.v1.tar", "application/vnd.docker.image.rootfs.diff.tar.gzip",
+		"application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", "application/vnd.oci.image.layer.v1.tar+zstd", "Application/VND.OCI.image.layer.v1.tar+gzip"} {
+		t.Run(mt, func(t *testing.T) {
+			body := []byte(`{"schemaVersion":2,"config":{"digest":"` + string(config) + `"},"layers":[{"mediaType":"` + mt + `","digest":"` + string(layer) + `"}],"subject":{"digest":"` + string(sub) + `"}}`)
+			d := digest.FromBytes(body)
+			var calls atomic.Int32
+			g, _ := New(Config{}, &fakeMeta{v: map[string]meta.Verdict{}}, bodies{d: body, sub: image}, func(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error) {
+				calls.Add(1)
+				return verdict(d, meta.Quarantined, "EICAR test file"), nil
+			}, nil, nil)
+			if err := g.Manifest(context.Background(), "r", d, body); apierr.From(err).Code != apierr.Denied {
+				t.Errorf("a runnable image with a subject was served as metadata: %v", err)
+			}
+			if calls.Load() != 1 {
+				t.Errorf("%d admissions, want 1", calls.Load())
+			}
+		})
+	}
+}
+
+func TestAttestationChildOnlyWhenItIsOne(t *testing.T) {
+	att := []byte(`{"schemaVersion":2,"config":{"digest":"` + string(config) + `"},"layers":[{"mediaType":"application/vnd.in-toto+json","digest":"` + string(layer) + `"}]}`)
+	dAtt, dImg := digest.FromBytes(att), digest.FromBytes(image)
+	index := func(plat string, child digest.Digest) []byte {
+		os, arch, _ := strings.Cut(plat, "/")
+		return []byte(`{"schemaVersion":2,"manifests":[{"digest":"` + string(child) + `","platform":{"os":"` + os + `","architecture":"` + arch + `"},"annotations":{"vnd.docker.reference.type":"attestation-manifest"}}]}`)
+	}
+	for _, tc := range []struct {
+		name     string
+		plat     string
+		child    digest.Digest
+		admitted bool
+	}{
+		{"a real attestation is skipped", "unknown/unknown", dAtt, true},
+		{"an image dressed as an attestation", "unknown/unknown", dImg, false},
+		{"an attestation with a real platform", "linux/amd64", dAtt, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			idx := index(tc.plat, tc.child)
+			d := digest.FromBytes(idx)
+			g, _ := New(Config{}, &fakeMeta{v: map[string]meta.Verdict{}}, bodies{d: idx, dAtt: att, dImg: image}, func(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error) {
+				return verdict(d, meta.Quarantined, "EICAR test file"), nil
+			}, nil, nil)
+			err := g.Manifest(context.Background(), "r", d, idx)
+			if tc.admitted && err != nil {
+				t.Errorf("index refused: %v", err)
+			}
+			if !tc.admitted && apierr.From(err).Code != apierr.Denied {
+				t.Errorf("index served though its child is refused: %v", err)
+			}
+		})
+	}
+}
+
+func TestPullRouteIndexAdmitsOnlyWhatIsAskedFor(t *testing.T) {
+	table, err := route.NewTable([]route.Route{{Prefix: "docker.io", Kind: route.Pull, Upstream: "http://up"}, {Prefix: "", Kind: route.Push}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var children []string
+	var bad digest.Digest
+	for i := range 300 {
+		c := digest.FromString(fmt.Sprint(i))
+		if i == 7 {
+			bad = c
+		}
+		children = append(children, `{"digest":"`+string(c)+`","platform":{"os":"linux","architecture":"arch`+fmt.Sprint(i)+`"}}`)
+	}
+	idx := []byte(`{"schemaVersion":2,"manifests":[` + strings.Join(children, ",") + `]}`)
+	d := digest.FromBytes(idx)
+	var calls atomic.Int32
+	admit := func(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error) {
+		calls.Add(1)
+		return verdict(d, meta.Admitted), nil
+	}
+	md := &fakeMeta{v: map[string]meta.Verdict{}}
+	g, _ := New(Config{Table: table}, md, bodies{d: idx}, admit, nil, nil)
+	if err := g.Manifest(context.Background(), "docker.io/library/x", d, idx); err != nil {
+		t.Fatalf("index: %v", err)
+	}
+	if n := calls.Load(); n != 0 {
+		t.Errorf("serving the index admitted %d children, want none", n)
+	}
+	// a child already known to be refused refuses the index
+	q := verdict(bad, meta.Quarantined, "EICAR test file")
+	q.Repo = "docker.io/library/y"
+	md.VerdictSet(context.Background(), q, "", "")
+	if err := g.Manifest(context.Background(), "docker.io/library/y", d, idx); apierr.From(err).Code != apierr.Denied || !strings.Contains(err.Error(), "EICAR") {
+		t.Errorf("index with a known refused child: %v", err)
+	}
+	// a push route judges an index by all its children, and caps their number
+	g, _ = New(Config{Table: table, MaxIndexChildren: 100}, &fakeMeta{v: map[string]meta.Verdict{}}, bodies{d: idx}, admit, nil, nil)
+	calls.Store(0)
+	if err := g.Manifest(context.Background(), "team/x", d, idx); apierr.From(err).Code != apierr.Denied || !strings.Contains(err.Error(), "limit is 100") {
+		t.Errorf("index over the cap: %v", err)
+	}
+	if calls.Load() != 0 {
+		t.Errorf("an index over the cap admitted children")
 	}
 }

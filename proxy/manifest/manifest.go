@@ -189,3 +189,12 @@ func checkURLs(where string, urls []string) error {
 	}
 	return nil
 }
+
+// Runnable says whether a layer media type is one container runtimes unpack into a filesystem
+// (containerd's images.IsLayerType: the OCI and Docker layer types, distributable or not).
+// Matching by prefix also catches compressions and variants not listed anywhere yet.
+func Runnable(mediaType string) bool {
+	mt, _, _ := strings.Cut(mediaType, ";")
+	mt = strings.ToLower(strings.TrimSpace(mt))
+	return strings.HasPrefix(mt, "application/vnd.oci.image.layer.") || strings.HasPrefix(mt, "application/vnd.docker.image.rootfs.")
+}

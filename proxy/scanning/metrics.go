@@ -13,6 +13,8 @@ type Metrics struct {
 	layerBytes prometheus.Counter
 	findings   *prometheus.CounterVec
 	rematched  prometheus.Counter
+	queued     prometheus.Gauge
+	running    prometheus.Gauge
 }
 
 // NewMetrics registers the metrics with reg (nil: not registered).
@@ -24,9 +26,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		layerBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "gatehouse_scan_layer_bytes_read_total", Help: "Layer bytes (as stored) read by scans; a database update reads none."}),
 		findings:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "gatehouse_scan_findings_total", Help: "Findings recorded, by kind and severity."}, []string{"kind", "severity"}),
 		rematched:  prometheus.NewCounter(prometheus.CounterOpts{Name: "gatehouse_scan_rematched_total", Help: "Stored inventories re-matched after a vulnerability database update."}),
+		queued:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "gatehouse_scans_queued", Help: "Scans waiting for a free slot (scan.workers run at once)."}),
+		running:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "gatehouse_scans_running", Help: "Scans running now; never more than scan.workers."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.scans, m.duration, m.layerBytes, m.findings, m.rematched)
+		reg.MustRegister(m.scans, m.duration, m.layerBytes, m.findings, m.rematched, m.queued, m.running)
 	}
 	return m
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -67,6 +69,7 @@ type Service struct {
 	registryURL string                                                  // how external scanners reach Gatehouse
 
 	jobs     chan job
+	slots    chan struct{} // one per scan that may run at once, whoever asked for it
 	mu       sync.Mutex
 	inflight map[digest.Digest]chan struct{}
 	wg       sync.WaitGroup
@@ -77,13 +80,31 @@ type job struct {
 	d    digest.Digest
 }
 
-// New returns a scanning service; Start runs it.
-func New(c *content.Store, md Metadata, sc Scanner, db *vulndb.DB, routes *route.Table, puller *pull.Puller, log *slog.Logger, m *Metrics) *Service {
+// New returns a scanning service that runs at most workers scans at once, whether a background
+// job, a push or a first pull asked for them; Start runs its background workers.
+func New(c *content.Store, md Metadata, sc Scanner, db *vulndb.DB, routes *route.Table, puller *pull.Puller, log *slog.Logger, m *Metrics, workers int) *Service {
 	if m == nil {
 		m = NewMetrics(nil)
 	}
 	return &Service{content: c, meta: md, scanner: sc, db: db, routes: routes, puller: puller, log: log, metrics: m,
-		jobs: make(chan job, 1024), inflight: map[digest.Digest]chan struct{}{}}
+		jobs: make(chan job, 1024), slots: make(chan struct{}, max(workers, 1)), inflight: map[digest.Digest]chan struct{}{}}
+}
+
+// RemoveStaleTrees deletes the scan trees that a previous process left in dir (it was killed
+// mid-scan); call it before any scan starts. It returns how many it removed.
+func RemoveStaleTrees(dir string) (int, error) {
+	trees, err := filepath.Glob(filepath.Join(dir, scan.TreePrefix+"*"))
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, t := range trees {
+		if err := os.RemoveAll(t); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
 }
 
 // DecideWith has decide called after every scan and every re-match (the admission decision).
@@ -106,10 +127,10 @@ func (s *Service) UseExternal(prefix string, ext External, registryURL string) {
 	s.external[prefix], s.registryURL = ext, registryURL
 }
 
-// Start runs workers scans at a time and re-matches stored inventories whenever the database
-// version changes (checked every recheck), until ctx ends.
-func (s *Service) Start(ctx context.Context, workers int, recheck time.Duration) {
-	for range workers {
+// Start runs the background workers (as many as scans may run at once) and re-matches stored
+// inventories whenever the database version changes (checked every recheck), until ctx ends.
+func (s *Service) Start(ctx context.Context, recheck time.Duration) {
+	for range cap(s.slots) {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
@@ -182,13 +203,28 @@ func (s *Service) ScanNow(ctx context.Context, repo string, d digest.Digest) (me
 				return meta.Scan{}, ctx.Err()
 			}
 		}
-		sc, err := s.scan(ctx, repo, d)
+		sc, err := s.scanInSlot(ctx, repo, d)
 		s.mu.Lock()
 		delete(s.inflight, d)
 		close(wait)
 		s.mu.Unlock()
 		return sc, err
 	}
+}
+
+// scanInSlot waits for a free slot (first come, first served), then scans.
+func (s *Service) scanInSlot(ctx context.Context, repo string, d digest.Digest) (meta.Scan, error) {
+	s.metrics.queued.Inc()
+	select {
+	case s.slots <- struct{}{}:
+		s.metrics.queued.Dec()
+	case <-ctx.Done():
+		s.metrics.queued.Dec()
+		return meta.Scan{}, ctx.Err()
+	}
+	s.metrics.running.Inc()
+	defer func() { s.metrics.running.Dec(); <-s.slots }()
+	return s.scan(ctx, repo, d)
 }
 
 func (s *Service) scan(ctx context.Context, repo string, d digest.Digest) (meta.Scan, error) {
@@ -199,11 +235,23 @@ func (s *Service) scan(ctx context.Context, repo string, d digest.Digest) (meta.
 			}
 		}
 	}
-	img, err := s.image(ctx, repo, d)
+	start := time.Now()
+	img, read, err := s.image(ctx, repo, d)
+	var missing *missingBlobError
+	if errors.As(err, &missing) {
+		// a push route lacks a blob the image lists: nothing can be scanned that is not there
+		// (and nothing is fetched from a layer's third-party urls), so it is refused, saying why
+		sc := meta.Scan{Digest: d, Repo: repo, Scanned: start.UTC(), Scanner: scan.Version, Duration: time.Since(start), Error: err.Error()}
+		if perr := s.meta.ScanPut(ctx, sc); perr != nil {
+			return meta.Scan{}, perr
+		}
+		s.metrics.scanned("failed", time.Since(start))
+		s.decided(ctx, repo, d)
+		return sc, err
+	}
 	if err != nil {
 		return meta.Scan{}, err
 	}
-	start := time.Now()
 	res, err := s.scanner.Scan(ctx, img)
 	if err != nil {
 		// recorded, so the gate can say why this image cannot be admitted
@@ -215,6 +263,7 @@ func (s *Service) scan(ctx context.Context, repo string, d digest.Digest) (meta.
 		s.decided(ctx, repo, d)
 		return sc, err
 	}
+	res.Blobs = read.list()
 	body, err := json.Marshal(res)
 	if err != nil {
 		return meta.Scan{}, err
@@ -267,7 +316,18 @@ func (s *Service) scanExternal(ctx context.Context, ext External, repo string, d
 		found = []vulndb.Finding{}
 	}
 	sc.Complete = true
-	sc.Result, _ = json.Marshal(scan.Result{Digest: d, Scanner: sc.Scanner, Started: sc.Scanned, Duration: sc.Duration, Complete: true, Findings: []scan.Finding{}})
+	// the external scanner pulled the image through Gatehouse itself: it read every blob it lists
+	var blobs []digest.Digest
+	if body, err := s.content.ManifestGet(ctx, d); err == nil {
+		var m v1.Manifest
+		if json.Unmarshal(body, &m) == nil {
+			blobs = append(blobs, m.Config.Digest)
+			for _, l := range m.Layers {
+				blobs = append(blobs, l.Digest)
+			}
+		}
+	}
+	sc.Result, _ = json.Marshal(scan.Result{Digest: d, Scanner: sc.Scanner, Started: sc.Scanned, Duration: sc.Duration, Complete: true, Findings: []scan.Finding{}, Blobs: blobs})
 	sc.Vulns, _ = json.Marshal(found)
 	sc.DBVersion, sc.Matched = "external", time.Now().UTC()
 	s.metrics.scanned("complete", sc.Duration)
@@ -282,42 +342,49 @@ func (s *Service) scanExternal(ctx context.Context, ext External, repo string, d
 }
 
 // image reads an image manifest's config and layers from the store, fetching what a pull
-// route has not cached yet.
-func (s *Service) image(ctx context.Context, repo string, d digest.Digest) (scan.Image, error) {
+// route has not cached yet. Every layer is read, whatever its descriptor says (a layer with urls
+// included): what the gate may serve is what the scan read, which read records as it happens.
+func (s *Service) image(ctx context.Context, repo string, d digest.Digest) (scan.Image, *readSet, error) {
 	rec, err := s.meta.ManifestGet(ctx, repo, d)
 	if err != nil {
-		return scan.Image{}, fmt.Errorf("manifest %s of %s: %w", d, repo, err)
+		return scan.Image{}, nil, fmt.Errorf("manifest %s of %s: %w", d, repo, err)
 	}
 	if rec.MediaType != manifest.OCIManifest && rec.MediaType != manifest.DockerManifest {
-		return scan.Image{}, errNotImage
+		return scan.Image{}, nil, errNotImage
 	}
 	body, err := s.content.ManifestGet(ctx, d)
 	if err != nil {
-		return scan.Image{}, err
+		return scan.Image{}, nil, err
 	}
 	var m v1.Manifest
 	if err := json.Unmarshal(body, &m); err != nil {
-		return scan.Image{}, err
+		return scan.Image{}, nil, err
 	}
 	switch m.Config.MediaType {
 	case v1.MediaTypeImageConfig, "application/vnd.docker.container.image.v1+json":
 	default:
-		return scan.Image{}, errNotImage // an artifact (signature, SBOM, ...), not an image
+		if !anyRunnable(m.Layers) {
+			return scan.Image{}, nil, errNotImage // an artifact (signature, SBOM, ...), not an image
+		}
+		// layers a runtime unpacks under a config that says it is something else: scanned as
+		// the image it is (a config that is not an image config fails the scan, and so the image)
 	}
+	read := &readSet{}
 	if err := s.ensure(ctx, repo, m.Config.Digest); err != nil {
-		return scan.Image{}, err
+		return scan.Image{}, nil, fmt.Errorf("config %s: %w", m.Config.Digest, err)
 	}
 	cfg, err := s.readBlob(ctx, repo, m.Config.Digest, 4<<20)
 	if err != nil {
-		return scan.Image{}, fmt.Errorf("config %s: %w", m.Config.Digest, err)
+		return scan.Image{}, nil, fmt.Errorf("config %s: %w", m.Config.Digest, err)
 	}
+	read.add(m.Config.Digest)
 	img := scan.Image{Digest: d, Config: cfg}
 	for _, l := range m.Layers {
-		if len(l.URLs) > 0 {
-			continue // non-distributable: not in the store, and not fetched from third parties
-		}
 		if err := s.ensure(ctx, repo, l.Digest); err != nil {
-			return scan.Image{}, fmt.Errorf("layer %s: %w", l.Digest, err)
+			if len(l.URLs) > 0 {
+				err = fmt.Errorf("%w (Gatehouse scans every layer it could serve and never fetches one from the urls a descriptor names: push the layer itself)", err)
+			}
+			return scan.Image{}, nil, fmt.Errorf("layer %s: %w", l.Digest, err)
 		}
 		ld := l.Digest
 		img.Layers = append(img.Layers, layerfs.Layer{Digest: ld, Open: func() (io.ReadCloser, error) {
@@ -329,10 +396,45 @@ func (s *Service) image(ctx context.Context, repo string, d digest.Digest) (scan
 			if err != nil {
 				return nil, err
 			}
-			return &countingReader{rc: rc, count: s.metrics.layerBytes}, nil
+			return &countingReader{rc: rc, count: s.metrics.layerBytes, size: desc.Size, done: func() { read.add(ld) }}, nil
 		}})
 	}
-	return img, nil
+	return img, read, nil
+}
+
+// anyRunnable says whether any of the layers is one a container runtime unpacks.
+func anyRunnable(layers []v1.Descriptor) bool {
+	for _, l := range layers {
+		if manifest.Runnable(l.MediaType) {
+			return true
+		}
+	}
+	return false
+}
+
+// readSet records the blobs a scan read whole.
+type readSet struct {
+	mu    sync.Mutex
+	blobs []digest.Digest
+}
+
+func (r *readSet) add(d digest.Digest) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.blobs = append(r.blobs, d)
+}
+
+func (r *readSet) list() []digest.Digest {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]digest.Digest(nil), r.blobs...)
+}
+
+// missingBlobError is a blob an image lists that its route does not hold and cannot fetch.
+type missingBlobError struct{ d digest.Digest }
+
+func (e *missingBlobError) Error() string {
+	return fmt.Sprintf("blob %s is not in this repository", e.d)
 }
 
 // ensure makes sure a blob is in the store (for a pull route, by fetching it once).
@@ -342,7 +444,7 @@ func (s *Service) ensure(ctx context.Context, repo string, d digest.Digest) erro
 	}
 	rt, err := s.routes.Resolve(repo, "")
 	if err != nil || rt.Route.Kind != route.Pull || s.puller == nil {
-		return fmt.Errorf("blob %s is not in %s", d, repo)
+		return &missingBlobError{d}
 	}
 	return s.puller.EnsureBlob(ctx, rt, d)
 }
@@ -489,15 +591,34 @@ func (s *Service) putBlob(ctx context.Context, repo string, b []byte) error {
 	return err
 }
 
+// countingReader counts a layer's bytes as the scan reads them; closed, it reads what the scan
+// left (trailing bytes after the tar stream) and calls done if the whole blob passed through.
 type countingReader struct {
 	rc    io.ReadCloser
 	count interface{ Add(float64) }
+	size  int64
+	n     int64
+	eof   bool
+	done  func()
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.rc.Read(p)
 	c.count.Add(float64(n))
+	c.n += int64(n)
+	if err == io.EOF {
+		c.eof = true
+	}
 	return n, err
 }
 
-func (c *countingReader) Close() error { return c.rc.Close() }
+func (c *countingReader) Close() error {
+	if !c.eof {
+		_, err := io.Copy(io.Discard, c)
+		c.eof = c.eof || err == nil
+	}
+	if c.eof && c.n == c.size && c.done != nil {
+		c.done()
+	}
+	return c.rc.Close()
+}

@@ -65,6 +65,7 @@ type Admission struct {
 	RevokeGrace      Duration `yaml:"revoke_grace"`        // a served digest that a later decision refuses is still served this long (default 0: refused at once)
 	Hold             Duration `yaml:"hold"`                // how long a first request waits for its admission before 503 + Retry-After (default 60s)
 	HighFixGraceDays int      `yaml:"high_fix_grace_days"` // a high vulnerability is denied once its fix is older than this (default 30)
+	MaxIndexChildren int      `yaml:"max_index_children"`  // an index listing more manifests is refused (default 1024)
 }
 
 // VulnDB configures the local OSV vulnerability database.
@@ -286,6 +287,9 @@ func (c *Config) applyDefaults() {
 	if c.Admission.Hold == 0 {
 		c.Admission.Hold = Duration(60 * time.Second)
 	}
+	if c.Admission.MaxIndexChildren == 0 {
+		c.Admission.MaxIndexChildren = 1024
+	}
 	if c.Admission.HighFixGraceDays == 0 {
 		c.Admission.HighFixGraceDays = 30
 	}
@@ -383,6 +387,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Admission.Hold < Duration(100*time.Millisecond) {
 		bad("admission.hold", "must be at least 100ms")
+	}
+	if c.Admission.MaxIndexChildren < 0 {
+		bad("admission.max_index_children", "must not be negative")
 	}
 	if c.Admission.HighFixGraceDays < 0 {
 		bad("admission.high_fix_grace_days", "must not be negative")
