@@ -48,7 +48,7 @@ func (h *Handler) uploadStart(w http.ResponseWriter, r *http.Request, t Target) 
 		if err != nil {
 			return err
 		}
-		mounted, err := h.mount(r, t.Name, q.Get("from"), d)
+		mounted, err := h.mount(r, t, q.Get("from"), d)
 		if err != nil {
 			return err
 		}
@@ -82,8 +82,9 @@ func (h *Handler) uploadStart(w http.ResponseWriter, r *http.Request, t Target) 
 }
 
 // mount links blob d into repo without an upload; false means the caller should upload it.
-func (h *Handler) mount(r *http.Request, repo, from string, d digest.Digest) (bool, error) {
+func (h *Handler) mount(r *http.Request, t Target, from string, d digest.Digest) (bool, error) {
 	ctx := r.Context()
+	repo := t.Name
 	if from != "" {
 		if err := ValidateName(from, h.opts.maxNameLength); err != nil {
 			return false, err
@@ -101,6 +102,11 @@ func (h *Handler) mount(r *http.Request, repo, from string, d digest.Digest) (bo
 			return false, apierr.Unavailablef(err, "storage could not mount blob %s from %s", d, from)
 		}
 		return true, nil
+	}
+	if h.gated(t) && !h.gate.Mountable(d) {
+		// without a source, only a blob of an admitted image (whose scan read it) is linked: a
+		// pusher who learned a quarantined layer's digest must upload its bytes to use it
+		return false, nil
 	}
 	_, err := h.content.BlobMountAnywhere(ctx, repo, d)
 	if errors.Is(err, content.ErrBlobUnknown) {
