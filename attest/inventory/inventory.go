@@ -1,12 +1,11 @@
 package inventory
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
-	"debug/elf"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -143,11 +142,11 @@ func (e *Extraction) Options() layerfs.Options {
 	}
 }
 
-// keep decides what goes into the tree: the files the identify the distribution, and the files
+// keep decides what goes into the tree: the files that identify the distribution, and the files
 // osv-scalibr's extractors ask for — except that executables asked for only by the Go and Rust
 // binary extractors (every executable) are kept only if they carry Go build info or
-// cargo-auditable data.
-func keep(p string, info fs.FileInfo) (bool, func([]byte) bool) {
+// cargo-auditable data, which hasBuildInfo reads from the file on disk.
+func keep(p string, info fs.FileInfo) (bool, layerfs.Check) {
 	if osRelease[p] {
 		return true, nil
 	}
@@ -174,14 +173,10 @@ func keep(p string, info fs.FileInfo) (bool, func([]byte) bool) {
 // binaryExtractors read compiled programs; they ask for every executable.
 var binaryExtractors = map[string]bool{"go/binary": true, "rust/cargoauditable": true}
 
-// hasBuildInfo reports whether an ELF program carries Go build info or cargo-auditable data.
-func hasBuildInfo(data []byte) bool {
-	f, err := elf.NewFile(bytes.NewReader(data))
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	return f.Section(".go.buildinfo") != nil || f.Section(".dep-v0") != nil
+// hasBuildInfo reports whether an ELF program carries Go build info or cargo-auditable data,
+// reading only its headers and section names (bounded: elfHasSection).
+func hasBuildInfo(r io.ReaderAt, size int64) (bool, error) {
+	return elfHasSection(r, size, ".go.buildinfo", ".dep-v0")
 }
 
 // osRelease are the files that identify the distribution.

@@ -1,11 +1,16 @@
-// Package layerfs flattens an image's layers, in order, into one directory tree for the scanners:
-// whiteouts and opaque directories applied, later layers overriding earlier ones, and for every
-// path the layer it came from and its SHA-256. It reads each layer once as a stream (gzip inflated
-// on its own goroutine, zstd, or plain tar) and treats it as hostile: paths are cleaned and may
-// not climb out, symlinks among an entry's directories are resolved lexically against what the
-// layers recorded (an escape or a loop is an issue), the tree holds no symlink while it is
-// written, and the kept symlinks are made at the end through an os.Root. Limits on expanded
-// bytes, entries, file size, path length and time end the walk with an issue, never a crash or a
-// write outside the tree. Callers choose which files are written at all (Options.Keep) and which
-// are shown to them as they stream by (Options.Inspect).
+// Package layerfs flattens an image's layers, in order, into one directory tree for the scanners,
+// reading each layer as containerd's unpacking does (pkg/archive/tar.go's Apply): names cleaned
+// and placed under the root before any limit applies, directories resolved through the symlinks
+// the layers made (bounded to the root), later entries replacing earlier ones, whiteouts and
+// opaque directories removing what lower layers wrote. Every path keeps the layer it came from
+// and its SHA-256, and every regular file each layer wrote is listed (Result.Written) even when a
+// later layer removes it: the layer's blob still holds it.
+//
+// Layers are hostile: the tree holds no symlink while it is written, kept symlinks are made at
+// the end through an os.Root, and nothing is written outside it. What the scanner cannot read as
+// a runtime would — an entry containerd refuses, a sparse or unknown entry, a path still too long
+// once cleaned, a file over the size limit, a whiteout readers disagree on — is an Issue whose
+// Kind makes the result Incomplete. Limits on bytes, entries and time end the walk the same way.
+// Callers choose which files are written at all (Options.Keep, deciding from a file's bytes on
+// disk when they must) and which are shown to them as they stream by (Options.Inspect).
 package layerfs

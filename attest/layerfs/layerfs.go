@@ -26,13 +26,20 @@ import (
 type Limits struct {
 	MaxBytes    int64         // expanded bytes across all layers
 	MaxEntries  int           // tar entries across all layers
-	MaxFileSize int64         // larger regular files are recorded but not written or hashed
-	MaxPathLen  int           // longer paths are skipped
+	MaxFileSize int64         // larger regular files are recorded but not written or hashed (the result is incomplete)
+	MaxPathLen  int           // longer paths, measured once cleaned, are skipped (the result is incomplete)
 	Timeout     time.Duration // the whole walk
 }
 
 // DefaultLimits suit ordinary images and stop bombs early.
 var DefaultLimits = Limits{MaxBytes: 16 << 30, MaxEntries: 2_000_000, MaxFileSize: 1 << 30, MaxPathLen: 4096, Timeout: 10 * time.Minute}
+
+// Check decides from a regular file's bytes whether it stays in the tree. It reads what it needs
+// through r (the file as written into the tree, size bytes long) and must bound what it reads:
+// the file may be as large as Limits.MaxFileSize and was made by whoever pushed the image. An
+// error says the file could not be judged within those bounds; the file is not kept and the
+// result is incomplete.
+type Check func(r io.ReaderAt, size int64) (keep bool, err error)
 
 // Options choose what of each file the caller needs beyond its record (path, layer, mode, size,
 // SHA-256), which Flatten always keeps.
@@ -40,8 +47,9 @@ type Options struct {
 	// Keep says whether a file (or symlink) goes into the tree (nil: all do). Files not kept are
 	// still hashed and recorded; a scanner that reads only package databases and some binaries
 	// saves writing the rest. A non-nil check defers the decision for a regular file to its
-	// bytes (read into memory, up to MaxFileSize): it is kept if check says so.
-	Keep func(path string, info fs.FileInfo) (keep bool, check func(data []byte) bool)
+	// bytes: the file is streamed into the tree as it is hashed, check reads it there, and it
+	// is removed unless check keeps it. No file is ever held in memory whole for this.
+	Keep func(path string, info fs.FileInfo) (keep bool, check Check)
 	// Wants says whether Inspect should see a file of this size (nil: none); InspectMax bounds it.
 	Wants      func(path string, size int64) bool
 	InspectMax int64
@@ -65,11 +73,45 @@ type File struct {
 	Link   string // symlink target
 }
 
-// Issue is something in a layer that was refused or cut short.
+// Written is one regular file as a layer wrote it, whatever a later layer did to it: the layer's
+// blob holds these bytes, and serving the blob serves them.
+type Written struct {
+	Path   string
+	Layer  digest.Digest
+	Size   int64
+	SHA256 digest.Digest
+}
+
+// Kind names what an Issue is about.
+type Kind string
+
+// Issue kinds. Those for which Incomplete is true mean the tree may not be what a runtime
+// unpacks from these layers; Flatten then sets Result.Incomplete.
+const (
+	Escape      Kind = "escape"      // a name, symlink or hard link climbs above the root: placed inside it, as containerd places it
+	Special     Kind = "special"     // a device or fifo: recorded where containerd makes it, not made
+	Limit       Kind = "limit"       // a limit stopped the walk, or a file was too large to read
+	Truncated   Kind = "truncated"   // the layer stream broke
+	Unreadable  Kind = "unreadable"  // the layer is not gzip, zstd or tar
+	TooLong     Kind = "toolong"     // a path longer than MaxPathLen once cleaned
+	Sparse      Kind = "sparse"      // a GNU sparse entry (old 'S' type or PAX GNU.sparse.*)
+	Unsupported Kind = "unsupported" // a tar type containerd does not extract
+	Loop        Kind = "loop"        // more symlinks among an entry's directories than containerd follows
+	Invalid     Kind = "invalid"     // an entry containerd refuses, failing the layer's unpacking
+	Ambiguous   Kind = "ambiguous"   // a whiteout that removes what its own layer wrote: readers disagree
+	Unwritable  Kind = "unwritable"  // the tree could not be written
+	Unchecked   Kind = "unchecked"   // a file Options.Keep's check could not judge
+)
+
+// Incomplete reports whether an issue of this kind leaves part of the image unread, or read in a
+// way a runtime might not read it.
+func (k Kind) Incomplete() bool { return k != Escape && k != Special }
+
+// Issue is something in a layer that was refused, cut short or hostile.
 type Issue struct {
 	Layer  digest.Digest
 	Path   string
-	Kind   string // escape, limit, truncated, special, toolong, unreadable
+	Kind   Kind
 	Detail string
 }
 
@@ -77,13 +119,22 @@ type Issue struct {
 type Result struct {
 	Root       string          // the directory holding the tree
 	Files      map[string]File // by path relative to the root ("etc/os-release")
+	Written    []Written       // every regular file hashed, layer by layer, in the order read
 	Issues     []Issue
 	Compressed int64 // bytes read from the layers as stored
 	Expanded   int64 // bytes of tar streams read
-	Incomplete bool  // a limit or a broken layer ended the walk early
+	Incomplete bool  // a limit or a broken layer ended the walk early, or an issue of an Incomplete kind
 }
 
 // Flatten writes the layers, in order, into dir (which must exist and be empty).
+//
+// Each layer is applied as containerd applies it (archive.Apply, in pkg/archive/tar.go): names
+// cleaned and placed under the root, ".." stopping at the root; directories resolved through the
+// symlinks the tree holds, bounded to the root; an entry replacing what is at its path unless
+// both are directories; a hard link to the target's own entry (not through a final symlink);
+// ".wh.x" removing x and an opaque directory removing what no entry of this layer unpacked there.
+// Where containerd would refuse the layer, or other readers read it differently, the result is
+// incomplete with an issue naming the entry.
 func Flatten(ctx context.Context, dir string, layers []Layer, lim Limits, opts Options) (*Result, error) {
 	if lim.Timeout > 0 {
 		var cancel context.CancelFunc
@@ -95,8 +146,9 @@ func Flatten(ctx context.Context, dir string, layers []Layer, lim Limits, opts O
 		return nil, err
 	}
 	defer root.Close()
-	w := &walker{ctx: ctx, root: root, lim: lim, opts: opts, dir: dir, dirs: map[string]bool{}, links: map[string]string{},
+	w := &walker{ctx: ctx, root: root, lim: lim, opts: opts, dir: dir, tree: newDir(File{Mode: fs.ModeDir | 0o755}, false),
 		res: &Result{Root: dir, Files: map[string]File{}}}
+	w.tree.onDisk = true
 	for _, l := range layers {
 		if err := w.layer(l); err != nil {
 			var stop stopError
@@ -107,103 +159,26 @@ func Flatten(ctx context.Context, dir string, layers []Layer, lim Limits, opts O
 			return nil, err
 		}
 	}
+	w.record("", w.tree)
 	w.makeLinks()
 	return w.res, nil
 }
 
-// resolve follows the symlinks among p's directories (as recorded by earlier entries) and
-// returns the path the entry really names, or the kind of issue ("escape", "loop") and why.
-func (w *walker) resolve(p string) (string, string, string) {
-	parts := strings.Split(p, "/")
-	cur := ""
-	hops := 0
-	for i := 0; i < len(parts)-1; i++ {
-		next := path.Join(cur, parts[i])
-		f, ok := w.res.Files[next]
-		if !ok || f.Link == "" {
-			cur = next
-			continue
-		}
-		hops++
-		if hops > 40 {
-			return "", "loop", "a chain of more than 40 symlinks (a loop) among its directories"
-		}
-		var target string
-		if path.IsAbs(f.Link) {
-			target = strings.TrimPrefix(path.Clean(f.Link), "/")
-		} else {
-			t, inside := joinInside(cur, f.Link)
-			if !inside {
-				return "", "escape", fmt.Sprintf("its directory %s is a symlink to %q, which leaves the image root", next, f.Link)
-			}
-			target = t
-		}
-		// continue from the target: re-resolve its own components too
-		rest := strings.Join(parts[i+1:], "/")
-		parts = strings.Split(strings.Trim(target+"/"+rest, "/"), "/")
-		cur, i = "", -1
-	}
-	return path.Join(cur, parts[len(parts)-1]), "", ""
+// node is one path of the tree as containerd's unpacking would leave it on disk.
+type node struct {
+	file     File
+	recorded bool             // an entry wrote it (it goes into Result.Files); not a directory made to hold others
+	keepLink bool             // a symlink Options.Keep wants made in the tree
+	onDisk   bool             // it (or, for a directory, it and some of what it holds) is in the tree on disk
+	kids     map[string]*node // a directory's entries by name
 }
 
-// joinInside joins a root-relative directory and a relative path, and reports whether the
-// result stays inside the root.
-func joinInside(dir, rel string) (string, bool) {
-	depth := 0
-	var out []string
-	if dir != "" {
-		out = strings.Split(dir, "/")
-		depth = len(out)
-	}
-	for _, c := range strings.Split(rel, "/") {
-		switch c {
-		case "", ".":
-		case "..":
-			if depth == 0 {
-				return "", false
-			}
-			depth--
-			out = out[:len(out)-1]
-		default:
-			depth++
-			out = append(out, c)
-		}
-	}
-	return strings.Join(out, "/"), true
+func newDir(f File, recorded bool) *node {
+	return &node{file: f, recorded: recorded, kids: map[string]*node{}}
 }
 
-// makeLinks creates the symlinks kept, after the walk: while layers are written the tree holds
-// no symlink, so no write can be led outside it; these are made through the os.Root, and
-// absolute targets are rewritten relative to the image root, as inside the container.
-func (w *walker) makeLinks() {
-	paths := make([]string, 0, len(w.links))
-	for p := range w.links {
-		paths = append(paths, p)
-	}
-	sort.Strings(paths)
-	for _, p := range paths {
-		f, ok := w.res.Files[p]
-		if !ok || f.Link != w.links[p] {
-			continue // removed or replaced by a later layer
-		}
-		target := f.Link
-		if path.IsAbs(target) {
-			rel, err := filepathRel(path.Dir(p), strings.TrimPrefix(path.Clean(target), "/"))
-			if err != nil {
-				w.issue(f.Layer, p, "escape", "the symlink target %q cannot be kept inside the root", f.Link)
-				continue
-			}
-			target = rel
-		}
-		if err := w.root.MkdirAll(path.Dir(p), 0o755); err != nil {
-			w.issue(f.Layer, p, "escape", "the symlink's directory cannot be made inside the root: %v", err)
-			continue
-		}
-		if err := w.root.Symlink(target, p); err != nil {
-			w.issue(f.Layer, p, "escape", "the symlink cannot be made: %v", err)
-		}
-	}
-}
+func (n *node) isDir() bool     { return n.kids != nil }
+func (n *node) isSymlink() bool { return n.file.Mode&fs.ModeSymlink != 0 }
 
 // stopError ends the walk (a limit, a broken layer); the result so far stands.
 type stopError struct{ error }
@@ -213,15 +188,20 @@ type walker struct {
 	root    *os.Root
 	lim     Limits
 	opts    Options
-	dirs    map[string]bool   // directories known to exist on disk
-	dir     string            // the tree's directory on disk
-	links   map[string]string // symlinks to make once the walk is done: path -> target
+	dir     string // the tree's directory on disk
+	tree    *node  // the root directory
 	res     *Result
 	entries int
+	// unpacked are the paths this layer's entries unpacked (containerd's unpackedPaths): an
+	// opaque directory keeps them.
+	unpacked map[string]bool
 }
 
-func (w *walker) issue(l digest.Digest, p, kind, format string, args ...any) {
+func (w *walker) issue(l digest.Digest, p string, kind Kind, format string, args ...any) {
 	w.res.Issues = append(w.res.Issues, Issue{Layer: l, Path: p, Kind: kind, Detail: fmt.Sprintf(format, args...)})
+	if kind.Incomplete() {
+		w.res.Incomplete = true
+	}
 }
 
 // countingReader counts bytes, checks the context, and stops at a byte budget.
@@ -277,10 +257,11 @@ func (w *walker) layer(l Layer) error {
 		return fmt.Errorf("opening layer %s: %w", l.Digest, err)
 	}
 	defer rc.Close()
+	w.unpacked = map[string]bool{}
 	compressed := &countingReader{r: rc, n: &w.res.Compressed, ctx: w.ctx}
 	plain, done, err := decompress(bufio.NewReaderSize(compressed, 1<<20))
 	if err != nil {
-		w.issue(l.Digest, "", "unreadable", "the layer is not a readable gzip, zstd or tar stream: %v", err)
+		w.issue(l.Digest, "", Unreadable, "the layer is not a readable gzip, zstd or tar stream: %v", err)
 		return stopError{err}
 	}
 	defer done()
@@ -299,11 +280,11 @@ func (w *walker) layer(l Layer) error {
 		}
 		w.entries++
 		if w.lim.MaxEntries > 0 && w.entries > w.lim.MaxEntries {
-			w.issue(l.Digest, h.Name, "limit", "more than %d entries", w.lim.MaxEntries)
+			w.issue(l.Digest, shorten(h.Name), Limit, "more than %d entries", w.lim.MaxEntries)
 			return stopError{errors.New("entry limit")}
 		}
 		if err := w.entry(l.Digest, h, tr); err != nil {
-			return w.broken(l.Digest, h.Name, err)
+			return w.broken(l.Digest, shorten(h.Name), err)
 		}
 	}
 }
@@ -312,171 +293,431 @@ func (w *walker) layer(l Layer) error {
 func (w *walker) broken(l digest.Digest, p string, err error) error {
 	switch {
 	case errors.Is(err, errBudget):
-		w.issue(l, p, "limit", "more than %d expanded bytes (a decompression bomb, or an image larger than the limit)", w.lim.MaxBytes)
+		w.issue(l, p, Limit, "more than %d expanded bytes (a decompression bomb, or an image larger than the limit)", w.lim.MaxBytes)
 	case errors.Is(err, context.DeadlineExceeded):
-		w.issue(l, p, "limit", "the scan's time limit of %s ran out", w.lim.Timeout)
+		w.issue(l, p, Limit, "the scan's time limit of %s ran out", w.lim.Timeout)
 	case errors.Is(err, context.Canceled):
 		return err
 	default:
-		w.issue(l, p, "truncated", "the layer stream is broken: %v", err)
+		w.issue(l, p, Truncated, "the layer stream is broken: %v", err)
 	}
 	return stopError{err}
 }
 
-// clean turns a tar name into a root-relative path, or "" when it leaves the root.
-func clean(name string) string {
-	p := path.Clean("/" + name) // "/../x" cleans to "/x": a leading .. cannot climb above the root
-	if strings.Contains(name, "..") {
-		// A name that needed .. to stay inside is still suspicious; refuse any that climbs.
-		depth := 0
-		for _, c := range strings.Split(strings.Trim(path.Clean(name), "/"), "/") {
-			switch c {
-			case "..":
-				depth--
-			case ".", "":
-			default:
-				depth++
-			}
-			if depth < 0 {
-				return ""
-			}
-		}
+// shorten keeps an issue's path readable.
+func shorten(p string) string {
+	if len(p) > 200 {
+		return p[:64] + "…" + p[len(p)-64:]
 	}
-	return strings.TrimPrefix(p, "/")
+	return p
 }
 
-func (w *walker) entry(l digest.Digest, h *tar.Header, body io.Reader) error {
-	if w.lim.MaxPathLen > 0 && len(h.Name) > w.lim.MaxPathLen {
-		w.issue(l, h.Name[:64]+"…", "toolong", "a path of %d characters", len(h.Name))
-		return nil
-	}
-	p := clean(h.Name)
-	if p == "" && h.Name != "." && h.Name != "./" && h.Name != "/" {
-		w.issue(l, h.Name, "escape", "the path climbs out of the image root")
-		return nil
-	}
+// Clean turns a tar entry's name into the root-relative path containerd unpacks it at, before
+// any symlink among its directories is followed: the name cleaned (filepath.Clean), a leading
+// "/" dropped, and ".." stopped at the root. climbs says whether the name tried to climb above
+// the root ("../../etc/x" is placed at "etc/x"). The root itself is "".
+func Clean(name string) (p string, climbs bool) {
+	c := path.Clean(name)
+	climbs = c == ".." || strings.HasPrefix(c, "../")
+	return strings.TrimPrefix(path.Clean("/"+c), "/"), climbs
+}
+
+// split is a root-relative path's components ("" has none).
+func split(p string) []string {
 	if p == "" {
 		return nil
 	}
-	// Inside the container a path whose directories are symlinks leads wherever they point:
-	// resolve them, lexically, against what the layers recorded (nothing on disk is followed).
-	if rp, kind, why := w.resolve(p); kind != "" {
-		w.issue(l, h.Name, kind, "%s", why)
-		return nil
-	} else {
-		p = rp
-	}
-	dir, base := path.Split(p)
-	// whiteouts
-	if base == ".wh..wh..opq" {
-		w.removeUnder(strings.TrimSuffix(dir, "/"), false)
-		return nil
-	}
-	if strings.HasPrefix(base, ".wh.") {
-		w.remove(dir + strings.TrimPrefix(base, ".wh."))
-		return nil
-	}
-	if dir != "" {
-		if err := w.mkdirAll(strings.TrimSuffix(dir, "/")); err != nil {
-			w.issue(l, p, "escape", "its directory cannot be made inside the root: %v", err)
+	return strings.Split(p, "/")
+}
+
+// lookup finds the node at a root-relative path, following no symlink (lstat).
+func (w *walker) lookup(p string) *node {
+	n := w.tree
+	for _, c := range split(p) {
+		if n.kids == nil {
+			return nil
+		}
+		if n = n.kids[c]; n == nil {
 			return nil
 		}
 	}
-	mode := h.FileInfo().Mode()
-	switch h.Typeflag {
-	case tar.TypeDir:
-		if fi, err := w.root.Lstat(p); err == nil && !fi.IsDir() {
-			w.remove(p)
-		}
-		if err := w.mkdirAll(p); err != nil {
-			w.issue(l, p, "escape", "the directory cannot be made inside the root: %v", err)
-			return nil
-		}
-		w.res.Files[p] = File{Layer: l, Mode: mode}
-	case tar.TypeReg, tar.TypeRegA:
-		w.replace(p)
-		f := File{Layer: l, Size: h.Size, Mode: mode}
-		if w.lim.MaxFileSize > 0 && h.Size > w.lim.MaxFileSize {
-			w.issue(l, p, "limit", "a %d-byte file, over the %d-byte limit for files examined", h.Size, w.lim.MaxFileSize)
-			w.res.Files[p] = f
-			return nil // the tar reader skips its body
-		}
-		perm := os.FileMode(0o644)
-		if mode&0o111 != 0 {
-			perm = 0o755 // executables stay executable (extractors look for them); setuid bits never
-		}
-		keep, check := true, (func([]byte) bool)(nil)
-		if w.opts.Keep != nil {
-			keep, check = w.opts.Keep(p, h.FileInfo())
-		}
-		inspect := w.opts.Inspect != nil && w.opts.Wants != nil && h.Size <= w.opts.InspectMax && w.opts.Wants(p, h.Size)
-		hs := sha256.New()
-		var data []byte
-		if inspect || check != nil {
-			b, err := io.ReadAll(io.TeeReader(body, hs))
-			if err != nil {
-				return err
+	return n
+}
+
+// maxLinks is how many symlinks containerd's fs.RootPath follows in one path before failing.
+const maxLinks = 255
+
+// rootPath resolves a directory path through the symlinks the tree holds, as containerd's
+// fs.RootPath (continuity) does: a relative target is joined to its link's directory and the
+// result cleaned lexically, an absolute one starts again at the root, ".." stops at the root, and
+// a path needing more than 255 symlinks fails. climbed says whether some ".." tried to go above
+// the root. A component that exists and is neither a directory nor a symlink fails the entry
+// (containerd's lstat or mkdir gets ENOTDIR and the layer is refused).
+func (w *walker) rootPath(p string) (resolved string, climbed bool, kind Kind, why string) {
+	queue := split(p)
+	var cur []string
+	stack := []*node{w.tree} // the node at each prefix of cur (nil past what exists)
+	hops := 0
+	for len(queue) > 0 {
+		c := queue[0]
+		queue = queue[1:]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			if len(cur) == 0 {
+				climbed = true
+				continue
 			}
-			data = b
+			cur, stack = cur[:len(cur)-1], stack[:len(stack)-1]
+			continue
 		}
-		if check != nil {
-			keep = check(data)
+		var kid *node
+		if parent := stack[len(stack)-1]; parent != nil {
+			kid = parent.kids[c]
 		}
-		if keep {
-			// A plain path is safe here: it is clean and below the root, and the tree holds no
-			// symlink while layers are written (see makeLinks).
-			out, err := os.OpenFile(filepath.Join(w.dir, filepath.FromSlash(p)), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, perm)
-			if err != nil {
-				w.issue(l, p, "unwritable", "the file cannot be written into the tree: %v", err)
-				return nil
+		switch {
+		case kid != nil && kid.isSymlink():
+			hops++
+			if hops > maxLinks {
+				return "", climbed, Loop, fmt.Sprintf("more than %d symlinks (a loop) among its directories", maxLinks)
 			}
-			if data != nil {
-				_, err = out.Write(data)
-			} else {
-				_, err = io.Copy(io.MultiWriter(out, hs), body)
+			target := kid.file.Link
+			if !path.IsAbs(target) {
+				joined := path.Clean(path.Join(strings.Join(cur, "/"), target))
+				if joined == ".." || strings.HasPrefix(joined, "../") {
+					climbed = true
+				}
+				target = joined
 			}
-			out.Close()
-			if err != nil {
-				w.root.Remove(p)
-				return err
-			}
-		} else if data == nil {
-			if _, err := io.Copy(hs, body); err != nil {
-				return err
-			}
+			queue = append(split(strings.TrimPrefix(path.Clean("/"+target), "/")), queue...)
+			cur, stack = nil, stack[:1]
+		case kid != nil && !kid.isDir():
+			return "", climbed, Invalid, fmt.Sprintf("%s is not a directory (containerd refuses the layer)", path.Join(append(cur, c)...))
+		default:
+			cur, stack = append(cur, c), append(stack, kid)
 		}
-		f.SHA256 = digest.NewDigest(digest.SHA256, hs)
-		w.res.Files[p] = f
-		if inspect {
-			w.opts.Inspect(p, l, data)
+	}
+	return strings.Join(cur, "/"), climbed, "", ""
+}
+
+// mkparent makes the directories of a resolved directory path that do not exist yet, as
+// containerd's mkparent does (rootPath has checked that what exists are directories).
+func (w *walker) mkparent(d string) *node {
+	n := w.tree
+	for _, c := range split(d) {
+		kid := n.kids[c]
+		if kid == nil {
+			kid = newDir(File{Mode: fs.ModeDir | 0o755}, false)
+			n.kids[c] = kid
 		}
-	case tar.TypeSymlink:
-		w.replace(p)
-		w.res.Files[p] = File{Layer: l, Mode: mode, Link: h.Linkname}
-		if keep, _ := w.keep(p, h.FileInfo()); keep {
-			w.links[p] = h.Linkname
+		n = kid
+	}
+	return n
+}
+
+// ensureDisk makes a directory of the tree on disk (and its parents), once.
+func (w *walker) ensureDisk(d string) error {
+	onDisk := true
+	n := w.tree
+	for _, c := range split(d) {
+		if n = n.kids[c]; n == nil || !n.isDir() {
+			return fmt.Errorf("%s is not a directory of the tree", d)
 		}
-	case tar.TypeLink:
-		target := clean(h.Linkname)
-		src, ok := w.res.Files[target]
-		if target == "" || !ok {
-			w.issue(l, p, "escape", "a hard link to %q, which is not in the image", h.Linkname)
-			return nil
-		}
-		w.replace(p)
-		if src.Link == "" && !src.Mode.IsDir() {
-			// a target not kept on disk is recorded only
-			if err := os.Link(filepath.Join(w.dir, filepath.FromSlash(target)), filepath.Join(w.dir, filepath.FromSlash(p))); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				w.issue(l, p, "unwritable", "the hard link to %q cannot be made: %v", h.Linkname, err)
-				return nil
-			}
-		}
-		src.Layer = l
-		w.res.Files[p] = src
-	default:
-		w.issue(l, p, "special", "a %s entry (devices, fifos and the like are not extracted)", typeName(h.Typeflag))
+		onDisk = onDisk && n.onDisk
+	}
+	if onDisk {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Join(w.dir, filepath.FromSlash(d)), 0o755); err != nil {
+		return err
+	}
+	n = w.tree
+	for _, c := range split(d) {
+		n = n.kids[c]
+		n.onDisk = true
 	}
 	return nil
+}
+
+// parentOf is the directory holding a root-relative path ("" for the root).
+func parentOf(p string) string {
+	d, _ := path.Split(p)
+	return strings.TrimSuffix(d, "/")
+}
+
+// detach removes a path and all it holds from the tree (containerd's os.RemoveAll).
+func (w *walker) detach(parent *node, name, p string) {
+	n := parent.kids[name]
+	if n == nil {
+		return
+	}
+	delete(parent.kids, name)
+	if n.onDisk {
+		os.RemoveAll(filepath.Join(w.dir, filepath.FromSlash(p)))
+	}
+}
+
+// wroteHere reports whether an entry of the layer being read unpacked p or something under it.
+func (w *walker) wroteHere(p string, n *node) bool {
+	if w.unpacked[p] {
+		return true
+	}
+	for name, kid := range n.kids {
+		if w.wroteHere(p+"/"+name, kid) {
+			return true
+		}
+	}
+	return false
+}
+
+// opaque applies an opaque directory marker as containerd does: everything under d that no
+// entry of this layer unpacked goes, with all it holds. It reports whether that took something
+// this same layer wrote (a file unpacked into a directory only made to hold it).
+func (w *walker) opaque(d string, dn *node) (tookOwn bool) {
+	for name, kid := range dn.kids {
+		p := path.Join(d, name)
+		if w.unpacked[p] {
+			if kid.isDir() && w.opaque(p, kid) {
+				tookOwn = true
+			}
+			continue
+		}
+		if w.wroteHere(p, kid) {
+			tookOwn = true
+		}
+		w.detach(dn, name, p)
+	}
+	return tookOwn
+}
+
+const (
+	whiteoutPrefix = ".wh."
+	opaqueMarker   = ".wh..wh..opq"
+)
+
+func (w *walker) entry(l digest.Digest, h *tar.Header, body io.Reader) error {
+	p, climbs := Clean(h.Name)
+	if w.lim.MaxPathLen > 0 && len(p) > w.lim.MaxPathLen {
+		w.issue(l, shorten(p), TooLong, "a path of %d characters once cleaned (%d as named), over the limit of %d: not read", len(p), len(h.Name), w.lim.MaxPathLen)
+		return nil
+	}
+	if p == "" {
+		return nil // the root itself (".", "/", ".."): containerd skips it
+	}
+	base := path.Base(p)
+	rd, climbed, kind, why := w.rootPath(parentOf(p))
+	if kind != "" {
+		w.issue(l, shorten(p), kind, "%s", why)
+		return nil
+	}
+	full := path.Join(rd, base)
+	if climbs || climbed {
+		w.issue(l, shorten(full), Escape, "the entry %q climbs above the image root (through its name or a symlink among its directories); placed at %s, as containerd places it", shorten(h.Name), shorten(full))
+	}
+	parent := w.mkparent(rd)
+
+	if strings.HasPrefix(base, whiteoutPrefix) {
+		if base == opaqueMarker {
+			if w.opaque(rd, parent) {
+				w.issue(l, shorten(full), Ambiguous, "an opaque directory marker removes files this same layer put in %s: the OCI image spec hides only lower layers with it, containerd removes them", orRoot(rd))
+			}
+			return nil
+		}
+		target := base[len(whiteoutPrefix):]
+		if target == "" || target == "." || target == ".." {
+			w.issue(l, shorten(full), Invalid, "the whiteout %q names no file (containerd refuses the layer)", base)
+			return nil
+		}
+		tp := path.Join(rd, target)
+		if n := parent.kids[target]; n != nil {
+			if w.wroteHere(tp, n) {
+				w.issue(l, shorten(tp), Ambiguous, "the whiteout %s removes what this same layer wrote at %s: the OCI image spec hides only lower layers with it, containerd removes it", base, tp)
+			}
+			w.detach(parent, target, tp)
+		}
+		return nil
+	}
+
+	info := h.FileInfo()
+	mode := info.Mode()
+	sparse := h.Typeflag == tar.TypeGNUSparse
+	for k := range h.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			sparse = true
+		}
+	}
+	switch h.Typeflag {
+	case tar.TypeDir, tar.TypeReg, tar.TypeGNUSparse, tar.TypeSymlink, tar.TypeLink, tar.TypeChar, tar.TypeBlock, tar.TypeFifo, tar.TypeXGlobalHeader:
+	default:
+		w.issue(l, shorten(full), Unsupported, "a tar entry of type %q, which containerd does not extract (it refuses the layer)", h.Typeflag)
+		return nil
+	}
+	// What is at the path goes, unless both are directories (merged).
+	if old := parent.kids[base]; old != nil && !(old.isDir() && h.Typeflag == tar.TypeDir) {
+		w.detach(parent, base, full)
+	}
+	switch h.Typeflag {
+	case tar.TypeDir:
+		if old := parent.kids[base]; old != nil {
+			old.file, old.recorded = File{Layer: l, Mode: mode}, true
+		} else {
+			parent.kids[base] = newDir(File{Layer: l, Mode: mode}, true)
+		}
+	case tar.TypeReg, tar.TypeGNUSparse:
+		if sparse {
+			w.issue(l, shorten(full), Sparse, "a GNU sparse entry (%s): readers disagree on its name and bytes, and containerd refuses the old sparse type", sparseKind(h))
+		}
+		if err := w.regular(l, parent, base, full, h, info, body); err != nil {
+			return err
+		}
+	case tar.TypeSymlink:
+		keep := true
+		if w.opts.Keep != nil {
+			keep, _ = w.opts.Keep(full, info)
+		}
+		parent.kids[base] = &node{file: File{Layer: l, Mode: mode, Link: h.Linkname}, recorded: true, keepLink: keep}
+	case tar.TypeLink:
+		if !w.hardLink(l, parent, base, full, h) {
+			return nil
+		}
+	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
+		parent.kids[base] = &node{file: File{Layer: l, Mode: mode}, recorded: true}
+		w.issue(l, shorten(full), Special, "a %s (recorded where containerd makes it; not made in the tree)", typeName(h.Typeflag))
+	case tar.TypeXGlobalHeader:
+		// containerd removes what is at the header's path and makes nothing there
+	}
+	w.unpacked[full] = true
+	return nil
+}
+
+func sparseKind(h *tar.Header) string {
+	if h.Typeflag == tar.TypeGNUSparse {
+		return "old GNU type 'S'"
+	}
+	return "PAX GNU.sparse records"
+}
+
+func orRoot(d string) string {
+	if d == "" {
+		return "the root"
+	}
+	return d
+}
+
+// regular reads one regular file: hashed always, streamed into the tree when kept or when
+// Options.Keep's check must look at it, shown to Inspect when wanted (bounded by InspectMax).
+func (w *walker) regular(l digest.Digest, parent *node, base, p string, h *tar.Header, info fs.FileInfo, body io.Reader) error {
+	mode := info.Mode()
+	n := &node{file: File{Layer: l, Size: h.Size, Mode: mode}, recorded: true}
+	parent.kids[base] = n
+	if w.lim.MaxFileSize > 0 && h.Size > w.lim.MaxFileSize {
+		w.issue(l, shorten(p), Limit, "a %d-byte file, over the %d-byte limit for files examined: not read", h.Size, w.lim.MaxFileSize)
+		return nil // the tar reader skips its body
+	}
+	keep, check := true, Check(nil)
+	if w.opts.Keep != nil {
+		keep, check = w.opts.Keep(p, info)
+	}
+	inspect := w.opts.Inspect != nil && w.opts.Wants != nil && h.Size <= w.opts.InspectMax && w.opts.Wants(p, h.Size)
+	hs := sha256.New()
+	sinks := []io.Writer{hs}
+	var data *bytes.Buffer
+	if inspect {
+		data = bytes.NewBuffer(make([]byte, 0, h.Size))
+		sinks = append(sinks, data)
+	}
+	var out *os.File
+	disk := filepath.Join(w.dir, filepath.FromSlash(p))
+	if keep || check != nil {
+		if err := w.ensureDisk(parentOf(p)); err != nil {
+			w.issue(l, shorten(p), Unwritable, "its directory cannot be made in the tree: %v", err)
+		} else {
+			perm := os.FileMode(0o644)
+			if mode&0o111 != 0 {
+				perm = 0o755 // executables stay executable (extractors look for them); setuid bits never
+			}
+			// A plain path is safe here: it is clean and below the root, and the tree holds no
+			// symlink while layers are written (see makeLinks).
+			f, err := os.OpenFile(disk, os.O_CREATE|os.O_RDWR|os.O_TRUNC, perm)
+			if err != nil {
+				w.issue(l, shorten(p), Unwritable, "the file cannot be written into the tree: %v", err)
+			} else {
+				out = f
+				sinks = append(sinks, out)
+			}
+		}
+	}
+	size, err := io.Copy(io.MultiWriter(sinks...), body)
+	if err != nil {
+		if out != nil {
+			out.Close()
+			os.Remove(disk)
+		}
+		delete(parent.kids, base)
+		return err
+	}
+	n.file.SHA256 = digest.NewDigest(digest.SHA256, hs)
+	w.res.Written = append(w.res.Written, Written{Path: p, Layer: l, Size: size, SHA256: n.file.SHA256})
+	if out != nil {
+		if check != nil {
+			ok, err := check(out, size)
+			if err != nil {
+				w.issue(l, shorten(p), Unchecked, "the file could not be judged: %v", err)
+			}
+			keep = ok && err == nil
+		}
+		if err := out.Close(); err != nil {
+			keep = false
+		}
+		if keep {
+			n.onDisk = true
+		} else {
+			os.Remove(disk)
+		}
+	}
+	if inspect {
+		w.opts.Inspect(p, l, data.Bytes())
+	}
+	return nil
+}
+
+// hardLink records a hard link as containerd makes it (hardlinkRootPath then link(2)): the
+// target's directory resolved through symlinks, its last component not, so a link to a symlink
+// is a second symlink. A missing target or a directory fails the link, and containerd the layer.
+func (w *walker) hardLink(l digest.Digest, parent *node, base, p string, h *tar.Header) bool {
+	tdir, tbase := path.Split(h.Linkname)
+	rd, climbed, kind, why := w.rootPath(tdir)
+	if kind != "" {
+		w.issue(l, shorten(p), kind, "its target %q: %s", shorten(h.Linkname), why)
+		return false
+	}
+	target, up := Clean(path.Join(rd, tbase))
+	if climbed || up {
+		w.issue(l, shorten(p), Escape, "a hard link to %q, which climbs above the image root; containerd links %s", shorten(h.Linkname), orRoot(target))
+	}
+	src := w.lookup(target)
+	if src == nil || src.isDir() || target == "" {
+		what := "does not exist"
+		if src != nil {
+			what = "is a directory"
+		}
+		w.issue(l, shorten(p), Invalid, "a hard link to %q, which %s in the image (containerd refuses the layer)", shorten(h.Linkname), what)
+		return false
+	}
+	n := &node{file: src.file, recorded: true, keepLink: src.keepLink}
+	n.file.Layer = l
+	parent.kids[base] = n
+	if src.onDisk && !src.isSymlink() {
+		if err := w.ensureDisk(parentOf(p)); err == nil {
+			if err := os.Link(filepath.Join(w.dir, filepath.FromSlash(target)), filepath.Join(w.dir, filepath.FromSlash(p))); err != nil {
+				w.issue(l, shorten(p), Unwritable, "the hard link to %q cannot be made in the tree: %v", h.Linkname, err)
+			} else {
+				n.onDisk = true
+			}
+		}
+	}
+	return true
 }
 
 func typeName(t byte) string {
@@ -491,116 +732,59 @@ func typeName(t byte) string {
 	return fmt.Sprintf("type %q", t)
 }
 
-func (w *walker) keep(p string, info fs.FileInfo) (bool, func([]byte) bool) {
-	if w.opts.Keep == nil {
-		return true, nil
+// record lists the tree's paths into Result.Files.
+func (w *walker) record(p string, n *node) {
+	if n.recorded && p != "" {
+		w.res.Files[p] = n.file
 	}
-	return w.opts.Keep(p, info)
+	for name, kid := range n.kids {
+		w.record(path.Join(p, name), kid)
+	}
 }
 
-// removeAll deletes a path of the tree (RemoveAll does not follow symlinks).
-func (w *walker) removeAll(p string) {
-	if p == "" || p == "." {
-		entries, _ := os.ReadDir(w.dir)
-		for _, e := range entries {
-			os.RemoveAll(filepath.Join(w.dir, e.Name()))
-		}
-		return
-	}
-	os.RemoveAll(filepath.Join(w.dir, filepath.FromSlash(p)))
-}
-
-// mkdirAll makes a directory (and its parents) inside the root, once.
-func (w *walker) mkdirAll(d string) error {
-	if w.dirs[d] {
-		return nil
-	}
-	if err := os.MkdirAll(filepath.Join(w.dir, filepath.FromSlash(d)), 0o755); err != nil {
-		return err
-	}
-	for ; d != "." && d != "" && !w.dirs[d]; d = path.Dir(d) {
-		w.dirs[d] = true
-	}
-	return nil
-}
-
-// replace clears whatever a later entry at p overwrites (a file over a directory and so on).
-func (w *walker) replace(p string) {
-	if old, ok := w.res.Files[p]; ok || w.dirs[p] {
-		if old.Mode.IsDir() || w.dirs[p] {
-			w.forgetDirs(p)
-			w.removeUnder(p, true)
-		} else {
-			os.Remove(filepath.Join(w.dir, filepath.FromSlash(p)))
+// makeLinks creates the symlinks kept, after the walk: while layers are written the tree holds
+// no symlink, so no write can be led outside it; these are made through the os.Root, and
+// absolute targets are rewritten relative to the image root, as inside the container.
+func (w *walker) makeLinks() {
+	var paths []string
+	for p, f := range w.res.Files {
+		if f.Mode&fs.ModeSymlink != 0 {
+			paths = append(paths, p)
 		}
 	}
-	delete(w.links, p)
-	delete(w.res.Files, p)
-}
-
-// forgetDirs drops the cached directories at and under p (they were removed).
-func (w *walker) forgetDirs(p string) {
-	for d := range w.dirs {
-		if d == p || strings.HasPrefix(d, p+"/") {
-			delete(w.dirs, d)
+	sort.Strings(paths)
+	for _, p := range paths {
+		n := w.lookup(p)
+		if n == nil || !n.keepLink {
+			continue
+		}
+		target := n.file.Link
+		if path.IsAbs(target) {
+			target = relTo(path.Dir(p), strings.TrimPrefix(path.Clean(target), "/"))
+		}
+		if err := w.root.MkdirAll(path.Dir(p), 0o755); err != nil {
+			w.issue(n.file.Layer, p, Unwritable, "the symlink's directory cannot be made in the tree: %v", err)
+			continue
+		}
+		if err := w.root.Symlink(target, p); err != nil {
+			w.issue(n.file.Layer, p, Unwritable, "the symlink cannot be made in the tree: %v", err)
 		}
 	}
 }
 
-// remove deletes a path and everything under it (a whiteout).
-func (w *walker) remove(p string) {
-	w.forgetDirs(p)
-	w.removeAll(p)
-	delete(w.res.Files, p)
-	w.removeUnder(p, true)
-}
-
-// removeUnder deletes what is under dir; self says whether dir itself goes too.
-func (w *walker) removeUnder(dir string, self bool) {
-	prefix := dir + "/"
-	if dir == "" {
-		prefix = ""
-	}
-	var gone []string
-	for p := range w.res.Files {
-		if strings.HasPrefix(p, prefix) && p != dir {
-			gone = append(gone, p)
+// relTo is the relative path from a root-relative directory to a root-relative path.
+func relTo(fromDir, to string) string {
+	var parts []string
+	if fromDir != "." && fromDir != "" {
+		for range strings.Split(fromDir, "/") {
+			parts = append(parts, "..")
 		}
 	}
-	sort.Sort(sort.Reverse(sort.StringSlice(gone)))
-	for _, p := range gone {
-		delete(w.res.Files, p)
-		if !self {
-			w.forgetDirs(p)
-			w.removeAll(p)
-		}
-	}
-	if self {
-		w.removeAll(dir)
-	}
-}
-
-// filepathRel is path-based filepath.Rel for slash-separated root-relative paths.
-func filepathRel(fromDir, to string) (string, error) {
-	if fromDir == "." {
-		fromDir = ""
-	}
-	from := strings.Split(fromDir, "/")
-	if fromDir == "" {
-		from = nil
-	}
-	if to == "." {
-		to = ""
-	}
-	parts := []string{}
-	for range from {
-		parts = append(parts, "..")
-	}
-	if to != "" {
+	if to != "" && to != "." {
 		parts = append(parts, to)
 	}
 	if len(parts) == 0 {
-		return ".", nil
+		return "."
 	}
-	return strings.Join(parts, "/"), nil
+	return strings.Join(parts, "/")
 }

@@ -4,13 +4,17 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
+	"sort"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/klauspost/compress/gzip"
 	"github.com/opencontainers/go-digest"
 )
@@ -19,6 +23,7 @@ type entry struct {
 	name, body, link string
 	typ              byte
 	mode             int64
+	raw              []byte // written as is into the tar stream instead (hand-made headers)
 }
 
 func layer(t *testing.T, gz bool, entries ...entry) Layer {
@@ -32,6 +37,11 @@ func layer(t *testing.T, gz bool, entries ...entry) Layer {
 	}
 	tw := tar.NewWriter(w)
 	for _, e := range entries {
+		if e.raw != nil {
+			tw.Flush()
+			w.Write(e.raw)
+			continue
+		}
 		typ := e.typ
 		if typ == 0 {
 			typ = tar.TypeReg
@@ -41,6 +51,9 @@ func layer(t *testing.T, gz bool, entries ...entry) Layer {
 			mode = 0o644
 		}
 		h := &tar.Header{Name: e.name, Typeflag: typ, Mode: mode, Linkname: e.link}
+		if typ == tar.TypeXGlobalHeader {
+			h = &tar.Header{Name: e.name, Typeflag: typ, PAXRecords: map[string]string{"comment": "global"}}
+		}
 		if typ == tar.TypeReg {
 			h.Size = int64(len(e.body))
 		}
@@ -57,6 +70,72 @@ func layer(t *testing.T, gz bool, entries ...entry) Layer {
 	return Layer{Digest: digest.FromBytes(b), Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }}
 }
 
+// rawHeader is a hand-made 512-byte tar header (what archive/tar's writer refuses to write: old
+// GNU sparse entries, PAX GNU.sparse records, unknown types); edit adds fields before the
+// checksum is computed.
+func rawHeader(name string, typ byte, size int64, gnu bool, edit func(b []byte)) []byte {
+	b := make([]byte, 512)
+	copy(b[0:100], name)
+	copy(b[100:], "0000644\x00")
+	copy(b[108:], "0000000\x00")
+	copy(b[116:], "0000000\x00")
+	copy(b[124:], fmt.Sprintf("%011o\x00", size))
+	copy(b[136:], fmt.Sprintf("%011o\x00", 0))
+	b[156] = typ
+	if gnu {
+		copy(b[257:], "ustar  \x00")
+	} else {
+		copy(b[257:], "ustar\x0000")
+	}
+	if edit != nil {
+		edit(b)
+	}
+	copy(b[148:156], "        ")
+	sum := 0
+	for _, c := range b {
+		sum += int(c)
+	}
+	copy(b[148:], fmt.Sprintf("%06o\x00 ", sum))
+	return b
+}
+
+// pad fills a body to whole blocks.
+func pad(b []byte) []byte { return append(b, make([]byte, (512-len(b)%512)%512)...) }
+
+// oldGNUSparse is a type 'S' entry: data at offset 0 of a file of realsize bytes.
+func oldGNUSparse(name string, data string, realsize int64) entry {
+	h := rawHeader(name, 'S', int64(len(data)), true, func(b []byte) {
+		copy(b[386:], fmt.Sprintf("%011o\x00", 0))
+		copy(b[398:], fmt.Sprintf("%011o\x00", len(data)))
+		copy(b[483:], fmt.Sprintf("%011o\x00", realsize))
+	})
+	return entry{raw: append(h, pad([]byte(data))...)}
+}
+
+// paxRecords is the body of a PAX extended header.
+func paxRecords(kv ...string) []byte {
+	var out []byte
+	for i := 0; i < len(kv); i += 2 {
+		rec := " " + kv[i] + "=" + kv[i+1] + "\n"
+		n := len(rec)
+		for len(fmt.Sprint(n+len(fmt.Sprint(n)))) != len(fmt.Sprint(n)) {
+			n++
+		}
+		n += len(fmt.Sprint(n))
+		out = append(out, fmt.Sprintf("%d%s", n, rec)...)
+	}
+	return out
+}
+
+// paxSparse is a PAX GNU sparse 1.0 entry named name: data at offset 0 of realsize bytes.
+func paxSparse(name, data string, realsize int64) entry {
+	recs := paxRecords("GNU.sparse.major", "1", "GNU.sparse.minor", "0", "GNU.sparse.name", name, "GNU.sparse.realsize", fmt.Sprint(realsize))
+	x := append(rawHeader("PaxHeaders/x", 'x', int64(len(recs)), false, nil), pad(recs)...)
+	body := append(pad([]byte(fmt.Sprintf("1\n0\n%d\n", len(data)))), data...)
+	f := append(rawHeader("GNUSparseFile.0/x", '0', int64(len(body)), false, nil), pad(body)...)
+	return entry{raw: append(x, f...)}
+}
+
 func flatten(t *testing.T, lim Limits, layers ...Layer) (*Result, string) {
 	t.Helper()
 	parent := t.TempDir()
@@ -67,6 +146,26 @@ func flatten(t *testing.T, lim Limits, layers ...Layer) (*Result, string) {
 		t.Fatal(err)
 	}
 	return res, parent
+}
+
+// regular is the tree's regular files and their contents' digests.
+func regular(res *Result) map[string]digest.Digest {
+	out := map[string]digest.Digest{}
+	for p, f := range res.Files {
+		if f.Mode.IsRegular() {
+			out[p] = f.SHA256
+		}
+	}
+	return out
+}
+
+// kinds counts the issues by kind.
+func kinds(res *Result) map[Kind]int {
+	out := map[Kind]int{}
+	for _, is := range res.Issues {
+		out[is.Kind]++
+	}
+	return out
 }
 
 func TestLayersMerge(t *testing.T) {
@@ -138,15 +237,18 @@ func outside(t *testing.T, parent, root string) []string {
 	return out
 }
 
+// TestHostileEntries: names and links that climb out are placed inside the root where
+// containerd places them (and reported as escapes); what containerd refuses makes the result
+// incomplete; nothing is written outside the tree and the walk goes on.
 func TestHostileEntries(t *testing.T) {
 	l := layer(t, true,
-		entry{name: "../../escaped", body: "x"},
-		entry{name: "a/../../escaped2", body: "x"},
+		entry{name: "../../escaped", body: "x1"},
+		entry{name: "a/../../escaped2", body: "x2"},
 		entry{name: "/etc/absolute", body: "stays inside"},
 		entry{name: "up", typ: tar.TypeSymlink, link: "../../.."},
-		entry{name: "up/escaped3", body: "x"},
+		entry{name: "up/escaped3", body: "x3"},
 		entry{name: "abs", typ: tar.TypeSymlink, link: "/"},
-		entry{name: "abs/tmp/escaped4", body: "x"},
+		entry{name: "abs/tmp/escaped4", body: "x4"},
 		entry{name: "loop1", typ: tar.TypeSymlink, link: "loop2"},
 		entry{name: "loop2", typ: tar.TypeSymlink, link: "loop1"},
 		entry{name: "loop1/x", body: "x"},
@@ -162,22 +264,271 @@ func TestHostileEntries(t *testing.T) {
 	if _, err := os.Stat("/tmp/escaped4"); err == nil {
 		t.Fatal("wrote /tmp/escaped4 on the host")
 	}
-	kinds := map[string]int{}
-	for _, is := range res.Issues {
-		kinds[is.Kind]++
+	want := map[Kind]int{Escape: 4, Loop: 1, Special: 1, TooLong: 1, Invalid: 1}
+	if diff := cmp.Diff(want, kinds(res)); diff != "" {
+		t.Errorf("issues by kind (-want +got):\n%s\n%+v", diff, res.Issues)
 	}
-	if kinds["escape"] != 4 || kinds["loop"] != 1 || kinds["special"] != 1 || kinds["toolong"] != 1 {
-		t.Errorf("issues by kind %v: %+v", kinds, res.Issues)
+	wantFiles := map[string]digest.Digest{
+		"escaped": digest.FromString("x1"), "escaped2": digest.FromString("x2"), "escaped3": digest.FromString("x3"),
+		"etc/absolute": digest.FromString("stays inside"), "tmp/escaped4": digest.FromString("x4"), "ok.txt": digest.FromString("fine"),
+	}
+	if diff := cmp.Diff(wantFiles, regular(res)); diff != "" {
+		t.Errorf("regular files (-want +got):\n%s", diff)
 	}
 	if b, err := os.ReadFile(filepath.Join(res.Root, "etc/absolute")); err != nil || string(b) != "stays inside" {
 		t.Errorf("absolute path not kept inside: %v", err)
 	}
-	// a path through a symlink to "/" lands where it would inside the container
-	if f, ok := res.Files["tmp/escaped4"]; !ok || f.Layer != l.Digest {
-		t.Errorf("abs/tmp/escaped4 was not resolved through abs -> / : %+v", res.Files)
+	if !res.Incomplete {
+		t.Error("a loop, an over-long path and a dangling hard link left the result complete")
 	}
-	if _, ok := res.Files["ok.txt"]; !ok || res.Incomplete {
-		t.Errorf("the walk did not go on past hostile entries")
+}
+
+// TestWhiteoutsHideLowerLayers: a whiteout removes what lower layers wrote, wherever it comes
+// in its layer; where containerd would also remove what its own layer wrote (and the OCI spec
+// would not), the tree follows containerd and the result is incomplete (ambiguous).
+func TestWhiteoutsHideLowerLayers(t *testing.T) {
+	lower := []entry{
+		{name: "old.txt", body: "old"},
+		{name: "app/", typ: tar.TypeDir},
+		{name: "app/lower.txt", body: "lower"},
+		{name: "app/sub/", typ: tar.TypeDir},
+		{name: "app/sub/deep.txt", body: "deep"},
+		{name: "x", body: "lower x"},
+	}
+	tests := []struct {
+		name      string
+		upper     []entry
+		want      []string // regular files left
+		ambiguous int
+	}{
+		{"opaque root last, own files listed with their dirs", []entry{
+			{name: "app/", typ: tar.TypeDir}, {name: "app/eicar.com", body: "own"}, {name: ".wh..wh..opq"},
+		}, []string{"app/eicar.com"}, 0},
+		{"opaque app last", []entry{
+			{name: "app/", typ: tar.TypeDir}, {name: "app/new.txt", body: "new"}, {name: "app/.wh..wh..opq"},
+		}, []string{"app/new.txt", "old.txt", "x"}, 0},
+		{"opaque app first", []entry{
+			{name: "app/.wh..wh..opq"}, {name: "app/new.txt", body: "new"},
+		}, []string{"app/new.txt", "old.txt", "x"}, 0},
+		{"opaque app last keeps a relisted subdirectory but not its lower files", []entry{
+			{name: "app/sub/", typ: tar.TypeDir}, {name: "app/sub/new.txt", body: "new"}, {name: "app/.wh..wh..opq"},
+		}, []string{"app/sub/new.txt", "old.txt", "x"}, 0},
+		{"opaque root last takes own files in directories only made for them", []entry{
+			{name: "new/eicar.com", body: "own"}, {name: ".wh..wh..opq"},
+		}, nil, 1},
+		{"whiteout before own file", []entry{{name: ".wh.x"}, {name: "x", body: "upper x"}},
+			[]string{"app/lower.txt", "app/sub/deep.txt", "old.txt", "x"}, 0},
+		{"whiteout after own file", []entry{{name: "x", body: "upper x"}, {name: ".wh.x"}},
+			[]string{"app/lower.txt", "app/sub/deep.txt", "old.txt"}, 1},
+		{"whiteout of a lower directory", []entry{{name: ".wh.app"}},
+			[]string{"old.txt", "x"}, 0},
+		{"whiteout through a symlinked directory", []entry{{name: "link", typ: tar.TypeSymlink, link: "app"}, {name: "link/.wh.lower.txt"}},
+			[]string{"app/sub/deep.txt", "old.txt", "x"}, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, _ := flatten(t, DefaultLimits, layer(t, true, lower...), layer(t, true, tt.upper...))
+			var got []string
+			for p := range regular(res) {
+				got = append(got, p)
+			}
+			sort.Strings(got)
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("files (-want +got):\n%s", diff)
+			}
+			if k := kinds(res); k[Ambiguous] != tt.ambiguous || len(res.Issues) != tt.ambiguous || res.Incomplete != (tt.ambiguous > 0) {
+				t.Errorf("issues %+v, incomplete %v; want %d ambiguous", res.Issues, res.Incomplete, tt.ambiguous)
+			}
+			for _, p := range []string{"old.txt", "app/lower.txt", "app/sub"} {
+				if _, listed := res.Files[p]; !listed {
+					if _, err := os.Lstat(filepath.Join(res.Root, p)); err == nil {
+						t.Errorf("%s removed from the record but still on disk", p)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestNamesCleanedLikeContainerd: a name is cleaned and placed under the root before any limit
+// applies; what is still too long, or what containerd refuses, makes the result incomplete.
+func TestNamesCleanedLikeContainerd(t *testing.T) {
+	eicar := "X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+	tests := []struct {
+		name    string
+		entries []entry
+		want    map[string]string // regular files and their contents
+		kinds   map[Kind]int
+	}{
+		{"dot-slash padding past the path limit", []entry{{name: strings.Repeat("./", 2100) + "app/eicar.com", body: eicar}},
+			map[string]string{"app/eicar.com": eicar}, map[Kind]int{}},
+		{"absolute", []entry{{name: "/abs/x", body: "a"}}, map[string]string{"abs/x": "a"}, map[Kind]int{}},
+		{"dot-dot inside", []entry{{name: "a/../b/x", body: "b"}}, map[string]string{"b/x": "b"}, map[Kind]int{}},
+		{"dot-dot above the root", []entry{{name: "../../etc/x", body: "e"}}, map[string]string{"etc/x": "e"}, map[Kind]int{Escape: 1}},
+		{"still too long once cleaned", []entry{{name: strings.Repeat("d/", 3000) + "f", body: "deep"}}, map[string]string{}, map[Kind]int{TooLong: 1}},
+		{"a symlink that climbs", []entry{{name: "up", typ: tar.TypeSymlink, link: "../../.."}, {name: "up/etc/x", body: "u"}},
+			map[string]string{"etc/x": "u"}, map[Kind]int{Escape: 1}},
+		{"a symlink to a directory", []entry{{name: "real/", typ: tar.TypeDir}, {name: "s", typ: tar.TypeSymlink, link: "real/../real"}, {name: "s/x", body: "r"}},
+			map[string]string{"real/x": "r"}, map[Kind]int{}},
+		{"a hard link that climbs", []entry{{name: "etc/passwd", body: "root:x:0:0"}, {name: "copy", typ: tar.TypeLink, link: "../../etc/passwd"}},
+			map[string]string{"etc/passwd": "root:x:0:0", "copy": "root:x:0:0"}, map[Kind]int{Escape: 1}},
+		{"a hard link through a symlinked directory", []entry{{name: "etc/passwd", body: "p"}, {name: "e", typ: tar.TypeSymlink, link: "/etc"}, {name: "copy", typ: tar.TypeLink, link: "e/passwd"}},
+			map[string]string{"etc/passwd": "p", "copy": "p"}, map[Kind]int{}},
+		{"a hard link to nothing", []entry{{name: "copy", typ: tar.TypeLink, link: "missing"}}, map[string]string{}, map[Kind]int{Invalid: 1}},
+		{"a hard link to itself", []entry{{name: "f", body: "f"}, {name: "f", typ: tar.TypeLink, link: "f"}}, map[string]string{}, map[Kind]int{Invalid: 1}},
+		{"a file under a file", []entry{{name: "f", body: "f"}, {name: "f/x", body: "x"}}, map[string]string{"f": "f"}, map[Kind]int{Invalid: 1}},
+		{"a symlink loop", []entry{{name: "a", typ: tar.TypeSymlink, link: "b"}, {name: "b", typ: tar.TypeSymlink, link: "a"}, {name: "a/x", body: "x"}},
+			map[string]string{}, map[Kind]int{Loop: 1}},
+		{"an empty whiteout", []entry{{name: "d/.wh."}}, map[string]string{}, map[Kind]int{Invalid: 1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, _ := flatten(t, DefaultLimits, layer(t, true, tt.entries...))
+			want := map[string]digest.Digest{}
+			for p, body := range tt.want {
+				want[p] = digest.FromString(body)
+			}
+			if diff := cmp.Diff(want, regular(res)); diff != "" {
+				t.Errorf("files (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tt.kinds, kinds(res)); diff != "" {
+				t.Errorf("issues by kind (-want +got):\n%s\n%+v", diff, res.Issues)
+			}
+			incomplete := false
+			for k := range tt.kinds {
+				incomplete = incomplete || k.Incomplete()
+			}
+			if res.Incomplete != incomplete {
+				t.Errorf("incomplete %v, want %v", res.Incomplete, incomplete)
+			}
+		})
+	}
+}
+
+// TestReplacements: what a later entry does to what is at its path, as containerd does it.
+func TestReplacements(t *testing.T) {
+	tests := []struct {
+		name   string
+		layers [][]entry
+		want   map[string]string
+		links  map[string]string
+	}{
+		{"duplicate entries in one layer: the last wins", [][]entry{{{name: "f", body: "one"}, {name: "f", body: "two"}}},
+			map[string]string{"f": "two"}, nil},
+		{"a symlink replaced by a file", [][]entry{{{name: "t", body: "target"}, {name: "s", typ: tar.TypeSymlink, link: "t"}}, {{name: "s", body: "file"}}},
+			map[string]string{"t": "target", "s": "file"}, nil},
+		{"a file replaced by a symlink", [][]entry{{{name: "s", body: "file"}}, {{name: "s", typ: tar.TypeSymlink, link: "t"}}},
+			map[string]string{}, map[string]string{"s": "t"}},
+		{"a directory replaced by a file", [][]entry{{{name: "d/", typ: tar.TypeDir}, {name: "d/x", body: "x"}}, {{name: "d", body: "file"}}},
+			map[string]string{"d": "file"}, nil},
+		{"a file replaced by a directory", [][]entry{{{name: "d", body: "file"}}, {{name: "d/", typ: tar.TypeDir}, {name: "d/x", body: "x"}}},
+			map[string]string{"d/x": "x"}, nil},
+		{"a directory merged with a directory", [][]entry{{{name: "d/", typ: tar.TypeDir}, {name: "d/x", body: "x"}}, {{name: "d/", typ: tar.TypeDir}, {name: "d/y", body: "y"}}},
+			map[string]string{"d/x": "x", "d/y": "y"}, nil},
+		{"a file written through a symlinked directory of a lower layer", [][]entry{{{name: "real/", typ: tar.TypeDir}, {name: "s", typ: tar.TypeSymlink, link: "/real"}}, {{name: "s/x", body: "x"}}},
+			map[string]string{"real/x": "x"}, map[string]string{"s": "/real"}},
+		{"a hard link to a symlink is a symlink", [][]entry{{{name: "s", typ: tar.TypeSymlink, link: "t"}, {name: "h", typ: tar.TypeLink, link: "s"}}},
+			map[string]string{}, map[string]string{"s": "t", "h": "t"}},
+		{"a device over a file", [][]entry{{{name: "dev/null", body: "file"}}, {{name: "dev/null", typ: tar.TypeChar}}},
+			map[string]string{}, nil},
+		{"a PAX global header removes what is at its path", [][]entry{{{name: "pax_global_header", body: "f"}}, {{name: "pax_global_header", typ: tar.TypeXGlobalHeader}}},
+			map[string]string{}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var ls []Layer
+			for _, es := range tt.layers {
+				ls = append(ls, layer(t, false, es...))
+			}
+			res, _ := flatten(t, DefaultLimits, ls...)
+			want := map[string]digest.Digest{}
+			for p, body := range tt.want {
+				want[p] = digest.FromString(body)
+			}
+			if diff := cmp.Diff(want, regular(res)); diff != "" {
+				t.Errorf("files (-want +got):\n%s", diff)
+			}
+			links := map[string]string{}
+			for p, f := range res.Files {
+				if f.Link != "" {
+					links[p] = f.Link
+				}
+			}
+			if diff := cmp.Diff(tt.links, links, cmpEmpty); diff != "" {
+				t.Errorf("symlinks (-want +got):\n%s", diff)
+			}
+			if res.Incomplete {
+				t.Errorf("incomplete: %+v", res.Issues)
+			}
+		})
+	}
+}
+
+var cmpEmpty = cmp.Transformer("empty", func(m map[string]string) map[string]string {
+	if m == nil {
+		return map[string]string{}
+	}
+	return m
+})
+
+// TestUnreadableEntriesMakeIncomplete: entries the scanner cannot read as a runtime would
+// leave the result incomplete, and the walk goes on past them; devices do not (they hold no
+// bytes, and are recorded where containerd makes them).
+func TestUnreadableEntriesMakeIncomplete(t *testing.T) {
+	lim := DefaultLimits
+	lim.MaxFileSize = 64
+	tests := []struct {
+		name       string
+		entry      entry
+		kind       Kind
+		incomplete bool
+		want       map[string]string // regular files besides after.txt
+	}{
+		{"a file over the size limit", entry{name: "big", body: strings.Repeat("x", 100)}, Limit, true, map[string]string{"big": ""}},
+		{"an old GNU sparse entry", oldGNUSparse("app/x", "hello", 10), Sparse, true, map[string]string{"app/x": "hello\x00\x00\x00\x00\x00"}},
+		{"a PAX GNU sparse entry", paxSparse("app/y", "hello", 8), Sparse, true, map[string]string{"app/y": "hello\x00\x00\x00"}},
+		{"an unknown tar type", entry{raw: rawHeader("app/z", 'V', 0, false, nil)}, Unsupported, true, map[string]string{}},
+		{"a contiguous-file entry", entry{raw: append(rawHeader("app/c", '7', 5, false, nil), pad([]byte("hello"))...)}, Unsupported, true, map[string]string{}},
+		{"a character device", entry{name: "app/tty", typ: tar.TypeChar}, Special, false, map[string]string{}},
+		{"a fifo", entry{name: "app/fifo", typ: tar.TypeFifo}, Special, false, map[string]string{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, _ := flatten(t, lim, layer(t, true, tt.entry, entry{name: "after.txt", body: "after"}))
+			if res.Incomplete != tt.incomplete || len(res.Issues) != 1 || res.Issues[0].Kind != tt.kind {
+				t.Fatalf("incomplete %v issues %+v; want incomplete %v and one %s", res.Incomplete, res.Issues, tt.incomplete, tt.kind)
+			}
+			want := map[string]digest.Digest{"after.txt": digest.FromString("after")}
+			for p, body := range tt.want {
+				want[p] = ""
+				if body != "" {
+					want[p] = digest.FromString(body)
+				}
+			}
+			if diff := cmp.Diff(want, regular(res)); diff != "" {
+				t.Errorf("files (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestWrittenPerLayer: every layer's bytes are recorded, including those a later layer
+// overwrote or deleted.
+func TestWrittenPerLayer(t *testing.T) {
+	l1 := layer(t, true, entry{name: "app/eicar.com", body: "bad"}, entry{name: "app/keep", body: "k"})
+	l2 := layer(t, true, entry{name: "app/eicar.com", body: "overwritten"})
+	l3 := layer(t, true, entry{name: "app/.wh.eicar.com"}, entry{name: "app/.wh.keep"})
+	res, _ := flatten(t, DefaultLimits, l1, l2, l3)
+	want := []Written{
+		{Path: "app/eicar.com", Layer: l1.Digest, Size: 3, SHA256: digest.FromString("bad")},
+		{Path: "app/keep", Layer: l1.Digest, Size: 1, SHA256: digest.FromString("k")},
+		{Path: "app/eicar.com", Layer: l2.Digest, Size: 11, SHA256: digest.FromString("overwritten")},
+	}
+	if diff := cmp.Diff(want, res.Written); diff != "" {
+		t.Errorf("written (-want +got):\n%s", diff)
+	}
+	if len(regular(res)) != 0 {
+		t.Errorf("files left: %v", res.Files)
 	}
 }
 
@@ -190,7 +541,7 @@ func TestDecompressionBomb(t *testing.T) {
 	if !res.Incomplete || res.Expanded > lim.MaxBytes+1<<20 {
 		t.Fatalf("bomb not bounded: incomplete %v, expanded %d", res.Incomplete, res.Expanded)
 	}
-	if len(res.Issues) == 0 || res.Issues[0].Kind != "limit" {
+	if len(res.Issues) == 0 || res.Issues[0].Kind != Limit {
 		t.Errorf("issues %+v", res.Issues)
 	}
 }
@@ -202,7 +553,7 @@ func TestTruncatedLayer(t *testing.T) {
 	cut := b[:len(b)/2]
 	l.Open = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(cut)), nil }
 	res, _ := flatten(t, DefaultLimits, l)
-	if !res.Incomplete || len(res.Issues) != 1 || res.Issues[0].Kind != "truncated" {
+	if !res.Incomplete || len(res.Issues) != 1 || res.Issues[0].Kind != Truncated {
 		t.Fatalf("truncated layer: %+v", res)
 	}
 	if _, ok := res.Files["a"]; ok {
@@ -230,8 +581,9 @@ func TestEntryAndSizeLimits(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(res.Root, "big")); err == nil {
 		t.Error("an over-limit file was written")
 	}
-	if _, ok := res.Files["small"]; !ok || res.Incomplete {
-		t.Error("the walk stopped at an over-limit file")
+	// an unread file leaves the result incomplete, but the walk goes on
+	if _, ok := res.Files["small"]; !ok || !res.Incomplete {
+		t.Errorf("over-limit file: small recorded %v, incomplete %v", ok, res.Incomplete)
 	}
 }
 
@@ -260,13 +612,18 @@ func TestTimeLimit(t *testing.T) {
 }
 
 func TestKeepAndInspect(t *testing.T) {
-	l1 := layer(t, true, entry{name: "etc/secret.env", body: "TOKEN=abc"}, entry{name: "usr/bin/tool", body: "elf", mode: 0o755}, entry{name: "big.txt", body: strings.Repeat("x", 100)})
+	l1 := layer(t, true, entry{name: "etc/secret.env", body: "TOKEN=abc"}, entry{name: "usr/bin/tool", body: "elf", mode: 0o755},
+		entry{name: "usr/bin/script", body: "#!/bin/sh", mode: 0o755}, entry{name: "big.txt", body: strings.Repeat("x", 100)})
 	l2 := layer(t, true, entry{name: "etc/secret.env", body: "TOKEN=def"}, entry{name: "link", typ: tar.TypeLink, link: "usr/bin/tool"})
 	var seen []string
 	opts := Options{
-		Keep: func(p string, fi os.FileInfo) (bool, func([]byte) bool) {
+		Keep: func(p string, fi os.FileInfo) (bool, Check) {
 			if strings.HasPrefix(p, "usr/bin/") {
-				return false, func(b []byte) bool { return string(b) == "elf" }
+				return false, func(r io.ReaderAt, size int64) (bool, error) {
+					b := make([]byte, 3)
+					n, _ := r.ReadAt(b, 0)
+					return string(b[:n]) == "elf", nil
+				}
 			}
 			return false, nil
 		},
@@ -285,11 +642,15 @@ func TestKeepAndInspect(t *testing.T) {
 	if strings.Join(seen, ",") != "etc/secret.env=TOKEN=abc,etc/secret.env=TOKEN=def" {
 		t.Errorf("inspected %v (both layers' versions, nothing else)", seen)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "etc/secret.env")); err == nil {
-		t.Error("a file not kept was written")
+	for _, p := range []string{"etc/secret.env", "usr/bin/script"} {
+		if _, err := os.Stat(filepath.Join(dir, p)); err == nil {
+			t.Errorf("%s, not kept, is in the tree", p)
+		}
 	}
-	if b, err := os.ReadFile(filepath.Join(dir, "usr/bin/tool")); err != nil || string(b) != "elf" {
-		t.Errorf("kept file: %q %v", b, err)
+	for _, p := range []string{"usr/bin/tool", "link"} {
+		if b, err := os.ReadFile(filepath.Join(dir, p)); err != nil || string(b) != "elf" {
+			t.Errorf("kept file %s: %q %v", p, b, err)
+		}
 	}
 	if f := res.Files["etc/secret.env"]; f.SHA256 != digest.FromString("TOKEN=def") || f.Layer != l2.Digest {
 		t.Errorf("a file not kept is still recorded and hashed: %+v", f)
@@ -300,4 +661,66 @@ func TestKeepAndInspect(t *testing.T) {
 	if _, ok := res.Files["link"]; !ok || len(res.Issues) != 0 {
 		t.Errorf("hard link: %+v issues %+v", res.Files["link"], res.Issues)
 	}
+}
+
+// zeroExecutable is a gzipped layer holding one executable of size zero bytes.
+func zeroExecutable(t testing.TB, name string, size int64) Layer {
+	var buf bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
+	tw := tar.NewWriter(zw)
+	tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o755, Size: size})
+	zero := make([]byte, 1<<20)
+	for left := size; left > 0; left -= int64(len(zero)) {
+		tw.Write(zero[:min(int64(len(zero)), left)])
+	}
+	tw.Close()
+	zw.Close()
+	b := buf.Bytes()
+	return Layer{Digest: digest.FromBytes(b), Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }}
+}
+
+// TestCheckStreams: a file whose keeping depends on its bytes is streamed to the tree and read
+// there, never held in memory: flattening a 1 GiB executable allocates a few MiB.
+func TestCheckStreams(t *testing.T) {
+	l := zeroExecutable(t, "usr/bin/huge", 1<<30)
+	checked := int64(0)
+	opts := Options{Keep: func(p string, fi os.FileInfo) (bool, Check) {
+		return false, func(r io.ReaderAt, size int64) (bool, error) {
+			checked = size
+			b := make([]byte, 4)
+			_, err := r.ReadAt(b, 0)
+			return string(b) == "\x7fELF", err
+		}
+	}}
+	dir := filepath.Join(t.TempDir(), "root")
+	os.Mkdir(dir, 0o755)
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	res, err := Flatten(context.Background(), dir, []Layer{l}, DefaultLimits, opts)
+	runtime.ReadMemStats(&after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alloc := after.TotalAlloc - before.TotalAlloc
+	t.Logf("flattening a 1 GiB executable of zeros (%d bytes gzipped) allocated %.1f MiB", len(mustRead(t, l)), float64(alloc)/(1<<20))
+	if alloc > 64<<20 {
+		t.Errorf("allocated %d MiB, want < 64 MiB", alloc>>20)
+	}
+	if checked != 1<<30 || res.Files["usr/bin/huge"].SHA256 == "" || res.Incomplete {
+		t.Errorf("checked %d bytes, file %+v, issues %+v", checked, res.Files["usr/bin/huge"], res.Issues)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "usr/bin/huge")); err == nil {
+		t.Error("a file its check did not keep is still in the tree")
+	}
+}
+
+func mustRead(t testing.TB, l Layer) []byte {
+	rc, err := l.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	b, _ := io.ReadAll(rc)
+	return b
 }

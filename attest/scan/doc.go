@@ -6,6 +6,11 @@
 // Finding ids: GH-CFG-ROOT (runs as root), GH-CFG-REMOTE-SHELL (ssh, telnet, RDP or VNC port
 // exposed), GH-CFG-ENV-SECRET (a secret in ENV), GH-CFG-SETUID (a setuid/setgid file),
 // GH-CFG-PKG-MANAGER (a package manager left in the image), GH-SECRET-<DETECTOR> (a secret in a
-// file, a label or the history, e.g. GH-SECRET-PRIVATEKEY, GH-SECRET-AWSACCESSKEY), GH-MALWARE (a file whose SHA-256 is on the known-bad list),
-// GH-LAYER-<kind> (a hostile or over-limit layer entry; GH-LAYER-INCOMPLETE when the scan stopped).
+// file of any layer, a label or the history, e.g. GH-SECRET-PRIVATEKEY, GH-SECRET-AWSACCESSKEY),
+// GH-MALWARE (a file whose SHA-256 is on the known-bad list, in any layer, even one a later layer
+// removes: the layer's blob still holds it), GH-LAYER-<KIND> (a layerfs issue: ESCAPE and SPECIAL
+// are hostile or odd entries placed as containerd places them; LIMIT, TRUNCATED, UNREADABLE,
+// TOOLONG, SPARSE, UNSUPPORTED, LOOP, INVALID, AMBIGUOUS, UNWRITABLE and UNCHECKED say what could
+// not be read as a runtime reads it, and make the scan incomplete, summed up by
+// GH-LAYER-INCOMPLETE).
 package scan

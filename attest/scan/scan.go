@@ -136,15 +136,16 @@ func layerFindings(tree *layerfs.Result) []Finding {
 	var out []Finding
 	for _, is := range tree.Issues {
 		sev := Medium
-		if is.Kind == "escape" {
+		switch is.Kind {
+		case layerfs.Escape, layerfs.Invalid, layerfs.Ambiguous:
 			sev = High
 		}
-		out = append(out, Finding{Kind: "layer", ID: "GH-LAYER-" + strings.ToUpper(is.Kind), Severity: sev,
+		out = append(out, Finding{Kind: "layer", ID: "GH-LAYER-" + strings.ToUpper(string(is.Kind)), Severity: sev,
 			Title: is.Detail, Path: is.Path, Layer: is.Layer})
 	}
 	if tree.Incomplete {
 		out = append(out, Finding{Kind: "layer", ID: "GH-LAYER-INCOMPLETE", Severity: High,
-			Title: "the scan stopped before the end of the image (see the other layer findings); what it did not read is unknown"})
+			Title: "the scan could not read all of the image as a runtime would (see the other layer findings); what it did not read is unknown"})
 	}
 	return out
 }
@@ -234,22 +235,51 @@ var packageManagers = map[string]bool{
 	"usr/bin/dnf": true, "usr/bin/microdnf": true, "usr/bin/rpm": true, "usr/bin/zypper": true,
 }
 
-// fileFindings checks every file: known-bad digests, setuid/setgid bits, package managers.
+// fileFindings checks the files: every layer's writes against the known-bad digests (a layer's
+// blob holds its files whatever later layers do, and it is served), and the final filesystem
+// for setuid/setgid bits and package managers.
 func (s *Scanner) fileFindings(tree *layerfs.Result) []Finding {
 	bad := map[digest.Digest]string{EICAR: "EICAR test file"}
 	for d, n := range s.Malware {
 		bad[d] = n
+	}
+	var out []Finding
+	type write struct {
+		path  string
+		layer digest.Digest
+		sum   digest.Digest
+	}
+	reported := map[write]bool{}
+	malware := func(p string, l, sum digest.Digest, name, fate string) {
+		if reported[write{p, l, sum}] {
+			return
+		}
+		reported[write{p, l, sum}] = true
+		out = append(out, Finding{Kind: "malware", ID: "GH-MALWARE", Severity: Critical, Title: "known-bad file: " + name + " (" + sum.String() + ")" + fate, Path: p, Layer: l})
+	}
+	for _, w := range tree.Written {
+		name, ok := bad[w.SHA256]
+		if !ok {
+			continue
+		}
+		fate := ""
+		switch f, there := tree.Files[w.Path]; {
+		case !there:
+			fate = "; a later layer removed it, but this layer's blob still holds it"
+		case f.SHA256 != w.SHA256 || f.Layer != w.Layer:
+			fate = "; it was replaced later, but this layer's blob still holds it"
+		}
+		malware(w.Path, w.Layer, w.SHA256, name, fate)
 	}
 	paths := make([]string, 0, len(tree.Files))
 	for p := range tree.Files {
 		paths = append(paths, p)
 	}
 	sort.Strings(paths)
-	var out []Finding
 	for _, p := range paths {
 		f := tree.Files[p]
 		if name, ok := bad[f.SHA256]; ok && f.SHA256 != "" {
-			out = append(out, Finding{Kind: "malware", ID: "GH-MALWARE", Severity: Critical, Title: "known-bad file: " + name + " (" + f.SHA256.String() + ")", Path: p, Layer: f.Layer})
+			malware(p, f.Layer, f.SHA256, name, "") // hard links land here too
 		}
 		if f.Mode.IsRegular() && f.Mode&(os.ModeSetuid|os.ModeSetgid) != 0 {
 			bits := "setuid"

@@ -9,14 +9,20 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"io"
+	"os"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/klauspost/compress/gzip"
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/gatehouse-dev/gatehouse/attest/layerfs"
+	"github.com/gatehouse-dev/gatehouse/policies"
 )
 
 // The EICAR test file (not malware; every scanner is meant to flag it).
@@ -25,12 +31,18 @@ const eicar = `X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H
 type file struct {
 	name, body string
 	mode       int64
+	raw        []byte // a hand-made header and body, written as is
 }
 
 func layer(t *testing.T, files ...file) layerfs.Layer {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	for _, f := range files {
+		if f.raw != nil {
+			tw.Flush()
+			buf.Write(f.raw)
+			continue
+		}
 		mode := f.mode
 		if mode == 0 {
 			mode = 0o644
@@ -124,5 +136,207 @@ func TestScanBoundedOnHostileLayer(t *testing.T) {
 	}
 	if r.Complete || !ids["GH-LAYER-ESCAPE"] || !ids["GH-LAYER-INCOMPLETE"] || r.Expanded > 5<<20 {
 		t.Errorf("complete %v expanded %d findings %+v", r.Complete, r.Expanded, r.Findings)
+	}
+}
+
+// scan runs a scan of layers under an image config running as a user, with no other findings.
+func scan(t *testing.T, s *Scanner, layers ...layerfs.Layer) *Result {
+	t.Helper()
+	cfg, _ := json.Marshal(v1.Image{Config: v1.ImageConfig{User: "app"}})
+	r, err := s.Scan(context.Background(), Image{Digest: "sha256:img", Config: cfg, Layers: layers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func byID(r *Result, id string) []Finding {
+	var out []Finding
+	for _, f := range r.Findings {
+		if f.ID == id {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// TestMalwareInEveryLayer: a known-bad file is found in the layer that wrote it, even when a
+// later layer removes or replaces it (the first layer's blob, served, still holds it).
+func TestMalwareInEveryLayer(t *testing.T) {
+	bad := layer(t, file{name: "app/eicar.com", body: eicar})
+	tests := []struct {
+		name  string
+		later []layerfs.Layer
+		fate  string // what the title says happened
+	}{
+		{"left in place", nil, ""},
+		{"whited out", []layerfs.Layer{layer(t, file{name: "app/.wh.eicar.com"})}, "a later layer removed it"},
+		{"opaque directory", []layerfs.Layer{layer(t, file{name: "app/.wh..wh..opq"})}, "a later layer removed it"},
+		{"overwritten", []layerfs.Layer{layer(t, file{name: "app/eicar.com", body: "harmless"})}, "it was replaced later"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := scan(t, &Scanner{}, append([]layerfs.Layer{bad}, tt.later...)...)
+			got := byID(r, "GH-MALWARE")
+			if len(got) != 1 || got[0].Path != "app/eicar.com" || got[0].Layer != bad.Digest || got[0].Severity != Critical {
+				t.Fatalf("malware findings %+v; want one at app/eicar.com in %s", got, bad.Digest)
+			}
+			if tt.fate == "" && strings.Contains(got[0].Title, "later") || !strings.Contains(got[0].Title, tt.fate) {
+				t.Errorf("title %q; want it to say %q", got[0].Title, tt.fate)
+			}
+		})
+	}
+}
+
+// TestDeletedSecretReported: a private key a later layer deletes is still reported, with the
+// layer that holds it.
+func TestDeletedSecretReported(t *testing.T) {
+	key, _ := rsa.GenerateKey(rand.Reader, 2048)
+	keyPEM := string(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}))
+	with := layer(t, file{name: "root/.ssh/id_rsa", body: keyPEM})
+	without := layer(t, file{name: "root/.ssh/.wh.id_rsa"})
+	r := scan(t, &Scanner{}, with, without)
+	got := byID(r, "GH-SECRET-PRIVATEKEY")
+	if len(got) != 1 || got[0].Path != "root/.ssh/id_rsa" || got[0].Layer != with.Digest || got[0].Fingerprint == "" {
+		t.Errorf("secret findings %+v; want the deleted key in %s", got, with.Digest)
+	}
+}
+
+// rawHeader is a hand-made tar header (archive/tar writes no sparse entries).
+func rawHeader(name string, typ byte, size int64, edit func(b []byte)) []byte {
+	b := make([]byte, 512)
+	copy(b[0:100], name)
+	copy(b[100:], "0000644\x00")
+	copy(b[108:], "0000000\x00")
+	copy(b[116:], "0000000\x00")
+	copy(b[124:], fmt.Sprintf("%011o\x00", size))
+	copy(b[136:], fmt.Sprintf("%011o\x00", 0))
+	b[156] = typ
+	copy(b[257:], "ustar  \x00")
+	if edit != nil {
+		edit(b)
+	}
+	copy(b[148:156], "        ")
+	sum := 0
+	for _, c := range b {
+		sum += int(c)
+	}
+	copy(b[148:], fmt.Sprintf("%06o\x00 ", sum))
+	return b
+}
+
+// TestIncompleteScanDenied: what the scan could not read makes it incomplete, and the default
+// policy's denial names it.
+func TestIncompleteScanDenied(t *testing.T) {
+	sparse := append(rawHeader("app/x", 'S', 5, func(b []byte) {
+		copy(b[386:], fmt.Sprintf("%011o\x00", 0))
+		copy(b[398:], fmt.Sprintf("%011o\x00", 5))
+		copy(b[483:], fmt.Sprintf("%011o\x00", 10))
+	}), append([]byte("hello"), make([]byte, 507)...)...)
+	long := strings.Repeat("d/", 40) + "f"
+	tests := []struct {
+		name   string
+		layer  layerfs.Layer
+		id     string
+		path   string
+		limits layerfs.Limits
+	}{
+		{"a GNU sparse entry", layer(t, file{raw: sparse}), "GH-LAYER-SPARSE", "app/x", layerfs.DefaultLimits},
+		{"a file over the size limit", layer(t, file{name: "app/big", body: strings.Repeat("x", 100)}), "GH-LAYER-LIMIT", "app/big",
+			layerfs.Limits{MaxBytes: 1 << 20, MaxEntries: 10, MaxFileSize: 64, MaxPathLen: 64}},
+		{"a path still too long once cleaned", layer(t, file{name: "./" + long, body: "x"}), "GH-LAYER-TOOLONG", long,
+			layerfs.Limits{MaxBytes: 1 << 20, MaxEntries: 10, MaxFileSize: 64, MaxPathLen: 64}},
+		{"a whiteout of its own layer's file", layer(t, file{name: "app/x", body: eicar}, file{name: "app/.wh.x"}), "GH-LAYER-AMBIGUOUS", "app/x", layerfs.DefaultLimits},
+	}
+	engine, err := policies.Load(context.Background(), policies.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := scan(t, &Scanner{Limits: tt.limits}, tt.layer)
+			got := byID(r, tt.id)
+			if r.Complete || len(got) != 1 || got[0].Path != tt.path || got[0].Layer != tt.layer.Digest || len(byID(r, "GH-LAYER-INCOMPLETE")) != 1 {
+				t.Fatalf("complete %v, findings %+v; want an incomplete scan with %s at %s", r.Complete, r.Findings, tt.id, tt.path)
+			}
+			in := policies.Input{Scan: policies.Scan{Scanner: r.Scanner, Complete: r.Complete}, Findings: []policies.Finding{}, Vulnerabilities: []policies.Vulnerability{},
+				Database: policies.Database{Present: true, AgeHours: 1, MaxAgeHours: 72}, Provenance: policies.Provenance{Evaluated: true}, Now: "2026-01-01T00:00:00Z"}
+			for _, f := range r.Findings {
+				in.Findings = append(in.Findings, policies.Finding{Kind: f.Kind, ID: f.ID, Severity: f.Severity, Title: f.Title, Path: f.Path, Layer: f.Layer.String()})
+			}
+			d, err := engine.Eval(context.Background(), in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := fmt.Sprintf("%s %s at %s (layer %s)", tt.id, got[0].Title, tt.path, tt.layer.Digest)
+			var msgs []string
+			for _, reason := range d.Deny {
+				msgs = append(msgs, reason.Rule+": "+reason.Message)
+				if reason.Rule == "GH-POL-SCAN-INCOMPLETE" && strings.HasPrefix(reason.Message, "the scan could not read everything: ") && strings.Contains(reason.Message, want) {
+					return
+				}
+			}
+			t.Errorf("no GH-POL-SCAN-INCOMPLETE naming %q; denials:\n%s", want, strings.Join(msgs, "\n"))
+		})
+	}
+}
+
+// zeroExecutable is a gzipped layer of one executable of size zero bytes.
+func zeroExecutable(name string, size int64) layerfs.Layer {
+	var buf bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
+	tw := tar.NewWriter(zw)
+	tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o755, Size: size})
+	zero := make([]byte, 1<<20)
+	for left := size; left > 0; left -= int64(len(zero)) {
+		tw.Write(zero[:min(int64(len(zero)), left)])
+	}
+	tw.Close()
+	zw.Close()
+	b := buf.Bytes()
+	return layerfs.Layer{Digest: digest.FromBytes(b), Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }}
+}
+
+// peakRSS is this process's peak resident set (VmHWM) in bytes; resetPeakRSS restarts it.
+func peakRSS(t *testing.T) int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Skipf("no /proc: %v", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+func resetPeakRSS() { os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
+
+// TestScanZeroExecutableBoundedMemory: a 1 GiB executable of zeros (1 MiB gzipped) is streamed,
+// not read into memory to decide whether it is a Go program.
+func TestScanZeroExecutableBoundedMemory(t *testing.T) {
+	l := zeroExecutable("usr/bin/huge", 1<<30)
+	s := &Scanner{TempDir: t.TempDir()}
+	scan(t, s, layer(t, file{name: "warm/up", body: "x", mode: 0o755})) // load the extractors and detectors first
+	runtime.GC()
+	resetPeakRSS()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	r := scan(t, s, l)
+	runtime.ReadMemStats(&after)
+	alloc := int64(after.TotalAlloc - before.TotalAlloc)
+	peak := peakRSS(t)
+	t.Logf("one scan of a 1 GiB executable of zeros: %.1f MiB allocated, peak RSS %.0f MiB (heap in use after: %.1f MiB)",
+		float64(alloc)/(1<<20), float64(peak)/(1<<20), float64(after.HeapInuse)/(1<<20))
+	if !r.Complete || r.Expanded < 1<<30 {
+		t.Errorf("complete %v, expanded %d", r.Complete, r.Expanded)
+	}
+	if alloc > 64<<20 {
+		t.Errorf("the scan allocated %d MiB; want < 64 MiB", alloc>>20)
+	}
+	if peak > 256<<20 {
+		t.Errorf("peak RSS %d MiB; want < 256 MiB", peak>>20)
 	}
 }

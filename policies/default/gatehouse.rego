@@ -25,9 +25,17 @@ deny contains reason("GH-POL-SCAN-FAILED", sprintf("the image could not be scann
 	input.scan.error != ""
 }
 
+# An incomplete scan names what it could not read: the layer findings that made it incomplete.
+deny contains reason("GH-POL-SCAN-INCOMPLETE", sprintf("the scan could not read everything: %s", [unread_summary]), {"scan": input.scan, "findings": unread_list}) if {
+	input.scan.error == ""
+	not input.scan.complete
+	count(unread_list) > 0
+}
+
 deny contains reason("GH-POL-SCAN-INCOMPLETE", "the scan stopped before the end of the image (a limit or a broken layer); what it did not read is unknown", input.scan) if {
 	input.scan.error == ""
 	not input.scan.complete
+	count(unread_list) == 0
 }
 
 # --- what the scan found ---
@@ -79,6 +87,12 @@ deny contains reason("GH-POL-HIGH-FIXABLE", sprintf("%s; the fix has been availa
 	days_since(v.published) > input.settings.high_fix_grace_days
 }
 
+warn contains reason("GH-POL-LAYER", sprintf("%s: %s (%s)", [f.path, f.title, f.id]), f) if {
+	some f in input.findings
+	f.kind == "layer"
+	f.id == "GH-LAYER-SPECIAL"
+}
+
 warn contains reason("GH-POL-CONFIG", sprintf("%s (%s)", [f.title, f.id]), f) if {
 	some f in input.findings
 	f.kind == "config"
@@ -89,6 +103,34 @@ warn contains reason("GH-POL-PROVENANCE", "provenance is not verified yet (signa
 }
 
 # --- helpers ---
+
+# The layer findings that mean part of the image was not read as a runtime reads it (attest/layerfs
+# issue kinds that make a scan incomplete); the others (GH-LAYER-ESCAPE, GH-LAYER-SPECIAL) are
+# judged above, and GH-LAYER-INCOMPLETE only says that the scan was cut short.
+unread_ids := {
+	"GH-LAYER-LIMIT", "GH-LAYER-TRUNCATED", "GH-LAYER-UNREADABLE", "GH-LAYER-TOOLONG", "GH-LAYER-SPARSE",
+	"GH-LAYER-UNSUPPORTED", "GH-LAYER-LOOP", "GH-LAYER-INVALID", "GH-LAYER-AMBIGUOUS", "GH-LAYER-UNWRITABLE",
+	"GH-LAYER-UNCHECKED",
+}
+
+unread_list := [f | some f in input.findings; f.kind == "layer"; f.id in unread_ids]
+
+# At most five are named; the evidence holds them all.
+unread_named := sort([describe(f) | some f in unread_list])
+
+unread_summary := concat("; ", unread_named) if count(unread_named) <= 5
+
+unread_summary := sprintf("%s; and %d more", [concat("; ", array.slice(unread_named, 0, 5)), count(unread_named) - 5]) if count(unread_named) > 5
+
+describe(f) := sprintf("%s %s%s%s", [f.id, object.get(f, "title", ""), at_path(f), in_layer(f)])
+
+at_path(f) := sprintf(" at %s", [f.path]) if object.get(f, "path", "") != ""
+
+at_path(f) := "" if object.get(f, "path", "") == ""
+
+in_layer(f) := sprintf(" (layer %s)", [f.layer]) if object.get(f, "layer", "") != ""
+
+in_layer(f) := "" if object.get(f, "layer", "") == ""
 
 reason(rule, message, evidence) := {"rule": rule, "message": message, "evidence": evidence}
 

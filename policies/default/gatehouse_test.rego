@@ -37,6 +37,44 @@ test_incomplete_scan_is_denied if {
 	"GH-POL-SCAN-INCOMPLETE" in rules(gatehouse.deny) with input as object.union(clean, {"scan": {"complete": false, "error": ""}})
 }
 
+sparse := {"kind": "layer", "id": "GH-LAYER-SPARSE", "severity": "MEDIUM", "title": "a GNU sparse entry", "path": "app/x", "layer": "sha256:11"}
+
+incomplete_summary := {"kind": "layer", "id": "GH-LAYER-INCOMPLETE", "severity": "HIGH", "title": "the scan could not read all of the image", "path": "", "layer": ""}
+
+test_incomplete_scan_names_what_it_could_not_read if {
+	img := object.union(clean, {"scan": {"complete": false, "error": ""}, "findings": [
+		sparse,
+		{"kind": "layer", "id": "GH-LAYER-TOOLONG", "title": "a path of 5000 characters once cleaned", "path": "d/d/d…", "layer": "sha256:22"},
+		{"kind": "layer", "id": "GH-LAYER-ESCAPE", "title": "climbs", "path": "etc/x", "layer": "sha256:22"},
+		incomplete_summary,
+	]})
+	some r in gatehouse.deny with input as img
+	r.rule == "GH-POL-SCAN-INCOMPLETE"
+	r.message == "the scan could not read everything: GH-LAYER-SPARSE a GNU sparse entry at app/x (layer sha256:11); GH-LAYER-TOOLONG a path of 5000 characters once cleaned at d/d/d… (layer sha256:22)"
+	count(r.evidence.findings) == 2
+}
+
+test_incomplete_scan_names_at_most_five if {
+	many := [object.union(sparse, {"path": sprintf("app/%d", [i])}) | some i in numbers.range(1, 7)]
+	img := object.union(clean, {"scan": {"complete": false, "error": ""}, "findings": many})
+	some r in gatehouse.deny with input as img
+	r.rule == "GH-POL-SCAN-INCOMPLETE"
+	endswith(r.message, "; and 2 more")
+	count(r.evidence.findings) == 7
+}
+
+test_incomplete_scan_without_findings_still_denied if {
+	some r in gatehouse.deny with input as object.union(clean, {"scan": {"complete": false, "error": ""}, "findings": [incomplete_summary]})
+	r.rule == "GH-POL-SCAN-INCOMPLETE"
+	startswith(r.message, "the scan stopped before the end of the image")
+}
+
+test_special_files_warn if {
+	img := object.union(clean, {"findings": [{"kind": "layer", "id": "GH-LAYER-SPECIAL", "title": "a block device", "path": "dev/sda", "layer": "sha256:11"}]})
+	gatehouse.allow with input as img
+	"GH-POL-LAYER" in rules(gatehouse.warn) with input as img
+}
+
 test_failed_scan_is_denied if {
 	"GH-POL-SCAN-FAILED" in rules(gatehouse.deny) with input as object.union(clean, {"scan": {"complete": false, "error": "layer unreadable"}})
 }
