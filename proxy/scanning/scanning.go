@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -43,6 +44,7 @@ type Metadata interface {
 	ScanVulnsPut(ctx context.Context, d digest.Digest, dbVersion string, vulns []byte, at time.Time) error
 	ScansToMatch(ctx context.Context, dbVersion string, limit int) ([]digest.Digest, error)
 	VerdictGet(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error)
+	VerdictRepos(ctx context.Context, d digest.Digest) ([]string, error)
 }
 
 // External is a scanner outside Gatehouse that pulls the image itself (a Harbor scanner adapter):
@@ -112,11 +114,51 @@ func (s *Service) DecideWith(decide func(ctx context.Context, repo string, d dig
 	s.decide = decide
 }
 
+// decided has d decided again in repo and in every other repository that holds a verdict on it:
+// a scan or a match is stored once per digest, and each repository's verdict must follow it.
 func (s *Service) decided(ctx context.Context, repo string, d digest.Digest) {
-	if s.decide != nil {
-		s.decide(ctx, repo, d)
+	if s.decide == nil {
+		return
+	}
+	repos := []string{repo}
+	others, err := s.meta.VerdictRepos(ctx, d)
+	if err != nil {
+		s.log.Error("could not list the repositories holding a verdict on a re-scanned image; only this one is decided again", "repo", repo, "digest", d, "err", err)
+	}
+	for _, r := range others {
+		if r != repo {
+			repos = append(repos, r)
+		}
+	}
+	for _, r := range repos {
+		s.decide(ctx, r, d)
 	}
 }
+
+// usable says whether a stored scan may stand for repo's route: a route scanned by the built-in
+// scanner never takes an external scanner's result (it looks for less: no malware, no secrets),
+// so a pusher cannot have a digest judged by a weaker scanner on another route.
+func (s *Service) usable(repo string, sc meta.Scan) bool {
+	if !strings.HasPrefix(sc.Scanner, externalPrefix) {
+		return true
+	}
+	return s.externalFor(repo) != nil
+}
+
+// externalFor returns the external scanner of repo's route, if it has one.
+func (s *Service) externalFor(repo string) External {
+	if s.routes == nil || len(s.external) == 0 {
+		return nil
+	}
+	rt, err := s.routes.Resolve(repo, "")
+	if err != nil {
+		return nil
+	}
+	return s.external[rt.Route.Prefix]
+}
+
+// externalPrefix begins the scanner name of a result an external scanner made.
+const externalPrefix = "external: "
 
 // UseExternal scans the images of the route with prefix with ext instead of the built-in
 // scanner; registryURL is how ext reaches Gatehouse.
@@ -185,8 +227,9 @@ var errNotImage = errors.New("not an image manifest")
 // ScanNow scans an image unless it has been scanned, waiting for a scan already running.
 func (s *Service) ScanNow(ctx context.Context, repo string, d digest.Digest) (meta.Scan, error) {
 	for {
-		if sc, err := s.meta.ScanGet(ctx, d); err == nil {
-			return sc, nil
+		stored, err := s.meta.ScanGet(ctx, d)
+		if err == nil && s.usable(repo, stored) {
+			return stored, nil
 		}
 		s.mu.Lock()
 		wait, running := s.inflight[d]
@@ -228,12 +271,8 @@ func (s *Service) scanInSlot(ctx context.Context, repo string, d digest.Digest) 
 }
 
 func (s *Service) scan(ctx context.Context, repo string, d digest.Digest) (meta.Scan, error) {
-	if s.routes != nil && len(s.external) > 0 {
-		if rt, err := s.routes.Resolve(repo, ""); err == nil {
-			if ext, ok := s.external[rt.Route.Prefix]; ok {
-				return s.scanExternal(ctx, ext, repo, d)
-			}
-		}
+	if ext := s.externalFor(repo); ext != nil {
+		return s.scanExternal(ctx, ext, repo, d)
 	}
 	start := time.Now()
 	img, read, err := s.image(ctx, repo, d)
@@ -303,7 +342,7 @@ func (s *Service) scanExternal(ctx context.Context, ext External, repo string, d
 	}
 	start := time.Now()
 	found, scanner, err := ext.Scan(ctx, harbor.Image{RegistryURL: s.registryURL, Repository: repo, Digest: d, MediaType: rec.MediaType})
-	sc := meta.Scan{Digest: d, Repo: repo, Scanned: start.UTC(), Scanner: "external: " + scanner, Duration: time.Since(start)}
+	sc := meta.Scan{Digest: d, Repo: repo, Scanned: start.UTC(), Scanner: externalPrefix + scanner, Duration: time.Since(start)}
 	if err != nil {
 		sc.Error = err.Error()
 		s.metrics.scanned("failed", sc.Duration)

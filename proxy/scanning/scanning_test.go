@@ -275,3 +275,49 @@ func TestRemoveStaleTrees(t *testing.T) {
 		t.Errorf("left %v", left)
 	}
 }
+
+func TestExternalScanNeverStandsForABuiltinRoute(t *testing.T) {
+	ctx := context.Background()
+	rs := &recordingScanner{}
+	cs, _ := content.New(ctx, inmemory.New())
+	md, _ := sqlite.Open(ctx, filepath.Join(t.TempDir(), "meta.db"))
+	defer md.Close()
+	routes, _ := route.NewTable([]route.Route{{Prefix: "vendor", Kind: route.Push}, {Prefix: "", Kind: route.Push}})
+	svc := New(cs, md, rs, vulndb.Open(filepath.Join(t.TempDir(), "none.sqlite")), routes, nil, slog.New(slog.DiscardHandler), nil, 1)
+	svc.UseExternal("vendor", &fakeExternal{}, "http://gatehouse.internal:5000")
+	layers := [][]byte{[]byte("the same image in two repositories")}
+	d := pushImage(t, cs, md, "vendor/app", layers, nil)
+	if d2 := pushImage(t, cs, md, "team/app", layers, nil); d2 != d {
+		t.Fatalf("digests differ: %s %s", d, d2)
+	}
+	if sc, err := svc.ScanNow(ctx, "vendor/app", d); err != nil || !strings.HasPrefix(sc.Scanner, "external: ") {
+		t.Fatalf("vendor scan: %+v %v", sc, err)
+	}
+	sc, err := svc.ScanNow(ctx, "team/app", d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.HasPrefix(sc.Scanner, "external: ") || len(rs.layers) != 1 {
+		t.Errorf("the built-in route took the external scanner's result (scanner %q, built-in scans of layers: %d)", sc.Scanner, len(rs.layers))
+	}
+}
+
+func TestEveryRepositoryIsDecidedAgain(t *testing.T) {
+	ctx := context.Background()
+	svc, cs, md := newService(t, &recordingScanner{}, 1)
+	d := pushImage(t, cs, md, "team/a", [][]byte{[]byte("layer")}, nil)
+	for _, r := range []string{"team/a", "team/b", "docker.io/library/c"} {
+		md.VerdictSet(ctx, meta.Verdict{Repo: r, Digest: d, State: meta.Admitted, Decided: time.Now()}, "gatehouse", "")
+	}
+	var mu sync.Mutex
+	got := map[string]int{}
+	svc.DecideWith(func(_ context.Context, repo string, _ digest.Digest) { mu.Lock(); got[repo]++; mu.Unlock() })
+	if _, err := svc.ScanNow(ctx, "team/a", d); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []string{"team/a", "team/b", "docker.io/library/c"} {
+		if got[r] != 1 {
+			t.Errorf("after the scan, %s was decided %d times, want 1 (%v)", r, got[r], got)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -39,6 +40,7 @@ type Store interface {
 	VerdictsStale(ctx context.Context, policyDigest, dbVersion string, limit int) ([]meta.Verdict, error)
 	AdmittedTagSet(ctx context.Context, repo, tag string, d digest.Digest) error
 	VerdictsServed(ctx context.Context, repo string) ([]meta.Verdict, error)
+	VerdictRepos(ctx context.Context, d digest.Digest) ([]string, error)
 	AdmittedTagGet(ctx context.Context, repo, tag string) (digest.Digest, error)
 	Referrers(ctx context.Context, repo string, subject digest.Digest, artifactType string) ([]meta.Manifest, error)
 	Close() error
@@ -62,6 +64,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		"Verdicts":               testVerdicts,
 		"AdmittedTags":           testAdmittedTags,
 		"VerdictsServed":         testVerdictsServed,
+		"VerdictRepos":           testVerdictRepos,
 	}
 	for name, fn := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -464,5 +467,25 @@ func testVerdictsServed(t *testing.T, s Store) {
 		if want[v.Digest] != v.State || v.Repo != "r" {
 			t.Errorf("VerdictsServed has %+v", v)
 		}
+	}
+}
+
+func testVerdictRepos(t *testing.T, s Store) {
+	ctx := context.Background()
+	for _, repo := range []string{"team/b", "team/a", "docker.io/library/x"} {
+		if err := s.VerdictSet(ctx, meta.Verdict{Repo: repo, Digest: dg("shared"), State: meta.Admitted, Decided: time.Unix(1700000000, 0)}, "gatehouse", "test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.VerdictSet(ctx, meta.Verdict{Repo: "team/c", Digest: dg("other"), State: meta.Admitted, Decided: time.Unix(1700000000, 0)}, "gatehouse", "test")
+	got, err := s.VerdictRepos(ctx, dg("shared"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"docker.io/library/x", "team/a", "team/b"}; strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("VerdictRepos = %v, want %v", got, want)
+	}
+	if got, err := s.VerdictRepos(ctx, dg("none")); err != nil || len(got) != 0 {
+		t.Errorf("VerdictRepos of an unknown digest = %v, %v", got, err)
 	}
 }

@@ -483,6 +483,25 @@ func (s *Store) AdmittedTagGet(ctx context.Context, repo, tag string) (digest.Di
 	return digest.Digest(d), err
 }
 
+// VerdictRepos lists the repositories that hold a verdict on manifest d: scans are per digest,
+// verdicts per repository, so a new scan or match of d is decided again in each.
+func (s *Store) VerdictRepos(ctx context.Context, d digest.Digest) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT repo FROM verdicts WHERE digest = ? ORDER BY repo`, d.String())
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var r string
+		if err := rows.Scan(&r); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
 // VerdictsStale lists the verdicts not decided under this policy and database (re-evaluation).
 func (s *Store) VerdictsStale(ctx context.Context, policyDigest, dbVersion string, limit int) ([]meta.Verdict, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT repo, digest, state, decision, policy_digest, db_version, decided_at FROM verdicts
