@@ -2,8 +2,6 @@ package inventory
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"io/fs"
@@ -41,7 +39,7 @@ type Secret struct {
 	Kind        string        `json:"kind"` // the detector's name for it, e.g. "privatekey", "awsaccesskey", "github"
 	Path        string        `json:"path"`
 	Layer       digest.Digest `json:"layer,omitempty"`
-	Fingerprint string        `json:"fingerprint"` // sha256 of the value, first 16 hex digits
+	Fingerprint string        `json:"fingerprint"` // Fingerprinter.Of the value: keyed, never the value
 }
 
 // Inventory is everything extracted from one image.
@@ -86,6 +84,7 @@ func loadPlugins() error {
 // Finish runs the extractors over the tree.
 type Extraction struct {
 	ctx     context.Context
+	fp      *Fingerprinter
 	jobs    chan secretJob
 	close   sync.Once
 	wg      sync.WaitGroup
@@ -100,21 +99,25 @@ type secretJob struct {
 	data  []byte
 }
 
-// Start begins an extraction; its secret detectors run on workers goroutines.
-func Start(ctx context.Context, workers int) (*Extraction, error) {
+// Start begins an extraction; its secret detectors run on workers goroutines and fingerprint
+// what they find with fp (required).
+func Start(ctx context.Context, workers int, fp *Fingerprinter) (*Extraction, error) {
+	if fp == nil {
+		return nil, fmt.Errorf("inventory: %w", ErrNoFingerprintKey)
+	}
 	if err := loadPlugins(); err != nil {
 		return nil, fmt.Errorf("inventory: plugins: %w", err)
 	}
 	if _, err := secretEngine(); err != nil {
 		return nil, fmt.Errorf("inventory: secret detectors: %w", err)
 	}
-	e := &Extraction{ctx: ctx, jobs: make(chan secretJob, 64)}
+	e := &Extraction{ctx: ctx, fp: fp, jobs: make(chan secretJob, 64)}
 	for range max(workers, 1) {
 		e.wg.Add(1)
 		go func() {
 			defer e.wg.Done()
 			for j := range e.jobs {
-				found, err := detectFile(ctx, j.path, j.layer, j.data)
+				found, err := detectFile(ctx, fp, j.path, j.layer, j.data)
 				e.mu.Lock()
 				if err != nil && e.err == nil {
 					e.err = err
@@ -273,11 +276,4 @@ func kindOf(v any) string {
 		return pkg
 	}
 	return strings.ToLower(t.Name())
-}
-
-// fingerprint identifies a secret without keeping it: the first 16 hex digits of the SHA-256 of
-// its value as the detector reported it.
-func fingerprint(v any) string {
-	sum := sha256.Sum256([]byte(fmt.Sprintf("%#v", v)))
-	return hex.EncodeToString(sum[:8])
 }

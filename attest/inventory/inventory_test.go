@@ -7,9 +7,12 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/pem"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -53,7 +56,11 @@ func TestExtract(t *testing.T) {
 	})
 	dir := filepath.Join(t.TempDir(), "root")
 	os.Mkdir(dir, 0o755)
-	ex, err := Start(context.Background(), 2)
+	fp, err := NewFingerprinter([]byte("a test installation's key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex, err := Start(context.Background(), 2, fp)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,5 +158,36 @@ func TestHasBuildInfo(t *testing.T) {
 				t.Errorf("allocated %d bytes to judge a %d-byte file", alloc, len(tt.data))
 			}
 		})
+	}
+}
+
+func TestFingerprints(t *testing.T) {
+	k1, _ := NewFingerprinter([]byte("0123456789abcdef-one"))
+	k1again, _ := NewFingerprinter([]byte("0123456789abcdef-one"))
+	k2, _ := NewFingerprinter([]byte("0123456789abcdef-two"))
+	const value = "hunter2"
+	plain := sha256.Sum256([]byte(value))
+	if k1.Of(value) != k1again.Of(value) || len(k1.Of(value)) != 16 {
+		t.Errorf("the same key and value gave %s and %s", k1.Of(value), k1again.Of(value))
+	}
+	if k1.Of(value) == k2.Of(value) {
+		t.Error("two keys gave the same fingerprint")
+	}
+	if k1.Of(value) == k1.Of("hunter3") {
+		t.Error("two values gave the same fingerprint")
+	}
+	if k1.Of(value) == hex.EncodeToString(plain[:8]) {
+		t.Error("the fingerprint is the value's plain SHA-256")
+	}
+	for _, key := range [][]byte{nil, {}, []byte("short")} {
+		if _, err := NewFingerprinter(key); !errors.Is(err, ErrNoFingerprintKey) {
+			t.Errorf("key %q: %v, want ErrNoFingerprintKey", key, err)
+		}
+	}
+	if _, err := Start(context.Background(), 1, nil); !errors.Is(err, ErrNoFingerprintKey) {
+		t.Errorf("Start without a fingerprinter: %v", err)
+	}
+	if _, err := DetectSecrets(context.Background(), nil, "x", "y"); !errors.Is(err, ErrNoFingerprintKey) {
+		t.Errorf("DetectSecrets without a fingerprinter: %v", err)
 	}
 }

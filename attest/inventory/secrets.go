@@ -65,8 +65,11 @@ func secretEngine() (*veles.DetectionEngine, error) {
 }
 
 // DetectSecrets searches a text (an environment variable, a label, a history line) for secrets
-// and returns them with where as their path.
-func DetectSecrets(ctx context.Context, where, text string) ([]Secret, error) {
+// and returns them with where as their path, fingerprinted with fp (required).
+func DetectSecrets(ctx context.Context, fp *Fingerprinter, where, text string) ([]Secret, error) {
+	if fp == nil {
+		return nil, ErrNoFingerprintKey
+	}
 	e, err := secretEngine()
 	if err != nil {
 		return nil, err
@@ -77,7 +80,7 @@ func DetectSecrets(ctx context.Context, where, text string) ([]Secret, error) {
 	}
 	var out []Secret
 	for _, s := range found {
-		out = append(out, Secret{Kind: kindOf(s), Path: where, Fingerprint: fingerprint(s)})
+		out = append(out, Secret{Kind: kindOf(s), Path: where, Fingerprint: fp.of(s)})
 	}
 	return out, nil
 }
@@ -104,7 +107,7 @@ func secretCandidate(p string, size int64) bool {
 }
 
 // detectFile searches one file's bytes (text only) for secrets.
-func detectFile(ctx context.Context, p string, layer digest.Digest, data []byte) ([]Secret, error) {
+func detectFile(ctx context.Context, fp *Fingerprinter, p string, layer digest.Digest, data []byte) ([]Secret, error) {
 	if bytes.IndexByte(data[:min(len(data), 8192)], 0) >= 0 {
 		return nil, nil // binary
 	}
@@ -118,7 +121,7 @@ func detectFile(ctx context.Context, p string, layer digest.Digest, data []byte)
 	}
 	out := make([]Secret, 0, len(found))
 	for _, s := range found {
-		out = append(out, Secret{Kind: kindOf(s), Path: p, Layer: layer, Fingerprint: fingerprint(s)})
+		out = append(out, Secret{Kind: kindOf(s), Path: p, Layer: layer, Fingerprint: fp.of(s)})
 	}
 	return out, nil
 }

@@ -12,5 +12,6 @@
 // are hostile or odd entries placed as containerd places them; LIMIT, TRUNCATED, UNREADABLE,
 // TOOLONG, SPARSE, UNSUPPORTED, LOOP, INVALID, AMBIGUOUS, UNWRITABLE and UNCHECKED say what could
 // not be read as a runtime reads it, and make the scan incomplete, summed up by
-// GH-LAYER-INCOMPLETE).
+// GH-LAYER-INCOMPLETE). Secrets' values are never kept: a fingerprint keyed with the
+// installation's key (Scanner.FingerprintKey) stands for them.
 package scan

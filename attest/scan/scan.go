@@ -75,11 +75,20 @@ type Scanner struct {
 	TempDir string                   // where trees are flattened (default: the system's)
 	Limits  layerfs.Limits           // default: layerfs.DefaultLimits
 	Malware map[digest.Digest]string // known-bad file digests and their names; EICAR is always added
+	// FingerprintKey keys the fingerprints that stand for secrets' values in results (HMAC-SHA256,
+	// see inventory.Fingerprinter): a per-installation secret of at least
+	// inventory.MinFingerprintKey bytes. Without one, Scan fails (inventory.ErrNoFingerprintKey):
+	// an unkeyed hash of a weak secret can be reversed by guessing.
+	FingerprintKey []byte
 }
 
 // Scan flattens the image, extracts its inventory and checks it.
 func (s *Scanner) Scan(ctx context.Context, img Image) (*Result, error) {
 	start := time.Now()
+	fp, err := inventory.NewFingerprinter(s.FingerprintKey)
+	if err != nil {
+		return nil, fmt.Errorf("scan %s: %w", img.Digest, err)
+	}
 	var cfg v1.Image
 	if err := json.Unmarshal(img.Config, &cfg); err != nil {
 		return nil, fmt.Errorf("scan %s: the image config is not JSON: %w", img.Digest, err)
@@ -93,7 +102,7 @@ func (s *Scanner) Scan(ctx context.Context, img Image) (*Result, error) {
 	if lim == (layerfs.Limits{}) {
 		lim = layerfs.DefaultLimits
 	}
-	ex, err := inventory.Start(ctx, runtime.GOMAXPROCS(0))
+	ex, err := inventory.Start(ctx, runtime.GOMAXPROCS(0), fp)
 	if err != nil {
 		return nil, fmt.Errorf("scan %s: %w", img.Digest, err)
 	}
@@ -116,7 +125,7 @@ func (s *Scanner) Scan(ctx context.Context, img Image) (*Result, error) {
 		r.Findings = append(r.Findings, Finding{Kind: "secret", ID: secretID(sec.Kind), Severity: High,
 			Title: fmt.Sprintf("%s in a file", sec.Kind), Path: sec.Path, Layer: sec.Layer, Fingerprint: sec.Fingerprint})
 	}
-	configFindings, err := checkConfig(ctx, cfg)
+	configFindings, err := checkConfig(ctx, fp, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("scan %s: %w", img.Digest, err)
 	}
@@ -156,7 +165,7 @@ var remoteShellPorts = map[string]string{"22/tcp": "ssh", "23/tcp": "telnet", "3
 // secretEnvNames are environment variable names that announce a secret.
 var secretEnvNames = []string{"PASSWORD", "PASSWD", "SECRET", "TOKEN", "API_KEY", "APIKEY", "PRIVATE_KEY", "ACCESS_KEY"}
 
-func checkConfig(ctx context.Context, cfg v1.Image) ([]Finding, error) {
+func checkConfig(ctx context.Context, fp *inventory.Fingerprinter, cfg v1.Image) ([]Finding, error) {
 	var out []Finding
 	switch u := strings.TrimSpace(cfg.Config.User); u {
 	case "", "root", "0", "0:0", "root:root":
@@ -179,7 +188,7 @@ func checkConfig(ctx context.Context, cfg v1.Image) ([]Finding, error) {
 	for i, kv := range cfg.Config.Env {
 		name, value, _ := strings.Cut(kv, "=")
 		where := fmt.Sprintf("config:Env[%d] (%s)", i, name)
-		found, err := inventory.DetectSecrets(ctx, where, kv)
+		found, err := inventory.DetectSecrets(ctx, fp, where, kv)
 		if err != nil {
 			return nil, err
 		}
@@ -187,7 +196,7 @@ func checkConfig(ctx context.Context, cfg v1.Image) ([]Finding, error) {
 			out = append(out, Finding{Kind: "config", ID: "GH-CFG-ENV-SECRET", Severity: High, Title: sec.Kind + " in the environment variable " + name, Path: where, Fingerprint: sec.Fingerprint})
 		}
 		if len(found) == 0 && value != "" && !strings.HasPrefix(value, "/") && secretName(name) {
-			out = append(out, Finding{Kind: "config", ID: "GH-CFG-ENV-SECRET", Severity: Medium, Title: "the environment variable " + name + " looks like it holds a secret", Path: where, Fingerprint: fingerprint(value)})
+			out = append(out, Finding{Kind: "config", ID: "GH-CFG-ENV-SECRET", Severity: Medium, Title: "the environment variable " + name + " looks like it holds a secret", Path: where, Fingerprint: fp.Of(value)})
 		}
 	}
 	labels := make([]string, 0, len(cfg.Config.Labels))
@@ -196,7 +205,7 @@ func checkConfig(ctx context.Context, cfg v1.Image) ([]Finding, error) {
 	}
 	sort.Strings(labels)
 	for _, k := range labels {
-		found, err := inventory.DetectSecrets(ctx, "config:Labels."+k, cfg.Config.Labels[k])
+		found, err := inventory.DetectSecrets(ctx, fp, "config:Labels."+k, cfg.Config.Labels[k])
 		if err != nil {
 			return nil, err
 		}
@@ -205,7 +214,7 @@ func checkConfig(ctx context.Context, cfg v1.Image) ([]Finding, error) {
 		}
 	}
 	for i, h := range cfg.History {
-		found, err := inventory.DetectSecrets(ctx, fmt.Sprintf("config:history[%d]", i), h.CreatedBy)
+		found, err := inventory.DetectSecrets(ctx, fp, fmt.Sprintf("config:history[%d]", i), h.CreatedBy)
 		if err != nil {
 			return nil, err
 		}

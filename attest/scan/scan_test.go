@@ -6,9 +6,12 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -21,12 +24,16 @@ import (
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/gatehouse-dev/gatehouse/attest/inventory"
 	"github.com/gatehouse-dev/gatehouse/attest/layerfs"
 	"github.com/gatehouse-dev/gatehouse/policies"
 )
 
 // The EICAR test file (not malware; every scanner is meant to flag it).
 const eicar = `X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*`
+
+// testKey is the fingerprint key of the tests' scans.
+var testKey = []byte("gatehouse scan tests' fingerprint key")
 
 type file struct {
 	name, body string
@@ -69,7 +76,7 @@ func TestScanFindings(t *testing.T) {
 
 	base := layer(t, file{name: "usr/bin/apt", body: "apt", mode: 0o755}, file{name: "usr/bin/passwd", body: "passwd", mode: 0o4755})
 	app := layer(t, file{name: "app/eicar.com", body: eicar}, file{name: "app/deploy_key", body: keyPEM})
-	s := &Scanner{Malware: map[digest.Digest]string{digest.FromString("bad tool"): "bad tool"}}
+	s := &Scanner{Malware: map[digest.Digest]string{digest.FromString("bad tool"): "bad tool"}, FingerprintKey: testKey}
 	r, err := s.Scan(context.Background(), Image{Digest: "sha256:img", Config: cfgJSON, Layers: []layerfs.Layer{base, app}})
 	if err != nil {
 		t.Fatal(err)
@@ -125,7 +132,7 @@ func TestScanBoundedOnHostileLayer(t *testing.T) {
 	b := buf.Bytes()
 	l := layerfs.Layer{Digest: digest.FromBytes(b), Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }}
 	cfg, _ := json.Marshal(v1.Image{Config: v1.ImageConfig{User: "app"}})
-	s := &Scanner{Limits: layerfs.Limits{MaxBytes: 4 << 20, MaxEntries: 100, MaxFileSize: 1 << 20, MaxPathLen: 255}}
+	s := &Scanner{Limits: layerfs.Limits{MaxBytes: 4 << 20, MaxEntries: 100, MaxFileSize: 1 << 20, MaxPathLen: 255}, FingerprintKey: testKey}
 	r, err := s.Scan(context.Background(), Image{Digest: "sha256:x", Config: cfg, Layers: []layerfs.Layer{l}})
 	if err != nil {
 		t.Fatal(err)
@@ -176,7 +183,7 @@ func TestMalwareInEveryLayer(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := scan(t, &Scanner{}, append([]layerfs.Layer{bad}, tt.later...)...)
+			r := scan(t, &Scanner{FingerprintKey: testKey}, append([]layerfs.Layer{bad}, tt.later...)...)
 			got := byID(r, "GH-MALWARE")
 			if len(got) != 1 || got[0].Path != "app/eicar.com" || got[0].Layer != bad.Digest || got[0].Severity != Critical {
 				t.Fatalf("malware findings %+v; want one at app/eicar.com in %s", got, bad.Digest)
@@ -195,10 +202,59 @@ func TestDeletedSecretReported(t *testing.T) {
 	keyPEM := string(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}))
 	with := layer(t, file{name: "root/.ssh/id_rsa", body: keyPEM})
 	without := layer(t, file{name: "root/.ssh/.wh.id_rsa"})
-	r := scan(t, &Scanner{}, with, without)
+	r := scan(t, &Scanner{FingerprintKey: testKey}, with, without)
 	got := byID(r, "GH-SECRET-PRIVATEKEY")
 	if len(got) != 1 || got[0].Path != "root/.ssh/id_rsa" || got[0].Layer != with.Digest || got[0].Fingerprint == "" {
 		t.Errorf("secret findings %+v; want the deleted key in %s", got, with.Digest)
+	}
+}
+
+// TestFingerprintsKeyed: fingerprints are keyed; no key, no scan.
+func TestFingerprintsKeyed(t *testing.T) {
+	cfg := v1.Image{Config: v1.ImageConfig{User: "app", Env: []string{"DB_PASSWORD=hunter2"}}}
+	cfgJSON, _ := json.Marshal(cfg)
+	key, _ := rsa.GenerateKey(rand.Reader, 2048)
+	keyPEM := string(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}))
+	img := Image{Digest: "sha256:img", Config: cfgJSON, Layers: []layerfs.Layer{layer(t, file{name: "app/key.pem", body: keyPEM})}}
+	prints := func(k []byte) (env, file string, report []byte) {
+		t.Helper()
+		r, err := (&Scanner{FingerprintKey: k}).Scan(context.Background(), img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range r.Findings {
+			switch f.ID {
+			case "GH-CFG-ENV-SECRET":
+				env = f.Fingerprint
+			case "GH-SECRET-PRIVATEKEY":
+				file = f.Fingerprint
+			}
+		}
+		if env == "" || file == "" {
+			t.Fatalf("findings without fingerprints: %+v", r.Findings)
+		}
+		report, _ = json.Marshal(r)
+		return env, file, report
+	}
+	env1, file1, report := prints([]byte("installation one's fingerprint key"))
+	env1again, file1again, _ := prints([]byte("installation one's fingerprint key"))
+	env2, file2, _ := prints([]byte("installation two's fingerprint key"))
+	if env1 != env1again || file1 != file1again {
+		t.Errorf("the same key gave different fingerprints: %s %s, %s %s", env1, env1again, file1, file1again)
+	}
+	if env1 == env2 || file1 == file2 {
+		t.Errorf("two keys gave the same fingerprint: %s %s", env1, file1)
+	}
+	for _, v := range []string{"hunter2", "DB_PASSWORD=hunter2", keyPEM, strings.TrimSpace(keyPEM)} {
+		sum := sha256.Sum256([]byte(v))
+		if plain := hex.EncodeToString(sum[:8]); bytes.Contains(report, []byte(plain)) {
+			t.Errorf("the report holds the plain SHA-256 prefix of %.20q", v)
+		}
+	}
+	for _, k := range [][]byte{nil, {}} {
+		if _, err := (&Scanner{FingerprintKey: k}).Scan(context.Background(), img); !errors.Is(err, inventory.ErrNoFingerprintKey) {
+			t.Errorf("a scan with the key %q: %v; want inventory.ErrNoFingerprintKey", k, err)
+		}
 	}
 }
 
@@ -254,7 +310,7 @@ func TestIncompleteScanDenied(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := scan(t, &Scanner{Limits: tt.limits}, tt.layer)
+			r := scan(t, &Scanner{FingerprintKey: testKey, Limits: tt.limits}, tt.layer)
 			got := byID(r, tt.id)
 			if r.Complete || len(got) != 1 || got[0].Path != tt.path || got[0].Layer != tt.layer.Digest || len(byID(r, "GH-LAYER-INCOMPLETE")) != 1 {
 				t.Fatalf("complete %v, findings %+v; want an incomplete scan with %s at %s", r.Complete, r.Findings, tt.id, tt.path)
@@ -318,7 +374,7 @@ func resetPeakRSS() { os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
 // not read into memory to decide whether it is a Go program.
 func TestScanZeroExecutableBoundedMemory(t *testing.T) {
 	l := zeroExecutable("usr/bin/huge", 1<<30)
-	s := &Scanner{TempDir: t.TempDir()}
+	s := &Scanner{TempDir: t.TempDir(), FingerprintKey: testKey}
 	scan(t, s, layer(t, file{name: "warm/up", body: "x", mode: 0o755})) // load the extractors and detectors first
 	runtime.GC()
 	resetPeakRSS()
