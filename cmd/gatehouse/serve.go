@@ -125,6 +125,9 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 	if err != nil {
 		return err
 	}
+	if scanner.FingerprintKey, err = fingerprintKey(cfg.Scan.FingerprintKey, log); err != nil {
+		return fmt.Errorf("scan.fingerprint_key: %w", err)
+	}
 	inventory.SetLogger(log)
 	vdb := vulndb.Open(cfg.VulnDB.Path)
 	defer vdb.Close()

@@ -78,7 +78,7 @@ func scanBench(work string, rounds int) error {
 		return fmt.Errorf("gzip -dc: %w", err)
 	}
 	cfg := []byte(`{"architecture":"amd64","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":[]}}`)
-	s := &scan.Scanner{TempDir: work}
+	s := &scan.Scanner{TempDir: work, FingerprintKey: []byte("gatehouse scan benchmark fingerprint key")}
 	var packages int
 	gh, err := best(func() error {
 		img := scan.Image{Digest: digest.FromString(layer), Config: cfg, Layers: []layerfs.Layer{{

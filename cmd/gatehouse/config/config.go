@@ -56,6 +56,9 @@ type Scan struct {
 	Timeout        Duration `yaml:"timeout"`         // per image (default 10m)
 	MalwareDigests string   `yaml:"malware_digests"` // file of known-bad SHA-256 digests, "sha256:<hex> name" per line; EICAR is always included
 	RegistryURL    string   `yaml:"registry_url"`    // how external scanners reach Gatehouse to pull what they scan (default http://<listen>)
+	// FingerprintKey is the file holding this installation's key for secret fingerprints
+	// (HMAC-SHA256), created with 32 random bytes on first start (default <data>/fingerprint.key)
+	FingerprintKey string `yaml:"fingerprint_key"`
 }
 
 // Admission configures policy decisions and the gate that enforces them.
@@ -266,6 +269,7 @@ func (c *Config) applyDefaults() {
 		c.Scan.Workers = 2
 	}
 	def(&c.Scan.TempDir, filepath.Join(c.Data, "scan-tmp"))
+	def(&c.Scan.FingerprintKey, filepath.Join(c.Data, "fingerprint.key"))
 	if c.Scan.MaxExpanded == 0 {
 		c.Scan.MaxExpanded = 16 << 30
 	}
