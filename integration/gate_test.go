@@ -279,6 +279,12 @@ func TestGateReevaluation(t *testing.T) {
 	if r := do(t, gh, "GET", blob, nil, nil); r.status != 200 {
 		t.Fatalf("clean layer before the update: %d", r.status)
 	}
+	// the same digest pushed to a push route: admitted there too (the scan is shared)
+	run(t, nil, crane, "copy", "--insecure", up.addr+"/library/clean@"+clean, gh.addr+"/ci/clean2:v1")
+	pushed := "/v2/ci/clean2/manifests/" + clean
+	if r := do(t, gh, "GET", pushed, nil, nil); r.status != 200 {
+		t.Fatalf("pushed copy before the update: %d %s", r.status, r.body)
+	}
 	read := metricValue(t, gh, "gatehouse_scan_layer_bytes_read_total")
 	osvZip := filepath.Join(t.TempDir(), "all.zip")
 	os.WriteFile(osvZip, zipDir(t, "../attest/vulndb/testdata/osv", "testdata/osv-gate"), 0o644)
@@ -295,6 +301,19 @@ func TestGateReevaluation(t *testing.T) {
 	if r := do(t, gh, "GET", blob, nil, nil); r.status != 403 {
 		t.Errorf("its layer after quarantine: %d", r.status)
 	}
+	// every repository holding the digest follows, and still does after a restart
+	check := func(when string) {
+		t.Helper()
+		for _, p := range []string{path, pushed, "/v2/ci/clean2/blobs/" + m.Layers[0].Digest} {
+			if r := do(t, gh, "GET", p, nil, nil); r.status != 403 {
+				t.Errorf("%s: GET %s = %d, want 403", when, p, r.status)
+			}
+		}
+	}
+	check("after the update")
+	gh.stop()
+	gh.start()
+	check("after a restart")
 	if after := metricValue(t, gh, "gatehouse_scan_layer_bytes_read_total"); after != read {
 		t.Errorf("re-evaluation read %v layer bytes", after-read)
 	}
