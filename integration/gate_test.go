@@ -311,15 +311,15 @@ func TestGateReevaluation(t *testing.T) {
 		}
 	}
 	check("after the update")
-	gh.stop()
-	gh.start()
-	check("after a restart")
 	if after := metricValue(t, gh, "gatehouse_scan_layer_bytes_read_total"); after != read {
 		t.Errorf("re-evaluation read %v layer bytes", after-read)
 	}
-	if n := metricValue(t, gh, "gatehouse_verdicts_revoked_total"); n != 1 {
-		t.Errorf("gatehouse_verdicts_revoked_total = %v, want 1", n)
+	if n := metricValue(t, gh, "gatehouse_verdicts_revoked_total"); n != 2 {
+		t.Errorf("gatehouse_verdicts_revoked_total = %v, want 2 (one per repository)", n)
 	}
+	gh.stop()
+	gh.start()
+	check("after a restart")
 }
 
 // TestGateTagFallback: on a route with tag_fallback: last-admitted, a tag re-pointed upstream at
