@@ -42,7 +42,8 @@ apt_pkgs() {
 
 case $set_name in
   test|all)
-    apt_pkgs skopeo ca-certificates nginx-light wrk containerd runc
+    # podman: containers/image as CRI-O uses it (TestPodmanNoFallback drives deploy/containers/registries.conf)
+    apt_pkgs skopeo ca-certificates nginx-light wrk containerd runc podman
     go_tool crane github.com/google/go-containerregistry/cmd/crane@v0.22.1
     go_tool oras oras.land/oras/cmd/oras@v1.3.6
     go_tool registry github.com/distribution/distribution/v3/cmd/registry@v3.1.2
