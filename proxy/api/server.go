@@ -56,6 +56,8 @@ type Handler struct {
 	routes  *route.Table
 	puller  *pull.Puller
 	gate    *gate.Gate
+
+	sessions *uploadSessions // open upload sessions, counted against the caps
 }
 
 type options struct {
@@ -65,13 +67,20 @@ type options struct {
 	algorithms      []digest.Algorithm
 	deleteEnabled   bool
 	uploadExpiry    time.Duration
-	cacheEntries    int
-	registry        *prometheus.Registry
-	routes          *route.Table
-	puller          *pull.Puller
-	onManifest      func(repo string, d digest.Digest, mediaType string)
-	management      http.Handler
-	gate            *gate.Gate
+	// upload sessions and transfers
+	maxSessions        int
+	maxSessionsPerRepo int
+	uploadIdle         time.Duration
+	maxBlobSize        int64
+	bodyIdle           time.Duration
+	bodyMinRate        int64
+	cacheEntries       int
+	registry           *prometheus.Registry
+	routes             *route.Table
+	puller             *pull.Puller
+	onManifest         func(repo string, d digest.Digest, mediaType string)
+	management         http.Handler
+	gate               *gate.Gate
 }
 
 // Option configures a Handler.
@@ -96,6 +105,24 @@ func WithDelete(on bool) Option { return func(o *options) { o.deleteEnabled = on
 
 // WithUploadExpiry sets how long an upload session may stay open (default 24h).
 func WithUploadExpiry(d time.Duration) Option { return func(o *options) { o.uploadExpiry = d } }
+
+// WithUploadSessions caps the upload sessions open at once, in all and per repository (a POST
+// past a cap gets 429 TOOMANYREQUESTS), and closes a session that sees no PATCH or PUT for idle,
+// removing its bytes (default 1000, 100, 10m; 0 turns each off).
+func WithUploadSessions(maxTotal, maxPerRepository int, idle time.Duration) Option {
+	return func(o *options) { o.maxSessions, o.maxSessionsPerRepo, o.uploadIdle = maxTotal, maxPerRepository, idle }
+}
+
+// WithMaxBlobSize refuses uploads that would make a blob larger than n bytes (default 0: no limit).
+func WithMaxBlobSize(n int64) Option { return func(o *options) { o.maxBlobSize = n } }
+
+// WithBodyTimeouts cuts transfers that stop: a request body that brings no byte for idle, or
+// averages under minRate bytes a second once idle has passed, and a response that the client
+// takes no byte of for idle. A large transfer at a fair rate is never cut (default 1m and
+// 1KiB/s; idle 0 turns both off, minRate 0 the rate only).
+func WithBodyTimeouts(idle time.Duration, minRate int64) Option {
+	return func(o *options) { o.bodyIdle, o.bodyMinRate = idle, minRate }
+}
 
 // WithManifestCache sets how many manifests are kept in memory (default 8192; 0 disables).
 func WithManifestCache(entries int) Option { return func(o *options) { o.cacheEntries = entries } }
@@ -131,6 +158,12 @@ func New(c *content.Store, md Metadata, opts ...Option) (*Handler, error) {
 		algorithms:      []digest.Algorithm{digest.SHA256, digest.SHA512},
 		uploadExpiry:    24 * time.Hour,
 		cacheEntries:    8192,
+
+		maxSessions:        1000,
+		maxSessionsPerRepo: 100,
+		uploadIdle:         10 * time.Minute,
+		bodyIdle:           time.Minute,
+		bodyMinRate:        1 << 10,
 	}
 	for _, opt := range opts {
 		opt(&o)
@@ -163,14 +196,31 @@ func New(c *content.Store, md Metadata, opts ...Option) (*Handler, error) {
 		return nil, err
 	}
 	h.metrics = m
+	h.sessions = newUploadSessions(o, c, &h.uploads)
+	if err := h.sessions.load(context.Background()); err != nil {
+		o.logger.Warn("could not count the upload sessions left in storage; they are not counted against uploads.max_sessions", "err", err)
+	}
+	if err := o.registry.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "gatehouse_upload_sessions_open",
+		Help: "Blob upload sessions open (uploads.max_sessions caps them).",
+	}, func() float64 { return float64(h.sessions.count()) })); err != nil {
+		return nil, err
+	}
 	h.router = h.newRouter()
 	return h, nil
 }
 
 // ServeHTTP parses the path once, so neither the route matchers nor the handlers parse it again.
+// Every transfer runs under progress deadlines (WithBodyTimeouts).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	t, err := ParsePath(r.URL.EscapedPath(), h.opts.maxNameLength)
-	h.router.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), parsedKey{}, parsedPath{t, err})))
+	r = r.WithContext(context.WithValue(r.Context(), parsedKey{}, parsedPath{t, err}))
+	if h.opts.bodyIdle > 0 {
+		var done func()
+		w, done = withProgressDeadlines(w, r, h.opts.bodyIdle, h.opts.bodyMinRate)
+		defer done()
+	}
+	h.router.ServeHTTP(w, r)
 }
 
 type parsedKey struct{}
