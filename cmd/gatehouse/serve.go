@@ -247,6 +247,9 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 		api.WithDigestAlgorithms(algs...),
 		api.WithDelete(cfg.Storage.Delete),
 		api.WithUploadExpiry(time.Duration(cfg.Uploads.Expiry)),
+		api.WithUploadSessions(cfg.Uploads.MaxSessions, cfg.Uploads.MaxSessionsPerRepository, time.Duration(cfg.Uploads.IdleTimeout)),
+		api.WithMaxBlobSize(int64(cfg.Limits.BlobSize)),
+		api.WithBodyTimeouts(time.Duration(cfg.Limits.BodyIdleTimeout), int64(cfg.Limits.BodyMinRate)),
 		api.WithManifestCache(*cfg.Cache.Manifests),
 		api.WithMetricsRegistry(reg),
 	)

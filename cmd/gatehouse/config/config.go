@@ -192,12 +192,21 @@ type Limits struct {
 	ManifestSize     ByteSize `yaml:"manifest_size"`     // largest manifest body accepted (default 4MiB)
 	NameLength       int      `yaml:"name_length"`       // longest repository name (default 255)
 	DigestAlgorithms []string `yaml:"digest_algorithms"` // accepted digest algorithms (default sha256, sha512)
+	BlobSize         ByteSize `yaml:"blob_size"`         // largest blob an upload may make (default 0: no limit)
+	BodyIdleTimeout  Duration `yaml:"body_idle_timeout"` // a request body or response that moves no byte this long is cut (default 1m)
+	BodyMinRate      ByteSize `yaml:"body_min_rate"`     // bytes a second a request body must average once body_idle_timeout has passed (default 1KiB)
 }
 
 // Uploads configures upload sessions.
 type Uploads struct {
 	Expiry        Duration `yaml:"expiry"`         // a session older than this is refused and purged (default 24h)
 	PurgeInterval Duration `yaml:"purge_interval"` // how often expired sessions are deleted (default 1h)
+
+	// Caps on the sessions open at once (a POST past one gets 429 TOOMANYREQUESTS), and the
+	// idle timeout that frees a slot a client forgot.
+	MaxSessions              int      `yaml:"max_sessions"`                // in all (default 1000)
+	MaxSessionsPerRepository int      `yaml:"max_sessions_per_repository"` // in one repository (default 100)
+	IdleTimeout              Duration `yaml:"idle_timeout"`                // a session with no PATCH or PUT this long is closed and its bytes removed (default 10m)
 }
 
 // Cache sizes in-memory caches.
@@ -260,6 +269,21 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Uploads.PurgeInterval == 0 {
 		c.Uploads.PurgeInterval = Duration(time.Hour)
+	}
+	if c.Uploads.MaxSessions == 0 {
+		c.Uploads.MaxSessions = 1000
+	}
+	if c.Uploads.MaxSessionsPerRepository == 0 {
+		c.Uploads.MaxSessionsPerRepository = 100
+	}
+	if c.Uploads.IdleTimeout == 0 {
+		c.Uploads.IdleTimeout = min(Duration(10*time.Minute), c.Uploads.Expiry)
+	}
+	if c.Limits.BodyIdleTimeout == 0 {
+		c.Limits.BodyIdleTimeout = Duration(time.Minute)
+	}
+	if c.Limits.BodyMinRate == 0 {
+		c.Limits.BodyMinRate = 1 << 10
 	}
 	if c.Cache.Manifests == nil {
 		n := 8192
@@ -370,6 +394,18 @@ func (c *Config) Validate() error {
 	}
 	if c.Uploads.PurgeInterval < Duration(time.Second) {
 		bad("uploads.purge_interval", "must be at least 1s, got %s", c.Uploads.PurgeInterval)
+	}
+	if c.Uploads.MaxSessions < 1 {
+		bad("uploads.max_sessions", "must be at least 1, got %d", c.Uploads.MaxSessions)
+	}
+	if n := c.Uploads.MaxSessionsPerRepository; n < 1 || n > c.Uploads.MaxSessions {
+		bad("uploads.max_sessions_per_repository", "must be between 1 and uploads.max_sessions (%d), got %d", c.Uploads.MaxSessions, n)
+	}
+	if c.Uploads.IdleTimeout < Duration(time.Second) || c.Uploads.IdleTimeout > c.Uploads.Expiry {
+		bad("uploads.idle_timeout", "must be between 1s and uploads.expiry (%s), got %s", c.Uploads.Expiry, c.Uploads.IdleTimeout)
+	}
+	if c.Limits.BodyIdleTimeout < Duration(time.Second) {
+		bad("limits.body_idle_timeout", "must be at least 1s, got %s", c.Limits.BodyIdleTimeout)
 	}
 	if *c.Cache.Manifests < 0 {
 		bad("cache.manifests", "must not be negative")
