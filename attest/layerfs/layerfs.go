@@ -192,6 +192,7 @@ type walker struct {
 	tree    *node  // the root directory
 	res     *Result
 	entries int
+	buf     []byte // copies files (io.Copy would allocate 32 KiB for each)
 	// unpacked are the paths this layer's entries unpacked (containerd's unpackedPaths): an
 	// opaque directory keeps them.
 	unpacked map[string]bool
@@ -312,11 +313,11 @@ func shorten(p string) string {
 	return p
 }
 
-// Clean turns a tar entry's name into the root-relative path containerd unpacks it at, before
+// cleanName turns a tar entry's name into the root-relative path containerd unpacks it at, before
 // any symlink among its directories is followed: the name cleaned (filepath.Clean), a leading
 // "/" dropped, and ".." stopped at the root. climbs says whether the name tried to climb above
 // the root ("../../etc/x" is placed at "etc/x"). The root itself is "".
-func Clean(name string) (p string, climbs bool) {
+func cleanName(name string) (p string, climbs bool) {
 	c := path.Clean(name)
 	climbs = c == ".." || strings.HasPrefix(c, "../")
 	return strings.TrimPrefix(path.Clean("/"+c), "/"), climbs
@@ -497,7 +498,7 @@ const (
 )
 
 func (w *walker) entry(l digest.Digest, h *tar.Header, body io.Reader) error {
-	p, climbs := Clean(h.Name)
+	p, climbs := cleanName(h.Name)
 	if w.lim.MaxPathLen > 0 && len(p) > w.lim.MaxPathLen {
 		w.issue(l, shorten(p), TooLong, "a path of %d characters once cleaned (%d as named), over the limit of %d: not read", len(p), len(h.Name), w.lim.MaxPathLen)
 		return nil
@@ -648,7 +649,10 @@ func (w *walker) regular(l digest.Digest, parent *node, base, p string, h *tar.H
 			}
 		}
 	}
-	size, err := io.Copy(io.MultiWriter(sinks...), body)
+	if w.buf == nil {
+		w.buf = make([]byte, 64<<10)
+	}
+	size, err := io.CopyBuffer(io.MultiWriter(sinks...), body, w.buf)
 	if err != nil {
 		if out != nil {
 			out.Close()
@@ -692,7 +696,7 @@ func (w *walker) hardLink(l digest.Digest, parent *node, base, p string, h *tar.
 		w.issue(l, shorten(p), kind, "its target %q: %s", shorten(h.Linkname), why)
 		return false
 	}
-	target, up := Clean(path.Join(rd, tbase))
+	target, up := cleanName(path.Join(rd, tbase))
 	if climbed || up {
 		w.issue(l, shorten(p), Escape, "a hard link to %q, which climbs above the image root; containerd links %s", shorten(h.Linkname), orRoot(target))
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"testing"
@@ -679,10 +680,30 @@ func zeroExecutable(t testing.TB, name string, size int64) Layer {
 	return Layer{Digest: digest.FromBytes(b), Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }}
 }
 
+// zeroSize is 1 GiB, or 256 MiB with -short or the race detector (which slows byte loops
+// tenfold): either way far more than the allocation bound.
+func zeroSize() int64 {
+	if testing.Short() || raceOn() {
+		return 256 << 20
+	}
+	return 1 << 30
+}
+
+func raceOn() bool {
+	bi, ok := debug.ReadBuildInfo()
+	for _, s := range bi.Settings {
+		if ok && s.Key == "-race" && s.Value == "true" {
+			return true
+		}
+	}
+	return false
+}
+
 // TestCheckStreams: a file whose keeping depends on its bytes is streamed to the tree and read
 // there, never held in memory: flattening a 1 GiB executable allocates a few MiB.
 func TestCheckStreams(t *testing.T) {
-	l := zeroExecutable(t, "usr/bin/huge", 1<<30)
+	size := zeroSize()
+	l := zeroExecutable(t, "usr/bin/huge", size)
 	checked := int64(0)
 	opts := Options{Keep: func(p string, fi os.FileInfo) (bool, Check) {
 		return false, func(r io.ReaderAt, size int64) (bool, error) {
@@ -703,11 +724,11 @@ func TestCheckStreams(t *testing.T) {
 		t.Fatal(err)
 	}
 	alloc := after.TotalAlloc - before.TotalAlloc
-	t.Logf("flattening a 1 GiB executable of zeros (%d bytes gzipped) allocated %.1f MiB", len(mustRead(t, l)), float64(alloc)/(1<<20))
+	t.Logf("flattening a %d MiB executable of zeros (%d bytes gzipped) allocated %.1f MiB", size>>20, len(mustRead(t, l)), float64(alloc)/(1<<20))
 	if alloc > 64<<20 {
 		t.Errorf("allocated %d MiB, want < 64 MiB", alloc>>20)
 	}
-	if checked != 1<<30 || res.Files["usr/bin/huge"].SHA256 == "" || res.Incomplete {
+	if checked != size || res.Files["usr/bin/huge"].SHA256 == "" || res.Incomplete {
 		t.Errorf("checked %d bytes, file %+v, issues %+v", checked, res.Files["usr/bin/huge"], res.Issues)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "usr/bin/huge")); err == nil {

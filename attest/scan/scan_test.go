@@ -16,6 +16,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"testing"
@@ -370,10 +371,25 @@ func peakRSS(t *testing.T) int64 {
 
 func resetPeakRSS() { os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
 
+func raceOn() bool {
+	bi, ok := debug.ReadBuildInfo()
+	for _, s := range bi.Settings {
+		if ok && s.Key == "-race" && s.Value == "true" {
+			return true
+		}
+	}
+	return false
+}
+
 // TestScanZeroExecutableBoundedMemory: a 1 GiB executable of zeros (1 MiB gzipped) is streamed,
-// not read into memory to decide whether it is a Go program.
+// not read into memory to decide whether it is a Go program: the scan allocates a few MiB and the
+// process's peak RSS stays well under 256 MiB.
 func TestScanZeroExecutableBoundedMemory(t *testing.T) {
-	l := zeroExecutable("usr/bin/huge", 1<<30)
+	size, race := int64(1<<30), raceOn()
+	if testing.Short() || race {
+		size = 256 << 20 // the race detector slows byte loops tenfold and adds shadow memory
+	}
+	l := zeroExecutable("usr/bin/huge", size)
 	s := &Scanner{TempDir: t.TempDir(), FingerprintKey: testKey}
 	scan(t, s, layer(t, file{name: "warm/up", body: "x", mode: 0o755})) // load the extractors and detectors first
 	runtime.GC()
@@ -384,15 +400,15 @@ func TestScanZeroExecutableBoundedMemory(t *testing.T) {
 	runtime.ReadMemStats(&after)
 	alloc := int64(after.TotalAlloc - before.TotalAlloc)
 	peak := peakRSS(t)
-	t.Logf("one scan of a 1 GiB executable of zeros: %.1f MiB allocated, peak RSS %.0f MiB (heap in use after: %.1f MiB)",
-		float64(alloc)/(1<<20), float64(peak)/(1<<20), float64(after.HeapInuse)/(1<<20))
-	if !r.Complete || r.Expanded < 1<<30 {
+	t.Logf("one scan of a %d MiB executable of zeros: %.1f MiB allocated, peak RSS %.0f MiB (heap in use after: %.1f MiB; race detector %v)",
+		size>>20, float64(alloc)/(1<<20), float64(peak)/(1<<20), float64(after.HeapInuse)/(1<<20), race)
+	if !r.Complete || r.Expanded < size {
 		t.Errorf("complete %v, expanded %d", r.Complete, r.Expanded)
 	}
 	if alloc > 64<<20 {
 		t.Errorf("the scan allocated %d MiB; want < 64 MiB", alloc>>20)
 	}
-	if peak > 256<<20 {
+	if peak > 256<<20 && !race {
 		t.Errorf("peak RSS %d MiB; want < 256 MiB", peak>>20)
 	}
 }
