@@ -6,7 +6,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 )
@@ -193,5 +195,59 @@ func upPutManifest(t *testing.T, addr, repo, ref string, body []byte) {
 		var b bytes.Buffer
 		b.ReadFrom(resp.Body)
 		t.Fatalf("upstream manifest push: %d %s", resp.StatusCode, b.String())
+	}
+}
+
+// TestExternalScanDoesNotWhitewash: an image pushed first through a route whose external scanner
+// (a Harbor adapter, which looks for vulnerabilities only) reports it clean is not admitted with
+// that result on a route scanned by the built-in scanner, nor on a pull route, where it holds
+// EICAR. (The adapter is a stand-in that follows the Harbor scanner API's exchange: no real
+// adapter runs here.)
+func TestExternalScanDoesNotWhitewash(t *testing.T) {
+	adapter := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Method == "POST" && r.URL.Path == "/api/v1/scan":
+			w.WriteHeader(http.StatusAccepted)
+			io.WriteString(w, `{"id":"1"}`)
+		case strings.HasSuffix(r.URL.Path, "/report"):
+			io.WriteString(w, `{"scanner":{"name":"Lenient","vendor":"test","version":"1"},"vulnerabilities":[]}`)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer adapter.Close()
+	up := startUpstream(t, "")
+	gh := startGatehouse(t, fmt.Sprintf(`routes:
+  - {prefix: docker.io, kind: pull, upstream: {url: "http://%s", timeout: 5s}}
+  - {prefix: ext, kind: push, scanner: {harbor: {url: %q}}}
+  - {prefix: "", kind: push}
+admission: {mode: enforce, hold: 60s}
+vulndb: {recheck: 200ms, max_age: 87600h}
+`, up.addr, adapter.URL))
+	gateDB(t, gh)
+	layer := hostileLayer(t, entry{name: "app/eicar.com", body: eicarBytes})
+	cfg, m := imageOf("whitewash", layer)
+	push := func(repo string) response {
+		pushBlob(t, gh, repo, cfg)
+		pushBlob(t, gh, repo, layer)
+		return do(t, gh, "PUT", "/v2/"+repo+"/manifests/v1", map[string]string{"Content-Type": ociManifest}, m)
+	}
+	if r := push("ext/app"); r.status != http.StatusCreated {
+		t.Fatalf("the lenient route refused the image (%d %s): the test proves nothing", r.status, tail(string(r.body), 3))
+	}
+	if r := push("team/app"); r.status != http.StatusForbidden || !strings.Contains(r.message(), "EICAR") {
+		t.Errorf("built-in route: PUT = %d %s, want 403 naming EICAR", r.status, tail(string(r.body), 3))
+	}
+	if r := do(t, gh, "GET", "/v2/team/app/blobs/"+sha(layer), nil, nil); r.status == http.StatusOK {
+		t.Errorf("built-in route served the EICAR layer")
+	}
+	upPushBlob(t, up.addr, "library/whitewash", cfg)
+	upPushBlob(t, up.addr, "library/whitewash", layer)
+	upPutManifest(t, up.addr, "library/whitewash", "v1", m)
+	if r := do(t, gh, "GET", "/v2/docker.io/library/whitewash/manifests/v1", nil, nil); r.status != http.StatusForbidden || !strings.Contains(r.message(), "EICAR") {
+		t.Errorf("pull route: GET = %d %s, want 403 naming EICAR", r.status, tail(string(r.body), 3))
+	}
+	if r := do(t, gh, "GET", "/v2/docker.io/library/whitewash/blobs/"+sha(layer), nil, nil); r.status == http.StatusOK {
+		t.Errorf("pull route served the EICAR layer")
 	}
 }
