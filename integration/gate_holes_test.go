@@ -225,7 +225,7 @@ admission: {mode: enforce, hold: 60s}
 vulndb: {recheck: 200ms, max_age: 87600h}
 `, up.addr, adapter.URL))
 	gateDB(t, gh)
-	layer := hostileLayer(t, entry{name: "app/eicar.com", body: eicarBytes})
+	layer := hostileLayer(t, lfFile("app/eicar.com", eicarBytes))
 	cfg, m := imageOf("whitewash", layer)
 	push := func(repo string) response {
 		pushBlob(t, gh, repo, cfg)

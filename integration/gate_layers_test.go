@@ -3,9 +3,6 @@
 package integration
 
 import (
-	"archive/tar"
-	"bytes"
-	"compress/gzip"
 	"fmt"
 	"net/http"
 	"strings"
@@ -14,39 +11,10 @@ import (
 
 const eicarBytes = `X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*`
 
-// entry is one tar entry of a hand-made layer.
-type entry struct {
-	name string
-	typ  byte
-	body string
-	link string
-}
-
-// hostileLayer writes the entries, in order, as a gzipped tar.
-func hostileLayer(t *testing.T, entries ...entry) []byte {
+// hostileLayer writes the entries, in order, as a gzipped tar (the differential test's builder).
+func hostileLayer(t *testing.T, entries ...diffEntry) []byte {
 	t.Helper()
-	var b bytes.Buffer
-	zw := gzip.NewWriter(&b)
-	tw := tar.NewWriter(zw)
-	for _, e := range entries {
-		h := &tar.Header{Name: e.name, Typeflag: e.typ, Mode: 0o644, Size: int64(len(e.body)), Linkname: e.link, Format: tar.FormatPAX}
-		if e.typ == 0 {
-			h.Typeflag = tar.TypeReg
-		}
-		if h.Typeflag == tar.TypeDir {
-			h.Mode = 0o755
-		}
-		if h.Typeflag != tar.TypeReg {
-			h.Size = 0
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatalf("%s: %v", e.name, err)
-		}
-		tw.Write([]byte(e.body))
-	}
-	tw.Close()
-	zw.Close()
-	return b.Bytes()
+	return diffGzip(diffTar(t, entries))
 }
 
 // imageOf returns the config and manifest of an image of the given gzipped layers.
@@ -68,22 +36,22 @@ func TestGateReadsLayersAsRuntimes(t *testing.T) {
 	up := startUpstream(t, "")
 	gh := startGatehouse(t, proxyConfig(up.addr, "")+"admission: {mode: enforce, hold: 60s}\nvulndb: {recheck: 200ms, max_age: 87600h}\n")
 	gateDB(t, gh)
-	eicar := entry{name: "app/eicar.com", body: eicarBytes}
-	lodash := entry{name: "app/node_modules/lodash/package.json", body: `{"name":"lodash","version":"4.17.15"}`}
+	eicar := lfFile("app/eicar.com", eicarBytes)
+	lodash := lfFile("app/node_modules/lodash/package.json", `{"name":"lodash","version":"4.17.15"}`)
 	cases := []struct {
 		name   string
 		layers [][]byte
 		want   string // in the refusal
 	}{
-		{"opaque whiteout at the root, last in the layer", [][]byte{hostileLayer(t, eicar, entry{name: ".wh..wh..opq"})}, "EICAR"},
-		{"opaque whiteout in app/, last in the layer", [][]byte{hostileLayer(t, entry{name: "app/", typ: tar.TypeDir}, eicar, entry{name: "app/.wh..wh..opq"})}, "EICAR"},
-		{"opaque whiteout over a vulnerable package of the same layer", [][]byte{hostileLayer(t, lodash, entry{name: "app/node_modules/lodash/.wh..wh..opq"})}, "CVE-2020-8203"},
-		{"a name of 2,100 ./ components", [][]byte{hostileLayer(t, entry{name: strings.Repeat("./", 2100) + "app/eicar.com", body: eicarBytes})}, "EICAR"},
-		{"a name of 1,000 a/../ components", [][]byte{hostileLayer(t, entry{name: strings.Repeat("a/../", 1000) + "app/eicar.com", body: eicarBytes})}, "EICAR"},
-		{"a name with a leading slash and dot segments", [][]byte{hostileLayer(t, entry{name: "/./app/./../app/eicar.com", body: eicarBytes})}, "EICAR"},
-		{"malware in a lower layer, whited out above", [][]byte{hostileLayer(t, eicar), hostileLayer(t, entry{name: "app/.wh.eicar.com"})}, "EICAR"},
-		{"malware in a lower layer, its directory made opaque above", [][]byte{hostileLayer(t, eicar), hostileLayer(t, entry{name: "app/", typ: tar.TypeDir}, entry{name: "app/.wh..wh..opq"})}, "EICAR"},
-		{"malware in a lower layer, overwritten above", [][]byte{hostileLayer(t, eicar), hostileLayer(t, entry{name: "app/eicar.com", body: "clean now\n"})}, "EICAR"},
+		{"opaque whiteout at the root, last in the layer", [][]byte{hostileLayer(t, eicar, lfOpaque(""))}, "EICAR"},
+		{"opaque whiteout in app/, last in the layer", [][]byte{hostileLayer(t, lfDir("app/"), eicar, lfOpaque("app"))}, "EICAR"},
+		{"opaque whiteout over a vulnerable package of the same layer", [][]byte{hostileLayer(t, lodash, lfOpaque("app/node_modules/lodash"))}, "CVE-2020-8203"},
+		{"a name of 2,100 ./ components", [][]byte{hostileLayer(t, lfFile(strings.Repeat("./", 2100)+"app/eicar.com", eicarBytes))}, "EICAR"},
+		{"a name of 1,000 a/../ components", [][]byte{hostileLayer(t, lfFile(strings.Repeat("a/../", 1000)+"app/eicar.com", eicarBytes))}, "EICAR"},
+		{"a name with a leading slash and dot segments", [][]byte{hostileLayer(t, lfFile("/./app/./../app/eicar.com", eicarBytes))}, "EICAR"},
+		{"malware in a lower layer, whited out above", [][]byte{hostileLayer(t, eicar), hostileLayer(t, lfWhiteout("app", "eicar.com"))}, "EICAR"},
+		{"malware in a lower layer, its directory made opaque above", [][]byte{hostileLayer(t, eicar), hostileLayer(t, lfDir("app/"), lfOpaque("app"))}, "EICAR"},
+		{"malware in a lower layer, overwritten above", [][]byte{hostileLayer(t, eicar), hostileLayer(t, lfFile("app/eicar.com", "clean now\n"))}, "EICAR"},
 	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
