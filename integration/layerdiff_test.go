@@ -21,6 +21,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/gatehouse-dev/gatehouse/attest/layerfs/tartest"
+
 	"github.com/gatehouse-dev/gatehouse/attest/layerfs"
 )
 
@@ -47,62 +49,6 @@ func lfHardlink(name, to string) diffEntry    { return diffEntry{name: name, typ
 func lfWhiteout(dir, name string) diffEntry   { return diffEntry{name: filepath.Join(dir, ".wh."+name)} }
 func lfOpaque(dir string) diffEntry           { return diffEntry{name: filepath.Join(dir, ".wh..wh..opq")} }
 func lfSpecial(name string, t byte) diffEntry { return diffEntry{name: name, typ: t} }
-
-// diffRawHeader is a hand-made 512-byte tar header.
-func diffRawHeader(name string, typ byte, size int64, gnu bool, edit func(b []byte)) []byte {
-	b := make([]byte, 512)
-	copy(b[0:100], name)
-	copy(b[100:], "0000644\x00")
-	copy(b[108:], "0000000\x00")
-	copy(b[116:], "0000000\x00")
-	copy(b[124:], fmt.Sprintf("%011o\x00", size))
-	copy(b[136:], fmt.Sprintf("%011o\x00", 0))
-	b[156] = typ
-	if gnu {
-		copy(b[257:], "ustar  \x00")
-	} else {
-		copy(b[257:], "ustar\x0000")
-	}
-	if edit != nil {
-		edit(b)
-	}
-	copy(b[148:156], "        ")
-	sum := 0
-	for _, c := range b {
-		sum += int(c)
-	}
-	copy(b[148:], fmt.Sprintf("%06o\x00 ", sum))
-	return b
-}
-
-func diffPad(b []byte) []byte { return append(b, make([]byte, (512-len(b)%512)%512)...) }
-
-// paxSparseEntry is a PAX GNU sparse 1.0 file named name: data at offset 0 of realsize bytes.
-func paxSparseEntry(name, data string, realsize int64) diffEntry {
-	var recs []byte
-	for _, kv := range [][2]string{{"GNU.sparse.major", "1"}, {"GNU.sparse.minor", "0"}, {"GNU.sparse.name", name}, {"GNU.sparse.realsize", fmt.Sprint(realsize)}} {
-		rec := " " + kv[0] + "=" + kv[1] + "\n"
-		n := len(rec) + 1
-		for len(fmt.Sprint(n))+len(rec) != n {
-			n++
-		}
-		recs = append(recs, fmt.Sprintf("%d%s", n, rec)...)
-	}
-	x := append(diffRawHeader("PaxHeaders/sparse", 'x', int64(len(recs)), false, nil), diffPad(recs)...)
-	body := append(diffPad([]byte(fmt.Sprintf("1\n0\n%d\n", len(data)))), data...)
-	f := append(diffRawHeader("GNUSparseFile.0/sparse", '0', int64(len(body)), false, nil), diffPad(body)...)
-	return diffEntry{raw: append(x, f...)}
-}
-
-// oldSparseEntry is a GNU type 'S' file: data at offset 0 of realsize bytes.
-func oldSparseEntry(name, data string, realsize int64) diffEntry {
-	h := diffRawHeader(name, 'S', int64(len(data)), true, func(b []byte) {
-		copy(b[386:], fmt.Sprintf("%011o\x00", 0))
-		copy(b[398:], fmt.Sprintf("%011o\x00", len(data)))
-		copy(b[483:], fmt.Sprintf("%011o\x00", realsize))
-	})
-	return diffEntry{raw: append(h, diffPad([]byte(data))...)}
-}
 
 // diffTar writes entries, in order, as a tar stream.
 func diffTar(t *testing.T, entries []diffEntry) []byte {
@@ -184,8 +130,8 @@ func diffCorpus() []diffCase {
 		{"a directory replaced by a file in the same layer", [][]diffEntry{{lfDir("d/"), lfFile("d/x", eicar), lfFile("d", "file now")}}},
 		{"a fifo over a file", [][]diffEntry{{lfFile("p", "file")}, {lfSpecial("p", tar.TypeFifo)}}},
 		{"a PAX global header", [][]diffEntry{{lfFile("pax_global_header", "a file"), lfFile("kept", "k")}, {lfSpecial("pax_global_header", tar.TypeXGlobalHeader)}}},
-		{"a PAX sparse file", [][]diffEntry{{paxSparseEntry("app/sparse", "hello", 4096), lfFile("ok", "ok")}}},
-		{"an old GNU sparse file", [][]diffEntry{{oldSparseEntry("app/sparse", "hello", 4096)}}},
+		{"a PAX sparse file", [][]diffEntry{{diffEntry{raw: tartest.PaxSparse("app/sparse", "hello", 4096)}, lfFile("ok", "ok")}}},
+		{"an old GNU sparse file", [][]diffEntry{{diffEntry{raw: tartest.OldGNUSparse("app/sparse", "hello", 4096)}}}},
 		{"a file under a file", [][]diffEntry{{lfFile("f", "f"), lfFile("f/x", "x")}}},
 		{"a dangling hard link", [][]diffEntry{{lfHardlink("h", "missing")}}},
 		{"a symlink loop", [][]diffEntry{{lfSymlink("l1", "l2"), lfSymlink("l2", "l1"), lfFile("l1/x", "x")}}},

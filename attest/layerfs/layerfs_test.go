@@ -4,12 +4,10 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
 	"sort"
 	"strings"
 	"testing"
@@ -18,6 +16,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/klauspost/compress/gzip"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/gatehouse-dev/gatehouse/attest/layerfs/tartest"
 )
 
 type entry struct {
@@ -69,72 +69,6 @@ func layer(t *testing.T, gz bool, entries ...entry) Layer {
 	}
 	b := buf.Bytes()
 	return Layer{Digest: digest.FromBytes(b), Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }}
-}
-
-// rawHeader is a hand-made 512-byte tar header (what archive/tar's writer refuses to write: old
-// GNU sparse entries, PAX GNU.sparse records, unknown types); edit adds fields before the
-// checksum is computed.
-func rawHeader(name string, typ byte, size int64, gnu bool, edit func(b []byte)) []byte {
-	b := make([]byte, 512)
-	copy(b[0:100], name)
-	copy(b[100:], "0000644\x00")
-	copy(b[108:], "0000000\x00")
-	copy(b[116:], "0000000\x00")
-	copy(b[124:], fmt.Sprintf("%011o\x00", size))
-	copy(b[136:], fmt.Sprintf("%011o\x00", 0))
-	b[156] = typ
-	if gnu {
-		copy(b[257:], "ustar  \x00")
-	} else {
-		copy(b[257:], "ustar\x0000")
-	}
-	if edit != nil {
-		edit(b)
-	}
-	copy(b[148:156], "        ")
-	sum := 0
-	for _, c := range b {
-		sum += int(c)
-	}
-	copy(b[148:], fmt.Sprintf("%06o\x00 ", sum))
-	return b
-}
-
-// pad fills a body to whole blocks.
-func pad(b []byte) []byte { return append(b, make([]byte, (512-len(b)%512)%512)...) }
-
-// oldGNUSparse is a type 'S' entry: data at offset 0 of a file of realsize bytes.
-func oldGNUSparse(name string, data string, realsize int64) entry {
-	h := rawHeader(name, 'S', int64(len(data)), true, func(b []byte) {
-		copy(b[386:], fmt.Sprintf("%011o\x00", 0))
-		copy(b[398:], fmt.Sprintf("%011o\x00", len(data)))
-		copy(b[483:], fmt.Sprintf("%011o\x00", realsize))
-	})
-	return entry{raw: append(h, pad([]byte(data))...)}
-}
-
-// paxRecords is the body of a PAX extended header.
-func paxRecords(kv ...string) []byte {
-	var out []byte
-	for i := 0; i < len(kv); i += 2 {
-		rec := " " + kv[i] + "=" + kv[i+1] + "\n"
-		n := len(rec)
-		for len(fmt.Sprint(n+len(fmt.Sprint(n)))) != len(fmt.Sprint(n)) {
-			n++
-		}
-		n += len(fmt.Sprint(n))
-		out = append(out, fmt.Sprintf("%d%s", n, rec)...)
-	}
-	return out
-}
-
-// paxSparse is a PAX GNU sparse 1.0 entry named name: data at offset 0 of realsize bytes.
-func paxSparse(name, data string, realsize int64) entry {
-	recs := paxRecords("GNU.sparse.major", "1", "GNU.sparse.minor", "0", "GNU.sparse.name", name, "GNU.sparse.realsize", fmt.Sprint(realsize))
-	x := append(rawHeader("PaxHeaders/x", 'x', int64(len(recs)), false, nil), pad(recs)...)
-	body := append(pad([]byte(fmt.Sprintf("1\n0\n%d\n", len(data)))), data...)
-	f := append(rawHeader("GNUSparseFile.0/x", '0', int64(len(body)), false, nil), pad(body)...)
-	return entry{raw: append(x, f...)}
 }
 
 func flatten(t *testing.T, lim Limits, layers ...Layer) (*Result, string) {
@@ -486,10 +420,10 @@ func TestUnreadableEntriesMakeIncomplete(t *testing.T) {
 		want       map[string]string // regular files besides after.txt
 	}{
 		{"a file over the size limit", entry{name: "big", body: strings.Repeat("x", 100)}, Limit, true, map[string]string{"big": ""}},
-		{"an old GNU sparse entry", oldGNUSparse("app/x", "hello", 10), Sparse, true, map[string]string{"app/x": "hello\x00\x00\x00\x00\x00"}},
-		{"a PAX GNU sparse entry", paxSparse("app/y", "hello", 8), Sparse, true, map[string]string{"app/y": "hello\x00\x00\x00"}},
-		{"an unknown tar type", entry{raw: rawHeader("app/z", 'V', 0, false, nil)}, Unsupported, true, map[string]string{}},
-		{"a contiguous-file entry", entry{raw: append(rawHeader("app/c", '7', 5, false, nil), pad([]byte("hello"))...)}, Unsupported, true, map[string]string{}},
+		{"an old GNU sparse entry", entry{raw: tartest.OldGNUSparse("app/x", "hello", 10)}, Sparse, true, map[string]string{"app/x": "hello\x00\x00\x00\x00\x00"}},
+		{"a PAX GNU sparse entry", entry{raw: tartest.PaxSparse("app/y", "hello", 8)}, Sparse, true, map[string]string{"app/y": "hello\x00\x00\x00"}},
+		{"an unknown tar type", entry{raw: tartest.RawHeader("app/z", 'V', 0, false, nil)}, Unsupported, true, map[string]string{}},
+		{"a contiguous-file entry", entry{raw: append(tartest.RawHeader("app/c", '7', 5, false, nil), tartest.Pad([]byte("hello"))...)}, Unsupported, true, map[string]string{}},
 		{"a character device", entry{name: "app/tty", typ: tar.TypeChar}, Special, false, map[string]string{}},
 		{"a fifo", entry{name: "app/fifo", typ: tar.TypeFifo}, Special, false, map[string]string{}},
 	}
@@ -683,20 +617,10 @@ func zeroExecutable(t testing.TB, name string, size int64) Layer {
 // zeroSize is 1 GiB, or 256 MiB with -short or the race detector (which slows byte loops
 // tenfold): either way far more than the allocation bound.
 func zeroSize() int64 {
-	if testing.Short() || raceOn() {
+	if testing.Short() || tartest.RaceOn() {
 		return 256 << 20
 	}
 	return 1 << 30
-}
-
-func raceOn() bool {
-	bi, ok := debug.ReadBuildInfo()
-	for _, s := range bi.Settings {
-		if ok && s.Key == "-race" && s.Value == "true" {
-			return true
-		}
-	}
-	return false
 }
 
 // TestCheckStreams: a file whose keeping depends on its bytes is streamed to the tree and read

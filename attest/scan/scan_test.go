@@ -16,13 +16,14 @@ import (
 	"io"
 	"os"
 	"runtime"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/gatehouse-dev/gatehouse/attest/layerfs/tartest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/gatehouse-dev/gatehouse/attest/inventory"
@@ -259,37 +260,10 @@ func TestFingerprintsKeyed(t *testing.T) {
 	}
 }
 
-// rawHeader is a hand-made tar header (archive/tar writes no sparse entries).
-func rawHeader(name string, typ byte, size int64, edit func(b []byte)) []byte {
-	b := make([]byte, 512)
-	copy(b[0:100], name)
-	copy(b[100:], "0000644\x00")
-	copy(b[108:], "0000000\x00")
-	copy(b[116:], "0000000\x00")
-	copy(b[124:], fmt.Sprintf("%011o\x00", size))
-	copy(b[136:], fmt.Sprintf("%011o\x00", 0))
-	b[156] = typ
-	copy(b[257:], "ustar  \x00")
-	if edit != nil {
-		edit(b)
-	}
-	copy(b[148:156], "        ")
-	sum := 0
-	for _, c := range b {
-		sum += int(c)
-	}
-	copy(b[148:], fmt.Sprintf("%06o\x00 ", sum))
-	return b
-}
-
 // TestIncompleteScanDenied: what the scan could not read makes it incomplete, and the default
 // policy's denial names it.
 func TestIncompleteScanDenied(t *testing.T) {
-	sparse := append(rawHeader("app/x", 'S', 5, func(b []byte) {
-		copy(b[386:], fmt.Sprintf("%011o\x00", 0))
-		copy(b[398:], fmt.Sprintf("%011o\x00", 5))
-		copy(b[483:], fmt.Sprintf("%011o\x00", 10))
-	}), append([]byte("hello"), make([]byte, 507)...)...)
+	sparse := tartest.OldGNUSparse("app/x", "hello", 10)
 	long := strings.Repeat("d/", 40) + "f"
 	tests := []struct {
 		name   string
@@ -371,21 +345,11 @@ func peakRSS(t *testing.T) int64 {
 
 func resetPeakRSS() { os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
 
-func raceOn() bool {
-	bi, ok := debug.ReadBuildInfo()
-	for _, s := range bi.Settings {
-		if ok && s.Key == "-race" && s.Value == "true" {
-			return true
-		}
-	}
-	return false
-}
-
 // TestScanZeroExecutableBoundedMemory: a 1 GiB executable of zeros (1 MiB gzipped) is streamed,
 // not read into memory to decide whether it is a Go program: the scan allocates a few MiB and the
 // process's peak RSS stays well under 256 MiB.
 func TestScanZeroExecutableBoundedMemory(t *testing.T) {
-	size, race := int64(1<<30), raceOn()
+	size, race := int64(1<<30), tartest.RaceOn()
 	if testing.Short() || race {
 		size = 256 << 20 // the race detector slows byte loops tenfold and adds shadow memory
 	}
