@@ -93,9 +93,10 @@ type Gate struct {
 }
 
 type known struct {
-	state   string
-	refusal *apierr.Error   // nil when the state serves
-	refs    []digest.Digest // blobs counted in Gate.blobs
+	state    string
+	refusal  *apierr.Error   // nil when the state serves
+	refs     []digest.Digest // blobs counted in Gate.blobs
+	children []digest.Digest // a served index's children: one refused later sends it back to admission
 }
 
 // New returns a gate. reg may be nil.
@@ -378,6 +379,9 @@ func (g *Gate) knownFor(ctx context.Context, v meta.Verdict, p parsed) known {
 		return known{state: v.State, refusal: refusal(v)}
 	}
 	k := known{state: v.State}
+	for _, c := range p.Manifests {
+		k.children = append(k.children, c.Digest)
+	}
 	want := p.blobs()
 	if len(want) == 0 {
 		return k
@@ -424,11 +428,44 @@ func (g *Gate) scanned(ctx context.Context, d digest.Digest) (map[digest.Digest]
 func (g *Gate) learn(ctx context.Context, v meta.Verdict, p parsed) known {
 	k := g.knownFor(ctx, v, p)
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	if old, had := g.put(v.Repo, v.Digest, &k); had && serves(old.state) && !serves(v.State) {
 		g.log.Warn("a served digest is now refused", "repo", v.Repo, "digest", v.Digest, "verdict", v.State, "reason", firstReasons(v, 1))
 	}
+	var indexes []digest.Digest
+	if !serves(v.State) {
+		indexes = g.servedIndexesOf(v.Repo, v.Digest)
+		for _, idx := range indexes {
+			g.put(v.Repo, idx, nil)
+		}
+	}
+	g.mu.Unlock()
+	for _, idx := range indexes {
+		// the index was served while this child was not known refused: it goes back to
+		// admission, and is judged again (with this child) on its next request
+		pv := meta.Verdict{Repo: v.Repo, Digest: idx, State: meta.Pending, PolicyDigest: "index: judged by its children", Decided: time.Now().UTC()}
+		if err := g.meta.VerdictSet(ctx, pv, "gatehouse", fmt.Sprintf("its child %s is now %s; the index is judged again", v.Digest, v.State)); err != nil {
+			g.log.Warn("could not send an index back to admission after a child was refused; it is decided again on its next request all the same", "repo", v.Repo, "index", idx, "err", err)
+		}
+	}
 	return k
+}
+
+// servedIndexesOf lists the indexes of repo being served that list child. g.mu must be held.
+func (g *Gate) servedIndexesOf(repo string, child digest.Digest) []digest.Digest {
+	var out []digest.Digest
+	prefix := repo + "@"
+	for mk, k := range g.known {
+		if !strings.HasPrefix(mk, prefix) || !serves(k.state) {
+			continue
+		}
+		for _, c := range k.children {
+			if c == child {
+				out = append(out, digest.Digest(strings.TrimPrefix(mk, prefix)))
+				break
+			}
+		}
+	}
+	return out
 }
 
 // learnUnlessKnown learns a listed verdict unless a decision arrived meanwhile (which is newer).

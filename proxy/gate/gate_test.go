@@ -378,3 +378,26 @@ func TestPullRouteIndexAdmitsOnlyWhatIsAskedFor(t *testing.T) {
 		t.Errorf("an index over the cap admitted children")
 	}
 }
+
+func TestServedIndexGoesBackToAdmissionWhenAChildIsRefused(t *testing.T) {
+	child := digest.FromBytes(image)
+	idx := []byte(`{"schemaVersion":2,"manifests":[{"digest":"` + string(child) + `","platform":{"os":"linux","architecture":"amd64"}}]}`)
+	d := digest.FromBytes(idx)
+	md := &fakeMeta{v: map[string]meta.Verdict{key("r", child): verdict(child, meta.Admitted)}}
+	g, _ := New(Config{}, md, bodies{d: idx, child: image}, func(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error) {
+		return md.VerdictGet(ctx, repo, d)
+	}, nil, nil)
+	if err := g.Manifest(context.Background(), "r", d, idx); err != nil {
+		t.Fatalf("index with an admitted child: %v", err)
+	}
+	// a database update quarantines the child
+	q := verdict(child, meta.Quarantined, "CVE-2021-23337 (high)")
+	md.VerdictSet(context.Background(), q, "gatehouse", "")
+	g.Record(context.Background(), q)
+	if v, _ := md.VerdictGet(context.Background(), "r", d); v.State != meta.Pending {
+		t.Errorf("the index's stored verdict is %q, want pending (judged again)", v.State)
+	}
+	if err := g.Manifest(context.Background(), "r", d, idx); apierr.From(err).Code != apierr.Denied || !strings.Contains(err.Error(), "CVE-2021-23337") {
+		t.Errorf("index after its child was quarantined: %v", err)
+	}
+}
