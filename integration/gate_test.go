@@ -119,6 +119,10 @@ func TestGateEnforce(t *testing.T) {
 		t.Errorf("clean child of the index: %d %s", r.status, r.body)
 	}
 	denied("bad child of the index", do(t, gh, "GET", multi+"/manifests/"+bad, nil, nil))
+	// the index served before its bad child was refused goes back to admission, and is refused
+	if r := do(t, gh, "GET", multi+"/manifests/v1", nil, nil); r.status != http.StatusForbidden || !strings.Contains(r.message(), cve) {
+		t.Errorf("index after its bad child was refused: %d %s", r.status, r.body)
+	}
 	// an index of a repository where a child is already known refused is refused for it
 	run(t, nil, crane, "copy", "--insecure", up.addr+"/library/multi@"+index, up.addr+"/library/bad:multi")
 	if r := do(t, gh, "GET", badRepo+"/manifests/"+index, nil, nil); r.status != http.StatusForbidden || !strings.Contains(r.message(), cve) {
