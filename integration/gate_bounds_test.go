@@ -6,6 +6,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"crypto/rand"
 	"fmt"
 	"net/http"
 	"os"
@@ -215,4 +216,48 @@ func metricSum(t *testing.T, gh *server, name string) float64 {
 		}
 	}
 	return sum
+}
+
+// TestSlowUpstreamDoesNotHoldScanSlots: a pull-route image whose layer the upstream drips out
+// (slowly enough that no stall timeout fires) does not hold a scan slot while it is fetched, so
+// other images are admitted meanwhile (found by an adversarial session: two such pulls stopped
+// every admission, push routes included, for minutes).
+func TestSlowUpstreamDoesNotHoldScanSlots(t *testing.T) {
+	up := startUpstream(t, "")
+	f := startFront(t, up.addr)
+	gh := startGatehouse(t, proxyConfig(f.addr, "")+"scan: {workers: 1}\nadmission: {mode: enforce, hold: 60s}\nvulndb: {recheck: 200ms, max_age: 87600h}\n")
+	gateDB(t, gh)
+	noise := make([]byte, 2<<20) // incompressible: dripped at 64 KiB a second, it takes half a minute
+	rand.Read(noise)
+	slow := hostileLayer(t, lfFile("data/noise", string(noise)))
+	cfg, m := imageOf("slow", slow)
+	upPushBlob(t, up.addr, "library/slow", cfg)
+	upPushBlob(t, up.addr, "library/slow", slow)
+	upPutManifest(t, up.addr, "library/slow", "v1", m)
+	f.set(func(f *front) { f.slow, f.slowStep = sha(slow), time.Second })
+	go func() {
+		if resp, err := http.Get(gh.url("/v2/docker.io/library/slow/manifests/v1")); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	for deadline := time.Now().Add(10 * time.Second); f.count("GET", "/v2/library/slow/blobs/"+sha(slow)) == 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the slow layer was never asked for")
+		}
+	}
+	// meanwhile a CI push of another image is admitted at once
+	start := time.Now()
+	d, body := pushZeroImage(t, gh, "ci/other", "v1", "other", zeroLayer(t, "etc/motd", 10, 0o644))
+	status, err := putManifest(gh, "ci/other", "v1", body)
+	took := time.Since(start)
+	t.Logf("a push admitted in %s while a pull-route layer was dripping in", took.Round(time.Millisecond))
+	if err != nil || status != http.StatusCreated {
+		t.Fatalf("push of %s: %d %v", d, status, err)
+	}
+	if took > 10*time.Second {
+		t.Errorf("the push took %s: the slow fetch held the only scan slot", took)
+	}
+	if f.count("GET", "/v2/library/slow/blobs/"+sha(slow)) != 1 {
+		t.Errorf("the slow layer was asked for %d times", f.count("GET", "/v2/library/slow/blobs/"+sha(slow)))
+	}
 }

@@ -263,6 +263,10 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	// a shutdown answers requests held for an admission at once (503, retry) instead of waiting
+	// out admission.hold past the shutdown deadline
+	srv.RegisterOnShutdown(gt.Release)
+
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)

@@ -90,7 +90,14 @@ type Gate struct {
 	repos   map[string]bool          // repositories whose stored served verdicts have been learned
 
 	flights singleflight.Group
+
+	stopping    chan struct{} // closed by Release: held requests are answered at once
+	releaseOnce sync.Once
 }
+
+// Release answers every request held for an admission with 503 and Retry-After at once, and
+// every later one too (the server is shutting down: its admissions go on, or run again after).
+func (g *Gate) Release() { g.releaseOnce.Do(func() { close(g.stopping) }) }
 
 type known struct {
 	state    string
@@ -121,7 +128,7 @@ func New(cfg Config, md Metadata, manifests Manifests, admit Admit, log *slog.Lo
 		return nil, err
 	}
 	return &Gate{cfg: cfg, meta: md, manifests: manifests, admit: admit, log: log, metrics: m,
-		known: map[string]known{}, blobs: map[string]int{}, anyBlob: map[digest.Digest]int{}, tags: map[string]digest.Digest{}, repos: map[string]bool{}}, nil
+		known: map[string]known{}, blobs: map[string]int{}, anyBlob: map[digest.Digest]int{}, stopping: make(chan struct{}), tags: map[string]digest.Digest{}, repos: map[string]bool{}}, nil
 }
 
 // Enforced says whether requests through a route are gated (nil: the default route).
@@ -514,6 +521,10 @@ func (g *Gate) await(ctx context.Context, repo string, d digest.Digest, p parsed
 		}
 		return known{}, apierr.New(apierr.Unavailable, "manifest %s of %s is under admission (being fetched, scanned and decided); retry in %d seconds", d, repo, retry).
 			WithHeader("Retry-After", strconv.Itoa(retry)).
+			WithDetail(map[string]string{"repository": repo, "digest": d.String(), "state": meta.Pending})
+	case <-g.stopping:
+		return known{}, apierr.New(apierr.Unavailable, "manifest %s of %s is under admission and this Gatehouse is shutting down; retry in a few seconds", d, repo).
+			WithHeader("Retry-After", "5").
 			WithDetail(map[string]string{"repository": repo, "digest": d.String(), "state": meta.Pending})
 	case <-ctx.Done():
 		return known{}, ctx.Err()

@@ -401,3 +401,25 @@ func TestServedIndexGoesBackToAdmissionWhenAChildIsRefused(t *testing.T) {
 		t.Errorf("index after its child was quarantined: %v", err)
 	}
 }
+
+func TestReleaseAnswersHeldRequests(t *testing.T) {
+	d := digest.FromBytes(image)
+	release := make(chan struct{})
+	defer close(release)
+	g, _ := New(Config{Hold: time.Hour}, &fakeMeta{v: map[string]meta.Verdict{}}, bodies{d: image}, func(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error) {
+		<-release
+		return verdict(d, meta.Admitted), nil
+	}, nil, nil)
+	errc := make(chan error, 1)
+	go func() { errc <- g.Manifest(context.Background(), "r", d, image) }()
+	time.Sleep(50 * time.Millisecond)
+	g.Release()
+	select {
+	case err := <-errc:
+		if e := apierr.From(err); e.HTTPStatus() != http.StatusServiceUnavailable || e.Header.Get("Retry-After") == "" {
+			t.Errorf("held request after Release: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a held request was not answered after Release")
+	}
+}

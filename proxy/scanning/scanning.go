@@ -255,8 +255,22 @@ func (s *Service) ScanNow(ctx context.Context, repo string, d digest.Digest) (me
 	}
 }
 
-// scanInSlot waits for a free slot (first come, first served), then scans.
+// scanInSlot fetches what the image needs (a pull route's blobs, from the upstream), then waits
+// for a free slot (first come, first served) and scans: a slow upstream holds its own admission,
+// never a slot other images are waiting for.
 func (s *Service) scanInSlot(ctx context.Context, repo string, d digest.Digest) (meta.Scan, error) {
+	ext := s.externalFor(repo)
+	start := time.Now()
+	var img scan.Image
+	var read *readSet
+	var ierr error
+	if ext == nil {
+		img, read, ierr = s.image(ctx, repo, d)
+		var missing *missingBlobError
+		if ierr != nil && !errors.As(ierr, &missing) {
+			return meta.Scan{}, ierr
+		}
+	}
 	s.metrics.queued.Inc()
 	select {
 	case s.slots <- struct{}{}:
@@ -267,15 +281,14 @@ func (s *Service) scanInSlot(ctx context.Context, repo string, d digest.Digest) 
 	}
 	s.metrics.running.Inc()
 	defer func() { s.metrics.running.Dec(); <-s.slots }()
-	return s.scan(ctx, repo, d)
-}
-
-func (s *Service) scan(ctx context.Context, repo string, d digest.Digest) (meta.Scan, error) {
-	if ext := s.externalFor(repo); ext != nil {
+	if ext != nil {
 		return s.scanExternal(ctx, ext, repo, d)
 	}
-	start := time.Now()
-	img, read, err := s.image(ctx, repo, d)
+	return s.scan(ctx, repo, d, start, img, read, ierr)
+}
+
+// scan scans the image that image prepared (err is what image said of it).
+func (s *Service) scan(ctx context.Context, repo string, d digest.Digest, start time.Time, img scan.Image, read *readSet, err error) (meta.Scan, error) {
 	var missing *missingBlobError
 	if errors.As(err, &missing) {
 		// a push route lacks a blob the image lists: nothing can be scanned that is not there
