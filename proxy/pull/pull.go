@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -65,6 +66,8 @@ type options struct {
 	metrics          *Metrics
 	companionTimeout time.Duration
 	maxCompanionBlob int64
+	maxReferrers     int   // referrers fetched per manifest
+	companionBytes   int64 // blob bytes fetched for one manifest's companions in all
 	now              func() time.Time
 	onManifest       func(repo string, d digest.Digest, mediaType string)
 }
@@ -84,9 +87,13 @@ func WithDigestAlgorithms(a ...digest.Algorithm) Option {
 func WithMetrics(m *Metrics) Option { return func(o *options) { o.metrics = m } }
 
 // WithCompanionLimits bounds the fetch of signatures, attestations and SBOMs: the time for all
-// of one manifest's, and the size of any one blob of them.
-func WithCompanionLimits(timeout time.Duration, maxBlob int64) Option {
-	return func(o *options) { o.companionTimeout, o.maxCompanionBlob = timeout, maxBlob }
+// of one manifest's, the size of any one blob of them, how many referrers are fetched, and the
+// blob bytes of them all (an upstream that attaches hundreds of large artifacts to an image
+// must not turn one pull into gigabytes of storage).
+func WithCompanionLimits(timeout time.Duration, maxBlob int64, maxReferrers int, maxBytes int64) Option {
+	return func(o *options) {
+		o.companionTimeout, o.maxCompanionBlob, o.maxReferrers, o.companionBytes = timeout, maxBlob, maxReferrers, maxBytes
+	}
 }
 
 // WithManifestHook is told of every manifest fetched from an upstream (the scanner queues it).
@@ -101,6 +108,8 @@ func New(c *content.Store, md Metadata, upstreams map[string]Upstream, opts ...O
 		algorithms:       []digest.Algorithm{digest.SHA256, digest.SHA512},
 		companionTimeout: 30 * time.Second,
 		maxCompanionBlob: 64 << 20,
+		maxReferrers:     32,
+		companionBytes:   64 << 20,
 		now:              time.Now,
 	}
 	for _, opt := range opts {
@@ -368,6 +377,8 @@ func (p *Puller) companions(ctx context.Context, rt route.Resolved, up Upstream,
 	ctx, cancel := context.WithTimeout(ctx, p.opts.companionTimeout)
 	defer cancel()
 	base := d.Algorithm().String() + "-" + d.Encoded()
+	budget := &atomic.Int64{} // blob bytes these companions may still fetch
+	budget.Store(p.opts.companionBytes)
 	var wg sync.WaitGroup
 	for _, suffix := range []string{".sig", ".att", ".sbom"} {
 		wg.Add(1)
@@ -381,7 +392,7 @@ func (p *Puller) companions(ctx context.Context, rt route.Resolved, up Upstream,
 				}
 				return
 			}
-			if err := p.artifact(ctx, rt, up, desc.Digest, tag); err != nil {
+			if err := p.artifact(ctx, rt, up, desc.Digest, tag, budget); err != nil {
 				p.opts.log.Warn("could not fetch a cosign companion", "repo", rt.Name, "tag", tag, "err", err)
 				return
 			}
@@ -396,8 +407,13 @@ func (p *Puller) companions(ctx context.Context, rt route.Resolved, up Upstream,
 			p.opts.log.Warn("could not list referrers upstream", "repo", rt.Name, "digest", d, "err", err)
 			return
 		}
+		if n := len(refs); n > p.opts.maxReferrers {
+			p.opts.log.Warn("the upstream lists more referrers than are fetched; the rest are not", "repo", rt.Name, "digest", d,
+				"referrers", n, "fetched", p.opts.maxReferrers)
+			refs = refs[:p.opts.maxReferrers]
+		}
 		for _, r := range refs {
-			if err := p.artifact(ctx, rt, up, r.Digest, ""); err != nil {
+			if err := p.artifact(ctx, rt, up, r.Digest, "", budget); err != nil {
 				p.opts.log.Warn("could not fetch a referrer", "repo", rt.Name, "digest", r.Digest, "err", err)
 				continue
 			}
@@ -408,7 +424,7 @@ func (p *Puller) companions(ctx context.Context, rt route.Resolved, up Upstream,
 }
 
 // artifact fetches a signature/attestation/SBOM manifest (by tag when tag is set) and its blobs.
-func (p *Puller) artifact(ctx context.Context, rt route.Resolved, up Upstream, d digest.Digest, tag string) error {
+func (p *Puller) artifact(ctx context.Context, rt route.Resolved, up Upstream, d digest.Digest, tag string, budget *atomic.Int64) error {
 	if d == "" {
 		m, err := up.ManifestGet(ctx, rt.Remote, tag)
 		if err != nil {
@@ -438,6 +454,8 @@ func (p *Puller) artifact(ctx context.Context, rt route.Resolved, up Upstream, d
 	if err != nil {
 		return err
 	}
+	var missing []v1.Descriptor
+	var size int64
 	for _, b := range parsed.Blobs {
 		if b.Size > p.opts.maxCompanionBlob {
 			return fmt.Errorf("blob %s is %d bytes, over the %d-byte limit for companions", b.Digest, b.Size, p.opts.maxCompanionBlob)
@@ -445,6 +463,19 @@ func (p *Puller) artifact(ctx context.Context, rt route.Resolved, up Upstream, d
 		if _, err := p.content.BlobStat(ctx, rt.Name, b.Digest); err == nil {
 			continue
 		}
+		// the budget goes by the sizes descriptors claim: the upstream must agree with them
+		if n, err := up.BlobHead(ctx, rt.Remote, b.Digest); err != nil {
+			return err
+		} else if n != b.Size {
+			return fmt.Errorf("blob %s is %d bytes upstream, not the %d its descriptor says", b.Digest, n, b.Size)
+		}
+		missing, size = append(missing, b), size+max(b.Size, 0)
+	}
+	if size > 0 && budget.Add(-size) < 0 {
+		budget.Add(size)
+		return fmt.Errorf("its %d blob bytes are over what is left of the %d-byte budget for one manifest's companions", size, p.opts.companionBytes)
+	}
+	for _, b := range missing {
 		if err := p.fill(ctx, rt, up, b.Digest); err != nil {
 			return err
 		}

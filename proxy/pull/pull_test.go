@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -38,6 +39,7 @@ type fakeUpstream struct {
 	heads     atomic.Int64
 	blobGets  atomic.Int64
 	gate      chan struct{} // if set, BlobGet waits on it
+	referrers []v1.Descriptor
 }
 
 func newFake() *fakeUpstream {
@@ -120,7 +122,9 @@ func (f *fakeUpstream) BlobHead(_ context.Context, _ string, d digest.Digest) (i
 }
 
 func (f *fakeUpstream) Referrers(context.Context, string, digest.Digest) ([]v1.Descriptor, error) {
-	return nil, nil
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.referrers, nil
 }
 
 func (f *fakeUpstream) TagList(context.Context, string, int, string) ([]string, bool, error) {
@@ -343,5 +347,52 @@ func TestUpstreamErrorMapping(t *testing.T) {
 	e := apierr.From(upstreamError(f, "manifest x", &upstream.Error{Status: 429, RetryAfter: 30 * time.Second}))
 	if e.Header.Get("Retry-After") != "30" {
 		t.Errorf("Retry-After = %q", e.Header.Get("Retry-After"))
+	}
+}
+
+// TestCompanionsBounded: an upstream that attaches many large referrers to an image gets at most
+// the referrer count and byte budget fetched, not every one of them.
+func TestCompanionsBounded(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		n, size    int
+		wantAtMost int
+	}{
+		{"many small referrers", 100, 1 << 10, 32},
+		{"a few large ones", 10, 1 << 20, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, f, rt, _, cs := setup(t)
+			p.opts.companionBytes = 3<<20 + 1<<19 // room for three 1 MiB blobs
+			ctx := context.Background()
+			subject := f.image("v1", `{"n":1}`)
+			f.mu.Lock()
+			for i := range tc.n {
+				blob := bytes.Repeat([]byte{byte(i)}, tc.size)
+				bd := digest.FromBytes(blob)
+				f.blobs[bd] = blob
+				m := []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/x-test","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[{"mediaType":"application/x-test","digest":%q,"size":%d}],"subject":{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":%q,"size":1}}`, bd, len(blob), subject))
+				md := digest.FromBytes(m)
+				f.manifests[md.String()] = m
+				f.referrers = append(f.referrers, v1.Descriptor{MediaType: "application/vnd.oci.image.manifest.v1+json", Digest: md, Size: int64(len(m))})
+			}
+			f.blobs["sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"] = []byte("{}")
+			f.mu.Unlock()
+			p.companions(ctx, rt, f, subject)
+			fetched := 0
+			f.mu.Lock()
+			blobs := f.blobs
+			f.mu.Unlock()
+			for d, b := range blobs {
+				if len(b) == tc.size {
+					if _, err := cs.BlobStat(ctx, rt.Name, d); err == nil {
+						fetched++
+					}
+				}
+			}
+			if fetched == 0 || fetched > tc.wantAtMost {
+				t.Errorf("%d referrer blobs fetched, want between 1 and %d", fetched, tc.wantAtMost)
+			}
+		})
 	}
 }
