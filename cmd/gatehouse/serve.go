@@ -271,6 +271,8 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	// a response the client stops taking is cut after limits.body_idle_timeout without progress
+	ln = api.WatchWrites(ln, time.Duration(cfg.Limits.BodyIdleTimeout))
 	if cfg.TLS != nil {
 		tc, err := tlsConfig(cfg.TLS)
 		if err != nil {

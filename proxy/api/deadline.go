@@ -11,10 +11,11 @@ import (
 
 // Progress deadlines: http.Server's ReadTimeout and WriteTimeout bound a whole request, which
 // would cut a large blob at any setting that also stops a client that stalls. Instead each read
-// of a request body and each write of a response moves the connection's deadline forward (via
-// http.ResponseController), so the bound is on the gap between bytes, not on the transfer.
+// of a request body moves the connection's read deadline forward (via http.ResponseController),
+// and each write of a response marks progress for WatchWrites, so the bound is on the gap between
+// bytes, not on the transfer.
 
-// writeChunk is the most written under one write deadline: a response write waits at most the
+// writeChunk is the most written as one step of progress: a response write waits at most the
 // idle gap for the client to take this much (beyond what the socket buffers hold).
 const writeChunk = 256 << 10
 
@@ -115,92 +116,24 @@ func (b *deadlineBody) Read(buf []byte) (int, error) {
 	return n, err
 }
 
-// deadlineWriter is a response written under progress deadlines. It keeps ReadFrom (so blobs
-// copied from an *os.File still leave through sendfile, a chunk at a time) and Flush.
-type deadlineWriter struct {
-	http.ResponseWriter
-	p progressDeadline
-}
-
-func (w *deadlineWriter) Write(b []byte) (int, error) {
-	var n int
-	for len(b) > 0 {
-		k := min(len(b), writeChunk)
-		w.p.extend()
-		m, err := w.ResponseWriter.Write(b[:k])
-		n += m
-		w.p.n += int64(m)
-		if err != nil {
-			return n, err
-		}
-		b = b[k:]
-	}
-	return n, nil
-}
-
-func (w *deadlineWriter) ReadFrom(src io.Reader) (int64, error) {
-	rf, ok := w.ResponseWriter.(io.ReaderFrom)
-	if !ok {
-		return io.Copy(writerOnly{w}, src)
-	}
-	// Keep one *io.LimitedReader around the source at most: the kernel's sendfile path looks
-	// through one, not two.
-	limited, isLimited := src.(*io.LimitedReader)
-	inner := src
-	if isLimited {
-		inner = limited.R
-	}
-	var total int64
-	for !isLimited || limited.N > 0 {
-		want := int64(writeChunk)
-		if isLimited {
-			want = min(want, limited.N)
-		}
-		w.p.extend()
-		m, err := rf.ReadFrom(&io.LimitedReader{R: inner, N: want})
-		total += m
-		w.p.n += m
-		if isLimited {
-			limited.N -= m
-		}
-		if err != nil || m < want {
-			return total, err // an error, or the source's end
-		}
-	}
-	return total, nil
-}
-
-func (w *deadlineWriter) Flush() {
-	if f, ok := w.ResponseWriter.(http.Flusher); ok {
-		w.p.extend()
-		f.Flush()
-	}
-}
-
-func (w *deadlineWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
 // writerOnly hides ReadFrom, so io.Copy does not call it back.
 type writerOnly struct{ io.Writer }
 
-// withProgressDeadlines puts r's body and the response under progress deadlines; done bounds
-// what net/http still does on the connection after the handler (the last flush, the drain of an
-// unread body) by one more gap.
-func withProgressDeadlines(w http.ResponseWriter, r *http.Request, gap time.Duration, minRate int64) (http.ResponseWriter, func()) {
-	rc := http.NewResponseController(w)
-	dw := &deadlineWriter{ResponseWriter: w, p: progressDeadline{set: rc.SetWriteDeadline, gap: gap}}
-	// a keep-alive connection still carries the last request's write deadline
-	dw.p.force(time.Time{})
-	var body *deadlineBody
-	if r.Body != nil && r.Body != http.NoBody {
-		body = &deadlineBody{ReadCloser: r.Body, p: progressDeadline{set: rc.SetReadDeadline, gap: gap, minRate: minRate}}
-		// Until the handler reads, net/http may: it discards an unread body before the
-		// response, and that too must end.
-		body.p.force(time.Now().Add(gap))
-		r.Body = body
+// withBodyDeadline puts r's body under progress deadlines (responses are watched by
+// WatchWrites, on the listener); done bounds the drain of an unread body that net/http still does
+// after the handler by one more gap.
+func withBodyDeadline(w http.ResponseWriter, r *http.Request, gap time.Duration, minRate int64) func() {
+	if r.Body == nil || r.Body == http.NoBody {
+		return func() {}
 	}
-	return dw, func() {
-		dw.p.force(time.Now().Add(gap))
-		if body != nil && !body.done {
+	rc := http.NewResponseController(w)
+	body := &deadlineBody{ReadCloser: r.Body, p: progressDeadline{set: rc.SetReadDeadline, gap: gap, minRate: minRate}}
+	// Until the handler reads, net/http may: it discards an unread body before the response,
+	// and that too must end.
+	body.p.force(time.Now().Add(gap))
+	r.Body = body
+	return func() {
+		if !body.done {
 			body.p.force(time.Now().Add(gap))
 		}
 	}

@@ -211,14 +211,13 @@ func New(c *content.Store, md Metadata, opts ...Option) (*Handler, error) {
 }
 
 // ServeHTTP parses the path once, so neither the route matchers nor the handlers parse it again.
-// Every transfer runs under progress deadlines (WithBodyTimeouts).
+// Every request body runs under progress deadlines (WithBodyTimeouts); responses are watched
+// on the listener (WatchWrites).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	t, err := ParsePath(r.URL.EscapedPath(), h.opts.maxNameLength)
 	r = r.WithContext(context.WithValue(r.Context(), parsedKey{}, parsedPath{t, err}))
 	if h.opts.bodyIdle > 0 {
-		var done func()
-		w, done = withProgressDeadlines(w, r, h.opts.bodyIdle, h.opts.bodyMinRate)
-		defer done()
+		defer withBodyDeadline(w, r, h.opts.bodyIdle, h.opts.bodyMinRate)()
 	}
 	h.router.ServeHTTP(w, r)
 }
