@@ -72,6 +72,7 @@ type Service struct {
 
 	jobs     chan job
 	slots    chan struct{} // one per scan that may run at once, whoever asked for it
+	fetches  chan struct{} // one per image whose blobs a pull route may be fetching for a scan at once
 	mu       sync.Mutex
 	inflight map[digest.Digest]chan struct{}
 	wg       sync.WaitGroup
@@ -89,7 +90,7 @@ func New(c *content.Store, md Metadata, sc Scanner, db *vulndb.DB, routes *route
 		m = NewMetrics(nil)
 	}
 	return &Service{content: c, meta: md, scanner: sc, db: db, routes: routes, puller: puller, log: log, metrics: m,
-		jobs: make(chan job, 1024), slots: make(chan struct{}, max(workers, 1)), inflight: map[digest.Digest]chan struct{}{}}
+		jobs: make(chan job, 1024), slots: make(chan struct{}, max(workers, 1)), fetches: make(chan struct{}, 4*max(workers, 1)), inflight: map[digest.Digest]chan struct{}{}}
 }
 
 // RemoveStaleTrees deletes the scan trees that a previous process left in dir (it was killed
@@ -265,7 +266,7 @@ func (s *Service) scanInSlot(ctx context.Context, repo string, d digest.Digest) 
 	var read *readSet
 	var ierr error
 	if ext == nil {
-		img, read, ierr = s.image(ctx, repo, d)
+		img, read, ierr = s.prepare(ctx, repo, d)
 		var missing *missingBlobError
 		if ierr != nil && !errors.As(ierr, &missing) {
 			return meta.Scan{}, ierr
@@ -285,6 +286,23 @@ func (s *Service) scanInSlot(ctx context.Context, repo string, d digest.Digest) 
 		return s.scanExternal(ctx, ext, repo, d)
 	}
 	return s.scan(ctx, repo, d, start, img, read, ierr)
+}
+
+// prepare reads what a scan of the image needs, fetching a pull route's blobs from the upstream
+// in a fetch slot of their own (four per scan slot): fetches are bounded, and a slow upstream
+// holds only its own route's fetches, never a push route's admission or a scan slot.
+func (s *Service) prepare(ctx context.Context, repo string, d digest.Digest) (scan.Image, *readSet, error) {
+	if s.routes != nil {
+		if rt, err := s.routes.Resolve(repo, ""); err == nil && rt.Route.Kind == route.Pull {
+			select {
+			case s.fetches <- struct{}{}:
+				defer func() { <-s.fetches }()
+			case <-ctx.Done():
+				return scan.Image{}, nil, ctx.Err()
+			}
+		}
+	}
+	return s.image(ctx, repo, d)
 }
 
 // scan scans the image that image prepared (err is what image said of it).
