@@ -3,9 +3,7 @@
 package integration
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"crypto/rand"
 	"fmt"
 	"net/http"
@@ -16,22 +14,14 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-dev/gatehouse/attest/layerfs/tartest"
 )
 
-// zeroLayer is a gzipped tar holding one file of size zero bytes (made once per size).
+// zeroLayer is a gzipped tar holding one file of size zero bytes.
 func zeroLayer(t *testing.T, name string, size int64, mode int64) []byte {
 	t.Helper()
-	var b bytes.Buffer
-	zw, _ := gzip.NewWriterLevel(&b, gzip.BestSpeed)
-	tw := tar.NewWriter(zw)
-	tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: mode, Size: size})
-	zero := make([]byte, 1<<20)
-	for left := size; left > 0; left -= int64(len(zero)) {
-		tw.Write(zero[:min(int64(len(zero)), left)])
-	}
-	tw.Close()
-	zw.Close()
-	return b.Bytes()
+	return tartest.ZeroFile(name, size, mode)
 }
 
 // pushZeroImage pushes an image of the given layers to repo:tag over HTTP and returns its digest.

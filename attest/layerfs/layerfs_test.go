@@ -600,17 +600,7 @@ func TestKeepAndInspect(t *testing.T) {
 
 // zeroExecutable is a gzipped layer holding one executable of size zero bytes.
 func zeroExecutable(t testing.TB, name string, size int64) Layer {
-	var buf bytes.Buffer
-	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
-	tw := tar.NewWriter(zw)
-	tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o755, Size: size})
-	zero := make([]byte, 1<<20)
-	for left := size; left > 0; left -= int64(len(zero)) {
-		tw.Write(zero[:min(int64(len(zero)), left)])
-	}
-	tw.Close()
-	zw.Close()
-	b := buf.Bytes()
+	b := tartest.ZeroFile(name, size, 0o755)
 	return Layer{Digest: digest.FromBytes(b), Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }}
 }
 

@@ -20,7 +20,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/klauspost/compress/gzip"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/gatehouse-dev/gatehouse/attest/layerfs/tartest"
@@ -314,17 +313,7 @@ func TestIncompleteScanDenied(t *testing.T) {
 
 // zeroExecutable is a gzipped layer of one executable of size zero bytes.
 func zeroExecutable(name string, size int64) layerfs.Layer {
-	var buf bytes.Buffer
-	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
-	tw := tar.NewWriter(zw)
-	tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o755, Size: size})
-	zero := make([]byte, 1<<20)
-	for left := size; left > 0; left -= int64(len(zero)) {
-		tw.Write(zero[:min(int64(len(zero)), left)])
-	}
-	tw.Close()
-	zw.Close()
-	b := buf.Bytes()
+	b := tartest.ZeroFile(name, size, 0o755)
 	return layerfs.Layer{Digest: digest.FromBytes(b), Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }}
 }
 

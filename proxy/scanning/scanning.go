@@ -305,33 +305,32 @@ func (s *Service) prepare(ctx context.Context, repo string, d digest.Digest) (sc
 	return s.image(ctx, repo, d)
 }
 
+// failed records a scan that could not be made, so the gate can say why the image cannot be
+// admitted, and has it decided.
+func (s *Service) failed(ctx context.Context, repo string, d digest.Digest, start time.Time, err error) (meta.Scan, error) {
+	sc := meta.Scan{Digest: d, Repo: repo, Scanned: start.UTC(), Scanner: scan.Version, Duration: time.Since(start), Error: err.Error()}
+	if perr := s.meta.ScanPut(ctx, sc); perr != nil {
+		return meta.Scan{}, perr
+	}
+	s.metrics.scanned("failed", time.Since(start))
+	s.decided(ctx, repo, d)
+	return sc, err
+}
+
 // scan scans the image that image prepared (err is what image said of it).
 func (s *Service) scan(ctx context.Context, repo string, d digest.Digest, start time.Time, img scan.Image, read *readSet, err error) (meta.Scan, error) {
 	var missing *missingBlobError
 	if errors.As(err, &missing) {
 		// a push route lacks a blob the image lists: nothing can be scanned that is not there
 		// (and nothing is fetched from a layer's third-party urls), so it is refused, saying why
-		sc := meta.Scan{Digest: d, Repo: repo, Scanned: start.UTC(), Scanner: scan.Version, Duration: time.Since(start), Error: err.Error()}
-		if perr := s.meta.ScanPut(ctx, sc); perr != nil {
-			return meta.Scan{}, perr
-		}
-		s.metrics.scanned("failed", time.Since(start))
-		s.decided(ctx, repo, d)
-		return sc, err
+		return s.failed(ctx, repo, d, start, err)
 	}
 	if err != nil {
 		return meta.Scan{}, err
 	}
 	res, err := s.scanner.Scan(ctx, img)
 	if err != nil {
-		// recorded, so the gate can say why this image cannot be admitted
-		sc := meta.Scan{Digest: d, Repo: repo, Scanned: start.UTC(), Scanner: scan.Version, Duration: time.Since(start), Error: err.Error()}
-		if perr := s.meta.ScanPut(ctx, sc); perr != nil {
-			return meta.Scan{}, perr
-		}
-		s.metrics.scanned("failed", time.Since(start))
-		s.decided(ctx, repo, d)
-		return sc, err
+		return s.failed(ctx, repo, d, start, err)
 	}
 	res.Blobs = read.list()
 	body, err := json.Marshal(res)

@@ -4,6 +4,9 @@
 package tartest
 
 import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
 	"fmt"
 	"runtime/debug"
 )
@@ -80,4 +83,19 @@ func RaceOn() bool {
 		}
 	}
 	return false
+}
+
+// ZeroFile is a gzipped layer holding one file of size zero bytes (a 1 GiB one is about 1 MiB).
+func ZeroFile(name string, size int64, mode int64) []byte {
+	var buf bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
+	tw := tar.NewWriter(zw)
+	tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: mode, Size: size})
+	zero := make([]byte, 1<<20)
+	for left := size; left > 0; left -= int64(len(zero)) {
+		tw.Write(zero[:min(int64(len(zero)), left)])
+	}
+	tw.Close()
+	zw.Close()
+	return buf.Bytes()
 }
