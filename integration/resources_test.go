@@ -3,7 +3,6 @@
 package integration
 
 import (
-	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -12,9 +11,10 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-dev/gatehouse/proxy/api/rawhttp"
 )
 
 // Hostile clients and the resources they may hold: upload sessions, request bodies that stall,
@@ -23,34 +23,7 @@ import (
 // rawConn opens a TCP connection to Gatehouse with a small receive buffer (so a client that
 // stops reading stops the server's writes soon) and sends a request head on it.
 func rawConn(t *testing.T, gh *server, head string) net.Conn {
-	t.Helper()
-	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-		return c.Control(func(fd uintptr) {
-			syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 16<<10)
-		})
-	}}
-	conn, err := d.Dial("tcp", gh.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	if _, err := io.WriteString(conn, head); err != nil {
-		t.Fatal(err)
-	}
-	return conn
-}
-
-// statusLine waits up to limit for the server to answer (or hang up) and returns the status
-// line and how long it took.
-func statusLine(t *testing.T, conn net.Conn, limit time.Duration) (string, time.Duration) {
-	t.Helper()
-	start := time.Now()
-	conn.SetReadDeadline(start.Add(limit))
-	line, err := bufio.NewReader(conn).ReadString('\n')
-	if ne, ok := err.(net.Error); ok && ne.Timeout() {
-		t.Fatalf("the server neither answered nor hung up in %s", limit)
-	}
-	return strings.TrimSpace(line), time.Since(start)
+	return rawhttp.Dial(t, gh.addr, head, 16<<10)
 }
 
 // Two clients read a few KiB of an uncached 64 MiB layer and stop reading, sockets open. A third
@@ -186,7 +159,7 @@ func TestSlowBodyTimedOut(t *testing.T) {
 
 	// a few bytes, then nothing
 	conn := rawConn(t, gh, "PATCH "+loc+" HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 1048576\r\n\r\nfirst bytes")
-	line, took := statusLine(t, conn, gap+10*time.Second)
+	line, took := rawhttp.StatusLine(t, conn, gap+10*time.Second)
 	if !strings.Contains(line, "408") || took > gap+3*time.Second {
 		t.Errorf("a PATCH that stalls: %q after %s (limits.body_idle_timeout %s)", line, took, gap)
 	}
@@ -210,7 +183,7 @@ func TestSlowBodyTimedOut(t *testing.T) {
 			}
 		}
 	}()
-	line, took = statusLine(t, conn, gap+10*time.Second)
+	line, took = rawhttp.StatusLine(t, conn, gap+10*time.Second)
 	close(stop)
 	if !strings.Contains(line, "408") || took > gap+3*time.Second {
 		t.Errorf("a PATCH that dribbles: %q after %s", line, took)

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -13,13 +12,13 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/gatehouse-dev/gatehouse/proxy/api/rawhttp"
 	"github.com/gatehouse-dev/gatehouse/storage/content"
 	"github.com/gatehouse-dev/gatehouse/storage/meta/sqlite"
 )
@@ -339,36 +338,7 @@ func TestUploadCountSurvivesRestart(t *testing.T) {
 
 // rawRequest sends a request's head on a fresh connection and returns it.
 func rawRequest(t *testing.T, s *server, head string, rcvbuf int) net.Conn {
-	t.Helper()
-	d := net.Dialer{}
-	if rcvbuf > 0 {
-		d.Control = func(_, _ string, c syscall.RawConn) error {
-			return c.Control(func(fd uintptr) {
-				syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvbuf)
-			})
-		}
-	}
-	conn, err := d.Dial("tcp", s.srv.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	if _, err := io.WriteString(conn, head); err != nil {
-		t.Fatal(err)
-	}
-	return conn
-}
-
-// answered waits (up to limit) for the server to answer or hang up, returning the status line.
-func answered(t *testing.T, conn net.Conn, limit time.Duration) (string, time.Duration) {
-	t.Helper()
-	start := time.Now()
-	conn.SetReadDeadline(start.Add(limit))
-	line, err := bufio.NewReader(conn).ReadString('\n')
-	if ne, ok := err.(net.Error); ok && ne.Timeout() {
-		t.Fatalf("the server neither answered nor hung up in %s", limit)
-	}
-	return strings.TrimSpace(line), time.Since(start)
+	return rawhttp.Dial(t, s.srv.Listener.Addr().String(), head, rcvbuf)
 }
 
 func TestSlowBodyTimedOut(t *testing.T) {
@@ -377,7 +347,7 @@ func TestSlowBodyTimedOut(t *testing.T) {
 	loc := s.open("a")
 	// a few bytes, then nothing
 	conn := rawRequest(t, s, "PATCH "+loc+" HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabcde", 0)
-	line, took := answered(t, conn, gap+5*time.Second)
+	line, took := rawhttp.StatusLine(t, conn, gap+5*time.Second)
 	if !strings.Contains(line, "408") || took > gap+2*time.Second {
 		t.Errorf("a stalled PATCH: %q after %s (gap %s)", line, took, gap)
 	}
@@ -386,7 +356,7 @@ func TestSlowBodyTimedOut(t *testing.T) {
 	}
 	// the same with no session: a manifest body that stalls
 	conn = rawRequest(t, s, "PUT /v2/a/manifests/v1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 1000\r\n\r\n{", 0)
-	if _, took := answered(t, conn, gap+5*time.Second); took > gap+2*time.Second {
+	if _, took := rawhttp.StatusLine(t, conn, gap+5*time.Second); took > gap+2*time.Second {
 		t.Errorf("a stalled manifest PUT held on %s", took)
 	}
 }
@@ -410,7 +380,7 @@ func TestDribbledBodyTimedOut(t *testing.T) {
 			}
 		}
 	}()
-	line, took := answered(t, conn, gap+5*time.Second)
+	line, took := rawhttp.StatusLine(t, conn, gap+5*time.Second)
 	if !strings.Contains(line, "408") || took > gap+2*time.Second {
 		t.Errorf("a dribbled PATCH: %q after %s (gap %s, min rate 1000 B/s)", line, took, gap)
 	}
