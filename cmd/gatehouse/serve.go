@@ -184,10 +184,13 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 			// scanned through another one
 			if body, err := store.ManifestGet(ctx, d); err == nil {
 				var m struct {
-					Config struct{ Digest digest.Digest }
+					Config struct {
+						Digest digest.Digest
+						Size   int64
+					}
 				}
 				if json.Unmarshal(body, &m) == nil && m.Config.Digest != "" {
-					if err := puller.EnsureBlob(ctx, rt, m.Config.Digest); err != nil {
+					if err := puller.EnsureBlob(ctx, rt, m.Config.Digest, m.Config.Size); err != nil {
 						return meta.Verdict{}, err
 					}
 				}

@@ -72,10 +72,12 @@ func (p *Puller) Blob(ctx context.Context, rt route.Resolved, d digest.Digest, w
 	if err != nil {
 		return false, err
 	}
-	return p.fillOrWait(ctx, rt, up, d, w)
+	return p.fillOrWait(ctx, rt, up, d, -1, w)
 }
 
-func (p *Puller) fillOrWait(ctx context.Context, rt route.Resolved, up Upstream, d digest.Digest, w http.ResponseWriter) (bool, error) {
+// fillOrWait fetches blob d (want bytes long, as a descriptor says; -1: unknown) or waits for
+// the fetch already running.
+func (p *Puller) fillOrWait(ctx context.Context, rt route.Resolved, up Upstream, d digest.Digest, want int64, w http.ResponseWriter) (bool, error) {
 	key := rt.Name + "@" + d.String()
 	f, leader := p.blobs.join(key)
 	if !leader {
@@ -87,7 +89,7 @@ func (p *Puller) fillOrWait(ctx context.Context, rt route.Resolved, up Upstream,
 	if w != nil {
 		t = newTee(followWindow)
 	}
-	size, err := p.startFill(ctx, key, f, rt, up, d, t)
+	size, err := p.startFill(ctx, key, f, rt, up, d, want, t)
 	if err != nil {
 		return false, err
 	}
@@ -106,15 +108,15 @@ func waitFill(ctx context.Context, f *blobFlight, d digest.Digest) error {
 	}
 }
 
-// fill fetches a blob into the store without a client (companions).
-func (p *Puller) fill(ctx context.Context, rt route.Resolved, up Upstream, d digest.Digest) error {
-	_, err := p.fillOrWait(ctx, rt, up, d, nil)
+// fill fetches a blob of want bytes into the store without a client (companions, scans).
+func (p *Puller) fill(ctx context.Context, rt route.Resolved, up Upstream, d digest.Digest, want int64) error {
+	_, err := p.fillOrWait(ctx, rt, up, d, want, nil)
 	return err
 }
 
 // startFill opens the upstream read and the upload, then runs the fetch in the background,
 // where it ends the flight. An error here has ended it already.
-func (p *Puller) startFill(ctx context.Context, key string, f *blobFlight, rt route.Resolved, up Upstream, d digest.Digest, t *tee) (int64, error) {
+func (p *Puller) startFill(ctx context.Context, key string, f *blobFlight, rt route.Resolved, up Upstream, d digest.Digest, want int64, t *tee) (int64, error) {
 	// The fetch continues if the client leaves: waiters and the cache still want the blob.
 	fctx := context.WithoutCancel(ctx)
 	rc, size, err := up.BlobGet(fctx, rt.Remote, d)
@@ -122,6 +124,17 @@ func (p *Puller) startFill(ctx context.Context, key string, f *blobFlight, rt ro
 		err = upstreamError(up, "blob "+d.String()+" of "+rt.Remote, err)
 		p.blobs.finish(key, f, err)
 		return 0, err
+	}
+	if want >= 0 {
+		// the descriptor's size bounds the read: an upstream that announces another size, or
+		// sends more than the descriptor says (chunked), is refused before it fills the disk
+		if size >= 0 && size != want {
+			rc.Close()
+			err := apierr.New(apierr.Unavailable, "the upstream %s offers %d bytes for blob %s, whose descriptor says %d; it is not fetched", up.URL(), size, d, want)
+			p.blobs.finish(key, f, err)
+			return 0, err
+		}
+		size = want
 	}
 	u, err := p.content.UploadCreate(fctx, rt.Name)
 	if err != nil {

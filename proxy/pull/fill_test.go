@@ -152,7 +152,7 @@ func TestSlowClientsDoNotHoldTheFill(t *testing.T) {
 	// the scanner's fetch of the same blob is not held either
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := p.EnsureBlob(sctx, rt, d); err != nil {
+	if err := p.EnsureBlob(sctx, rt, d, -1); err != nil {
 		t.Errorf("EnsureBlob: %v", err)
 	}
 	if err := <-secondDone; err != nil {

@@ -476,7 +476,7 @@ func (p *Puller) artifact(ctx context.Context, rt route.Resolved, up Upstream, d
 		return fmt.Errorf("its %d blob bytes are over what is left of the %d-byte budget for one manifest's companions", size, p.opts.companionBytes)
 	}
 	for _, b := range missing {
-		if err := p.fill(ctx, rt, up, b.Digest); err != nil {
+		if err := p.fill(ctx, rt, up, b.Digest, b.Size); err != nil {
 			return err
 		}
 	}
@@ -487,11 +487,15 @@ func (p *Puller) artifact(ctx context.Context, rt route.Resolved, up Upstream, d
 func (p *Puller) CountServed(rt route.Resolved, n int64) { p.opts.metrics.servedBytes(rt, n) }
 
 // EnsureBlob makes sure a blob of a pull route is in the store, fetching it once if not (the
-// scanner reads layers a client has not pulled yet).
-func (p *Puller) EnsureBlob(ctx context.Context, rt route.Resolved, d digest.Digest) error {
+// scanner reads layers a client has not pulled yet). size is its descriptor's (-1: unknown):
+// the upstream must send exactly that many bytes, and no more is read.
+func (p *Puller) EnsureBlob(ctx context.Context, rt route.Resolved, d digest.Digest, size int64) error {
 	if _, err := p.content.BlobStat(ctx, rt.Name, d); err == nil {
 		return nil
 	}
-	_, err := p.Blob(ctx, rt, d, nil)
-	return err
+	up, err := p.upstream(rt)
+	if err != nil {
+		return err
+	}
+	return p.fill(ctx, rt, up, d, size)
 }

@@ -40,6 +40,8 @@ type fakeUpstream struct {
 	blobGets  atomic.Int64
 	gate      chan struct{} // if set, BlobGet waits on it
 	referrers []v1.Descriptor
+	chunked   atomic.Bool  // BlobGet announces no length
+	sent      atomic.Int64 // blob bytes read from BlobGet bodies
 }
 
 func newFake() *fakeUpstream {
@@ -108,7 +110,11 @@ func (f *fakeUpstream) BlobGet(_ context.Context, _ string, d digest.Digest) (io
 	if f.lie.Load() {
 		b = bytes.ToUpper(b)
 	}
-	return io.NopCloser(bytes.NewReader(b)), int64(len(b)), nil
+	size := int64(len(b))
+	if f.chunked.Load() {
+		size = -1
+	}
+	return io.NopCloser(&countReader{r: bytes.NewReader(b), n: &f.sent}), size, nil
 }
 
 func (f *fakeUpstream) BlobHead(_ context.Context, _ string, d digest.Digest) (int64, error) {
@@ -392,6 +398,44 @@ func TestCompanionsBounded(t *testing.T) {
 			}
 			if fetched == 0 || fetched > tc.wantAtMost {
 				t.Errorf("%d referrer blobs fetched, want between 1 and %d", fetched, tc.wantAtMost)
+			}
+		})
+	}
+}
+
+type countReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// TestFillBoundedByTheDescriptor: an upstream that sends more than a blob's descriptor says,
+// announced or chunked, is refused without its bytes being read or stored (found by an
+// adversarial session: 1 GiB read and written for a 40 KB layer).
+func TestFillBoundedByTheDescriptor(t *testing.T) {
+	for _, chunked := range []bool{false, true} {
+		t.Run(fmt.Sprint("chunked=", chunked), func(t *testing.T) {
+			p, f, rt, _, cs := setup(t)
+			big := bytes.Repeat([]byte("x"), 8<<20)
+			d := digest.FromBytes(big)
+			f.mu.Lock()
+			f.blobs[d] = big
+			f.mu.Unlock()
+			f.chunked.Store(chunked)
+			err := p.EnsureBlob(context.Background(), rt, d, 100) // the descriptor says 100 bytes
+			if err == nil {
+				t.Fatal("a blob larger than its descriptor was accepted")
+			}
+			if n := f.sent.Load(); n > 1<<20 {
+				t.Errorf("%d bytes read from the upstream for a 100-byte descriptor", n)
+			}
+			if _, err := cs.BlobStat(context.Background(), rt.Name, d); err == nil {
+				t.Errorf("the oversized blob was stored")
 			}
 		})
 	}

@@ -439,7 +439,7 @@ func (s *Service) image(ctx context.Context, repo string, d digest.Digest) (scan
 		// the image it is (a config that is not an image config fails the scan, and so the image)
 	}
 	read := &readSet{}
-	if err := s.ensure(ctx, repo, m.Config.Digest); err != nil {
+	if err := s.ensure(ctx, repo, m.Config.Digest, m.Config.Size); err != nil {
 		return scan.Image{}, nil, fmt.Errorf("config %s: %w", m.Config.Digest, err)
 	}
 	cfg, err := s.readBlob(ctx, repo, m.Config.Digest, 4<<20)
@@ -449,7 +449,7 @@ func (s *Service) image(ctx context.Context, repo string, d digest.Digest) (scan
 	read.add(m.Config.Digest)
 	img := scan.Image{Digest: d, Config: cfg}
 	for _, l := range m.Layers {
-		if err := s.ensure(ctx, repo, l.Digest); err != nil {
+		if err := s.ensure(ctx, repo, l.Digest, l.Size); err != nil {
 			if len(l.URLs) > 0 {
 				err = fmt.Errorf("%w (Gatehouse scans every layer it could serve and never fetches one from the urls a descriptor names: push the layer itself)", err)
 			}
@@ -506,8 +506,9 @@ func (e *missingBlobError) Error() string {
 	return fmt.Sprintf("blob %s is not in this repository", e.d)
 }
 
-// ensure makes sure a blob is in the store (for a pull route, by fetching it once).
-func (s *Service) ensure(ctx context.Context, repo string, d digest.Digest) error {
+// ensure makes sure a blob of the given size is in the store (for a pull route, by fetching it
+// once, reading no more than its descriptor says).
+func (s *Service) ensure(ctx context.Context, repo string, d digest.Digest, size int64) error {
 	if _, err := s.content.BlobStat(ctx, repo, d); err == nil {
 		return nil
 	}
@@ -515,7 +516,7 @@ func (s *Service) ensure(ctx context.Context, repo string, d digest.Digest) erro
 	if err != nil || rt.Route.Kind != route.Pull || s.puller == nil {
 		return &missingBlobError{d}
 	}
-	return s.puller.EnsureBlob(ctx, rt, d)
+	return s.puller.EnsureBlob(ctx, rt, d, size)
 }
 
 func (s *Service) readBlob(ctx context.Context, repo string, d digest.Digest, limit int64) ([]byte, error) {
