@@ -481,3 +481,37 @@ func TestStalledReaderCut(t *testing.T) {
 		t.Errorf("healthz after a cut reader: %d", r.status)
 	}
 }
+
+// TestSlowSteadyReaderNotCut: a reader far slower than the send queue drains per gap (a client
+// on a slow link) is not cut as long as it keeps taking bytes (found by an adversarial session:
+// one reading 200 KB/s was cut with a 2 s gap, since a blocked write returns only when half the
+// send queue has drained). It reads 128 KiB every half gap (loopback's segments are 64 KiB: a
+// reader taking less opens no window at all) for twelve gaps, then the rest at once: a cut
+// connection would end short of the whole blob.
+func TestSlowSteadyReaderNotCut(t *testing.T) {
+	const gap = 300 * time.Millisecond
+	s := serve(t, newStore(t), WithBodyTimeouts(gap, 0))
+	blob := make([]byte, 32<<20)
+	rand.Read(blob)
+	d := digest.FromBytes(blob)
+	if r := s.do("POST", "/v2/a/blobs/uploads/?digest="+d.String(), nil, blob); r.status != 201 {
+		t.Fatalf("push: %d %s", r.status, r.body)
+	}
+	conn := rawRequest(t, s, "GET /v2/a/blobs/"+d.String()+" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 0)
+	buf := make([]byte, 128<<10)
+	var n int64
+	for range 24 {
+		conn.SetReadDeadline(time.Now().Add(5 * gap))
+		k, err := io.ReadFull(conn, buf)
+		n += int64(k)
+		if err != nil {
+			t.Fatalf("the slow reader's read failed after %d bytes: %v", n, err)
+		}
+		time.Sleep(gap / 2)
+	}
+	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	rest, err := io.Copy(io.Discard, conn)
+	if n += rest; n < int64(len(blob)) {
+		t.Errorf("a reader that kept taking 128 KiB every half gap was cut: %d of %d bytes (%v)", n, len(blob), err)
+	}
+}

@@ -9,12 +9,13 @@ import (
 )
 
 // WatchWrites returns a listener whose connections are closed when a write to them makes no
-// progress for gap: a client that stops reading a response (or pipelines requests and never
-// reads) cannot hold its connection, and the goroutine serving it, forever. A write deadline
+// progress for gap (no write returning and, on Linux, the send queue not shrinking): a client
+// that stops reading a response (or pipelines requests and never reads) cannot hold its
+// connection, and the goroutine serving it, forever, while a slow but steady reader is never cut. A write deadline
 // set per request would do the same at the cost of a runtime timer per request, a quarter of a
 // cached manifest GET's time; here a write costs two atomic stores, and each connection has one
-// timer that looks every half gap. Writes are made in chunks of writeChunk, so a slow but steady
-// reader is never cut, and sendfile is kept (ReadFrom).
+// timer that looks every half gap. Writes are made in chunks of writeChunk, and sendfile is kept
+// (ReadFrom).
 func WatchWrites(l net.Listener, gap time.Duration) net.Listener {
 	if gap <= 0 {
 		return l
@@ -32,7 +33,7 @@ func (l *watchListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &watchedConn{Conn: c, gap: l.gap}, nil
+	return &watchedConn{Conn: c, gap: l.gap, queued: -1}, nil
 }
 
 // watchedConn is a connection whose writes are watched for progress.
@@ -44,6 +45,7 @@ type watchedConn struct {
 	mu     sync.Mutex
 	timer  *time.Timer
 	closed bool
+	queued int // the send queue at the last look while a write was under way (-1: none)
 }
 
 // begin marks a write under way, arming the connection's watch on its first write.
@@ -58,11 +60,23 @@ func (c *watchedConn) begin() {
 
 func (c *watchedConn) end() { c.since.Store(0) }
 
-// check closes the connection if a write has not moved for a gap, and looks again later.
+// check closes the connection if a write has not moved for a gap, and looks again later. A
+// write blocked on a full send queue returns only once the kernel has sent about half of it, so
+// a slow reader's progress is seen in the queue shrinking between looks, not in writes returning.
 func (c *watchedConn) check() {
-	if s := c.since.Load(); s != 0 && time.Since(time.Unix(0, s)) >= c.gap {
-		c.Close()
-		return
+	if s := c.since.Load(); s != 0 {
+		if q, ok := unsent(c.Conn); ok {
+			if c.queued >= 0 && q < c.queued && c.since.CompareAndSwap(s, time.Now().UnixNano()) {
+				s = c.since.Load()
+			}
+			c.queued = q
+		}
+		if time.Since(time.Unix(0, s)) >= c.gap {
+			c.Close()
+			return
+		}
+	} else {
+		c.queued = -1
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
