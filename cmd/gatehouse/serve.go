@@ -307,6 +307,7 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
+	gt.Wait() // admissions stopped by the shutdown end before the metadata store closes
 	puller.Close(10 * time.Second)
 	log.Info("stopped")
 	return nil

@@ -93,11 +93,29 @@ type Gate struct {
 
 	stopping    chan struct{} // closed by Release: held requests are answered at once
 	releaseOnce sync.Once
+	base        context.Context // admissions run under it, not under a request's context
+	stop        context.CancelFunc
+	runMu       sync.Mutex     // orders Release against admissions starting
+	released    bool           // set by Release: no admission starts after it
+	running     sync.WaitGroup // admissions under way
 }
 
 // Release answers every request held for an admission with 503 and Retry-After at once, and
-// every later one too (the server is shutting down: its admissions go on, or run again after).
-func (g *Gate) Release() { g.releaseOnce.Do(func() { close(g.stopping) }) }
+// every later one too, and stops the admissions under way (the server is shutting down: they
+// run again, from what is stored, when next asked for).
+func (g *Gate) Release() {
+	g.releaseOnce.Do(func() {
+		g.runMu.Lock()
+		g.released = true
+		g.runMu.Unlock()
+		close(g.stopping)
+		g.stop()
+	})
+}
+
+// Wait waits, after Release, for the admissions that were under way to end (so nothing writes
+// to the metadata store once it is closed).
+func (g *Gate) Wait() { g.running.Wait() }
 
 type known struct {
 	state    string
@@ -127,7 +145,8 @@ func New(cfg Config, md Metadata, manifests Manifests, admit Admit, log *slog.Lo
 	if err != nil {
 		return nil, err
 	}
-	return &Gate{cfg: cfg, meta: md, manifests: manifests, admit: admit, log: log, metrics: m,
+	base, stop := context.WithCancel(context.Background())
+	return &Gate{cfg: cfg, meta: md, manifests: manifests, admit: admit, log: log, metrics: m, base: base, stop: stop,
 		known: map[string]known{}, blobs: map[string]int{}, anyBlob: map[digest.Digest]int{}, stopping: make(chan struct{}), tags: map[string]digest.Digest{}, repos: map[string]bool{}}, nil
 }
 
@@ -489,7 +508,17 @@ func (g *Gate) learnUnlessKnown(ctx context.Context, v meta.Verdict, p parsed) {
 func (g *Gate) await(ctx context.Context, repo string, d digest.Digest, p parsed, hold time.Duration) (known, error) {
 	ch := g.flights.DoChan(key(repo, d), func() (any, error) {
 		// not the request's context: the decision is worth finishing for whoever asks next
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.Timeout)
+		// (the gate's own, which only a shutdown ends)
+		g.runMu.Lock()
+		if g.released {
+			g.runMu.Unlock()
+			return known{}, apierr.New(apierr.Unavailable, "manifest %s of %s is not admitted while this Gatehouse shuts down; retry in a few seconds", d, repo).
+				WithHeader("Retry-After", "5")
+		}
+		g.running.Add(1)
+		g.runMu.Unlock()
+		defer g.running.Done()
+		actx, cancel := context.WithTimeout(g.base, g.cfg.Timeout)
 		defer cancel()
 		g.metrics.admissions.Inc()
 		start := time.Now()

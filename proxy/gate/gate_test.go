@@ -407,8 +407,12 @@ func TestReleaseAnswersHeldRequests(t *testing.T) {
 	release := make(chan struct{})
 	defer close(release)
 	g, _ := New(Config{Hold: time.Hour}, &fakeMeta{v: map[string]meta.Verdict{}}, bodies{d: image}, func(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error) {
-		<-release
-		return verdict(d, meta.Admitted), nil
+		select {
+		case <-release:
+			return verdict(d, meta.Admitted), nil
+		case <-ctx.Done(): // the shutdown stops it
+			return meta.Verdict{}, ctx.Err()
+		}
 	}, nil, nil)
 	errc := make(chan error, 1)
 	go func() { errc <- g.Manifest(context.Background(), "r", d, image) }()
@@ -421,5 +425,15 @@ func TestReleaseAnswersHeldRequests(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("a held request was not answered after Release")
+	}
+	waited := make(chan struct{})
+	go func() { g.Wait(); close(waited) }()
+	select {
+	case <-waited:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the admission under way did not end after Release")
+	}
+	if e := apierr.From(g.Manifest(context.Background(), "r", d, image)); e.HTTPStatus() != http.StatusServiceUnavailable {
+		t.Errorf("a request after Release: %v", e)
 	}
 }
