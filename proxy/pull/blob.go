@@ -76,13 +76,20 @@ func (p *Puller) Blob(ctx context.Context, rt route.Resolved, d digest.Digest, w
 }
 
 // fillOrWait fetches blob d (want bytes long, as a descriptor says; -1: unknown) or waits for
-// the fetch already running.
+// the fetch already running. A request that joined a fetch which then failed tries one fetch
+// of its own: the one it joined may have begun before the upstream came back.
 func (p *Puller) fillOrWait(ctx context.Context, rt route.Resolved, up Upstream, d digest.Digest, want int64, w http.ResponseWriter) (bool, error) {
 	key := rt.Name + "@" + d.String()
 	f, leader := p.blobs.join(key)
 	if !leader {
 		p.opts.metrics.cache(rt, "blob", "shared")
-		return false, waitFill(ctx, f, d)
+		err := waitFill(ctx, f, d)
+		if err == nil || ctx.Err() != nil {
+			return false, err
+		}
+		if f, leader = p.blobs.join(key); !leader {
+			return false, waitFill(ctx, f, d)
+		}
 	}
 	p.opts.metrics.cache(rt, "blob", "miss")
 	var t *tee
