@@ -147,7 +147,7 @@ func TestPullRouteIndexBounded(t *testing.T) {
 	crane := tool(t, "crane")
 	up := startUpstream(t, "")
 	f := startFront(t, up.addr)
-	gh := startGatehouse(t, proxyConfig(f.addr, "")+"admission: {mode: enforce, hold: 60s}\nvulndb: {recheck: 200ms, max_age: 87600h}\n")
+	gh := startGatehouse(t, proxyConfig(f.addr, "")+enforcing)
 	gateDB(t, gh)
 
 	tarPath := tarDir(t, "", map[string][]byte{"etc/motd": []byte("one of many\n")})
@@ -215,7 +215,7 @@ func metricSum(t *testing.T, gh *server, name string) float64 {
 func TestSlowUpstreamDoesNotHoldScanSlots(t *testing.T) {
 	up := startUpstream(t, "")
 	f := startFront(t, up.addr)
-	gh := startGatehouse(t, proxyConfig(f.addr, "")+"scan: {workers: 1}\nadmission: {mode: enforce, hold: 60s}\nvulndb: {recheck: 200ms, max_age: 87600h}\n")
+	gh := startGatehouse(t, proxyConfig(f.addr, "")+"scan: {workers: 1}\n"+enforcing)
 	gateDB(t, gh)
 	noise := make([]byte, 2<<20) // incompressible: dripped at 64 KiB a second, it takes half a minute
 	rand.Read(noise)

@@ -22,7 +22,7 @@ func TestGateHoles(t *testing.T) {
 	// the upstream accepts layers with urls (distribution refuses them unless told)
 	up := startUpstream(t, "validation: {manifests: {urls: {allow: ['^https://']}}}\n")
 	clean, bad, _, badLayer := gateImages(t, crane, up.addr)
-	gh := startGatehouse(t, proxyConfig(up.addr, "")+"admission: {mode: enforce, hold: 60s}\nvulndb: {recheck: 200ms, max_age: 87600h}\n")
+	gh := startGatehouse(t, proxyConfig(up.addr, "")+enforcing)
 	gateDB(t, gh)
 	const cve = "CVE-2020-8203"
 

@@ -34,7 +34,7 @@ func imageOf(note string, layers ...[]byte) (cfg, m []byte) {
 // layer hides are refused, on a push route and on a pull route.
 func TestGateReadsLayersAsRuntimes(t *testing.T) {
 	up := startUpstream(t, "")
-	gh := startGatehouse(t, proxyConfig(up.addr, "")+"admission: {mode: enforce, hold: 60s}\nvulndb: {recheck: 200ms, max_age: 87600h}\n")
+	gh := startGatehouse(t, proxyConfig(up.addr, "")+enforcing)
 	gateDB(t, gh)
 	eicar := lfFile("app/eicar.com", eicarBytes)
 	lodash := lfFile("app/node_modules/lodash/package.json", `{"name":"lodash","version":"4.17.15"}`)

@@ -45,6 +45,10 @@ func gateImages(t *testing.T, crane, upstream string) (clean, bad, index, badLay
 	return clean, bad, index, badLayer
 }
 
+// enforcing is the config of the gate's tests: enforce, hold a minute, pick up a database
+// import within 200 ms and take the test data's dates as current.
+const enforcing = "admission: {mode: enforce, hold: 60s}\nvulndb: {recheck: 200ms, max_age: 87600h}\n"
+
 func gateDB(t *testing.T, gh *server) {
 	t.Helper()
 	osvZip := filepath.Join(t.TempDir(), "all.zip")
@@ -61,7 +65,7 @@ func TestGateEnforce(t *testing.T) {
 	gh := startGatehouse(t, proxyConfig(up.addr, `  - prefix: audited
     kind: pull
     upstream: {url: "http://`+up.addr+`"}
-    admission_mode: audit`)+"admission: {mode: enforce, hold: 60s}\nvulndb: {recheck: 200ms, max_age: 87600h}\n")
+    admission_mode: audit`)+enforcing)
 	gateDB(t, gh)
 
 	// the clean image is admitted on its first pull and pulls with a real client

@@ -125,7 +125,7 @@ func TestPodmanNoFallback(t *testing.T) {
 	crane := tool(t, "crane")
 	up := startUpstream(t, "")
 	clean, bad, _, _ := gateImages(t, crane, up.addr)
-	gh := startGatehouse(t, proxyConfig(up.addr, "")+"admission: {mode: enforce, hold: 60s}\nvulndb: {recheck: 200ms, max_age: 87600h}\n")
+	gh := startGatehouse(t, proxyConfig(up.addr, "")+enforcing)
 	gateDB(t, gh)
 	const cve = "CVE-2020-8203"
 
