@@ -91,26 +91,21 @@ type Gate struct {
 
 	flights singleflight.Group
 
-	stopping    chan struct{} // closed by Release: held requests are answered at once
-	releaseOnce sync.Once
-	base        context.Context // admissions run under it, not under a request's context
-	stop        context.CancelFunc
-	runMu       sync.Mutex     // orders Release against admissions starting
-	released    bool           // set by Release: no admission starts after it
-	running     sync.WaitGroup // admissions under way
+	base     context.Context // admissions run under it; Release ends it, and held requests are answered then
+	stop     context.CancelFunc
+	runMu    sync.Mutex     // orders Release against admissions starting
+	released bool           // set by Release: no admission starts after it
+	running  sync.WaitGroup // admissions under way
 }
 
 // Release answers every request held for an admission with 503 and Retry-After at once, and
 // every later one too, and stops the admissions under way (the server is shutting down: they
 // run again, from what is stored, when next asked for).
 func (g *Gate) Release() {
-	g.releaseOnce.Do(func() {
-		g.runMu.Lock()
-		g.released = true
-		g.runMu.Unlock()
-		close(g.stopping)
-		g.stop()
-	})
+	g.runMu.Lock()
+	g.released = true
+	g.runMu.Unlock()
+	g.stop()
 }
 
 // Wait waits, after Release, for the admissions that were under way to end (so nothing writes
@@ -147,7 +142,7 @@ func New(cfg Config, md Metadata, manifests Manifests, admit Admit, log *slog.Lo
 	}
 	base, stop := context.WithCancel(context.Background())
 	return &Gate{cfg: cfg, meta: md, manifests: manifests, admit: admit, log: log, metrics: m, base: base, stop: stop,
-		known: map[string]known{}, blobs: map[string]int{}, anyBlob: map[digest.Digest]int{}, stopping: make(chan struct{}), tags: map[string]digest.Digest{}, repos: map[string]bool{}}, nil
+		known: map[string]known{}, blobs: map[string]int{}, anyBlob: map[digest.Digest]int{}, tags: map[string]digest.Digest{}, repos: map[string]bool{}}, nil
 }
 
 // Enforced says whether requests through a route are gated (nil: the default route).
@@ -470,7 +465,7 @@ func (g *Gate) learn(ctx context.Context, v meta.Verdict, p parsed) known {
 		// admission, and is judged again (with this child) on its next request
 		pv := meta.Verdict{Repo: v.Repo, Digest: idx, State: meta.Pending, PolicyDigest: "index: judged by its children", Decided: time.Now().UTC()}
 		if err := g.meta.VerdictSet(ctx, pv, "gatehouse", fmt.Sprintf("its child %s is now %s; the index is judged again", v.Digest, v.State)); err != nil {
-			g.log.Warn("could not send an index back to admission after a child was refused; it is decided again on its next request all the same", "repo", v.Repo, "index", idx, "err", err)
+			g.log.Warn("could not send an index back to admission after a child was refused; its stored verdict stands until it is decided again", "repo", v.Repo, "index", idx, "err", err)
 		}
 	}
 	return k
@@ -551,7 +546,7 @@ func (g *Gate) await(ctx context.Context, repo string, d digest.Digest, p parsed
 		return known{}, apierr.New(apierr.Unavailable, "manifest %s of %s is under admission (being fetched, scanned and decided); retry in %d seconds", d, repo, retry).
 			WithHeader("Retry-After", strconv.Itoa(retry)).
 			WithDetail(map[string]string{"repository": repo, "digest": d.String(), "state": meta.Pending})
-	case <-g.stopping:
+	case <-g.base.Done():
 		return known{}, apierr.New(apierr.Unavailable, "manifest %s of %s is under admission and this Gatehouse is shutting down; retry in a few seconds", d, repo).
 			WithHeader("Retry-After", "5").
 			WithDetail(map[string]string{"repository": repo, "digest": d.String(), "state": meta.Pending})
