@@ -42,10 +42,21 @@ type Secret struct {
 	Fingerprint string        `json:"fingerprint"` // Fingerprinter.Of the value: keyed, never the value
 }
 
+// Unread is a file the extraction could not read as the tool that loads it would: an extractor
+// that failed or panicked on it, a file too large or of a kind it could not examine, metadata that
+// tools would read differently. Any Unread makes the scan incomplete (fail closed: what was not
+// read may hold a vulnerable package).
+type Unread struct {
+	Path      string `json:"path"`
+	Extractor string `json:"extractor,omitempty"`
+	Reason    string `json:"reason"`
+}
+
 // Inventory is everything extracted from one image.
 type Inventory struct {
 	Packages []Package `json:"packages"`
 	Secrets  []Secret  `json:"secrets"`
+	Unread   []Unread  `json:"unread,omitempty"`
 	Scanner  string    `json:"scanner"` // osv-scalibr's version
 }
 

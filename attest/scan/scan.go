@@ -45,7 +45,7 @@ type Image struct {
 
 // Finding is one thing the scan found that is not a package vulnerability.
 type Finding struct {
-	Kind        string        `json:"kind"` // config, secret, malware, layer
+	Kind        string        `json:"kind"` // config, secret, malware, layer, scan (a file the inventory could not read)
 	ID          string        `json:"id"`
 	Severity    string        `json:"severity"`
 	Title       string        `json:"title"`
@@ -60,7 +60,7 @@ type Result struct {
 	Scanner   string               `json:"scanner"`
 	Started   time.Time            `json:"started"`
 	Duration  time.Duration        `json:"duration"`
-	Complete  bool                 `json:"complete"` // false: a limit or a broken layer cut the scan short
+	Complete  bool                 `json:"complete"` // false: a limit, a broken layer or a file the inventory could not read
 	Inventory *inventory.Inventory `json:"inventory"`
 	Findings  []Finding            `json:"findings"`
 	Read      int64                `json:"read"`     // layer bytes read as stored
@@ -121,6 +121,15 @@ func (s *Scanner) Scan(ctx context.Context, img Image) (*Result, error) {
 		Read: tree.Compressed, Expanded: tree.Expanded,
 	}
 	r.Findings = append(r.Findings, layerFindings(tree)...)
+	for _, u := range inv.Unread {
+		title := u.Reason
+		if u.Extractor != "" {
+			title = u.Extractor + ": " + u.Reason
+		}
+		r.Findings = append(r.Findings, Finding{Kind: "scan", ID: "GH-SCAN-UNREAD", Severity: High, Title: title,
+			Path: u.Path, Layer: tree.Files[strings.TrimPrefix(u.Path, "/")].Layer})
+		r.Complete = false
+	}
 	for _, sec := range inv.Secrets {
 		r.Findings = append(r.Findings, Finding{Kind: "secret", ID: secretID(sec.Kind), Severity: High,
 			Title: fmt.Sprintf("%s in a file", sec.Kind), Path: sec.Path, Layer: sec.Layer, Fingerprint: sec.Fingerprint})

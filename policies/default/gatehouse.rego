@@ -28,7 +28,7 @@ deny contains reason("GH-POL-SCAN-FAILED", sprintf("the image could not be scann
 # An incomplete scan names what it could not read: the layer findings that made it incomplete.
 deny contains reason("GH-POL-SCAN-INCOMPLETE", sprintf("the scan could not read everything: %s", [unread_summary]), {"scan": input.scan, "findings": unread_list}) if {
 	input.scan.error == ""
-	not input.scan.complete
+	incomplete
 	count(unread_list) > 0
 }
 
@@ -106,14 +106,26 @@ warn contains reason("GH-POL-PROVENANCE", "provenance is not verified yet (signa
 
 # The layer findings that mean part of the image was not read as a runtime reads it (attest/layerfs
 # issue kinds that make a scan incomplete); the others (GH-LAYER-ESCAPE, GH-LAYER-SPECIAL) are
-# judged above, and GH-LAYER-INCOMPLETE only says that the scan was cut short.
+# judged above, and GH-LAYER-INCOMPLETE only says that the scan was cut short. Every "scan"
+# finding (GH-SCAN-UNREAD: a file the inventory could not read) is one too.
 unread_ids := {
 	"GH-LAYER-LIMIT", "GH-LAYER-TRUNCATED", "GH-LAYER-UNREADABLE", "GH-LAYER-TOOLONG", "GH-LAYER-SPARSE",
 	"GH-LAYER-UNSUPPORTED", "GH-LAYER-LOOP", "GH-LAYER-INVALID", "GH-LAYER-AMBIGUOUS", "GH-LAYER-UNWRITABLE",
 	"GH-LAYER-UNCHECKED",
 }
 
-unread_list := [f | some f in input.findings; f.kind == "layer"; f.id in unread_ids]
+# A scan is incomplete when it says so, or when it names a file it could not read (whatever it says).
+incomplete if not input.scan.complete
+
+incomplete if {
+	some f in input.findings
+	f.kind == "scan"
+}
+
+unread_list := array.concat(
+	[f | some f in input.findings; f.kind == "layer"; f.id in unread_ids],
+	[f | some f in input.findings; f.kind == "scan"],
+)
 
 # At most five are named; the evidence holds them all.
 unread_named := sort([describe(f) | some f in unread_list])

@@ -63,6 +63,15 @@ test_incomplete_scan_names_at_most_five if {
 	count(r.evidence.findings) == 7
 }
 
+test_unread_file_denied_even_if_scan_says_complete if {
+	unread := {"kind": "scan", "id": "GH-SCAN-UNREAD", "severity": "HIGH", "title": "os/rpm: the extractor panicked: slice bounds out of range", "path": "var/lib/rpm/rpmdb.sqlite", "layer": "sha256:33"}
+	img := object.union(clean, {"scan": {"complete": true, "error": ""}, "findings": [unread]})
+	some r in gatehouse.deny with input as img
+	r.rule == "GH-POL-SCAN-INCOMPLETE"
+	r.message == "the scan could not read everything: GH-SCAN-UNREAD os/rpm: the extractor panicked: slice bounds out of range at var/lib/rpm/rpmdb.sqlite (layer sha256:33)"
+	not gatehouse.allow with input as img
+}
+
 test_incomplete_scan_without_findings_still_denied if {
 	some r in gatehouse.deny with input as object.union(clean, {"scan": {"complete": false, "error": ""}, "findings": [incomplete_summary]})
 	r.rule == "GH-POL-SCAN-INCOMPLETE"
