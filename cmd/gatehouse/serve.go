@@ -120,7 +120,15 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 	// every image that enters is scanned; the puller learns of the scanner once it exists
 	var scans *scanning.Service
 	submit := func(repo string, d digest.Digest, mediaType string) { scans.Submit(repo, d, mediaType) }
-	puller := pull.New(store, md, upstreams, pull.WithLogger(log), pull.WithDigestAlgorithms(algs...), pull.WithMetrics(pullMetrics), pull.WithManifestHook(submit))
+	pullOpts := []pull.Option{pull.WithLogger(log), pull.WithDigestAlgorithms(algs...), pull.WithMetrics(pullMetrics), pull.WithManifestHook(submit),
+		pull.WithMaxBlobSize(int64(cfg.Limits.BlobSize))}
+	for _, rc := range cfg.Routes {
+		if rc.Kind == "pull" {
+			pullOpts = append(pullOpts, pull.WithUpstreamLimits(rc.Prefix, pull.UpstreamLimits{Grace: time.Duration(rc.Upstream.Timeout),
+				MinRate: int64(rc.Upstream.MinRate), MaxLayers: rc.Upstream.MaxLayers}))
+		}
+	}
+	puller := pull.New(store, md, upstreams, pullOpts...)
 	scanner, err := newScanner(cfg.Scan)
 	if err != nil {
 		return err

@@ -60,8 +60,13 @@ const followWindow = 16 << 20
 
 // Blob fetches an uncached blob of a pull route. If w is non-nil and this request leads the
 // fetch, the blob streams to w while it is stored (headers and all) and served is true; if it
-// then fails, the error wraps ErrAborted. Otherwise (w nil, or another request already leads)
-// Blob returns once the blob is in the store, and the caller serves it from there.
+// then fails, the error wraps ErrAborted. Otherwise (w nil, another request already leads, or
+// the fetch failed before the first byte could be sent) Blob returns once the blob is in the
+// store, and the caller serves it from there, or returns why not.
+//
+// A client asks by digest alone; the size the fetch is held to is the one the route's last
+// fetched manifests declared for the digest, else the upstream's Content-Length, else
+// WithMaxBlobSize's (see fill).
 //
 // The fetch runs on its own goroutine at the upstream's pace whatever the client that started
 // it does: that client follows it through a bounded window, and one that falls behind (or
@@ -72,7 +77,11 @@ func (p *Puller) Blob(ctx context.Context, rt route.Resolved, d digest.Digest, w
 	if err != nil {
 		return false, err
 	}
-	return p.fillOrWait(ctx, rt, up, d, -1, w)
+	want := int64(-1)
+	if n, ok := p.declared.Get(rt.Name + "@" + d.String()); ok {
+		want = n
+	}
+	return p.fillOrWait(ctx, rt, up, d, want, w)
 }
 
 // fillOrWait fetches blob d (want bytes long, as a descriptor says; -1: unknown) or waits for
@@ -103,7 +112,7 @@ func (p *Puller) fillOrWait(ctx context.Context, rt route.Resolved, up Upstream,
 	if w == nil {
 		return false, waitFill(ctx, f, d)
 	}
-	return true, p.follow(ctx, rt, d, size, f, t, w)
+	return p.follow(ctx, rt, d, size, f, t, w)
 }
 
 func waitFill(ctx context.Context, f *blobFlight, d digest.Digest) error {
@@ -123,38 +132,51 @@ func (p *Puller) fill(ctx context.Context, rt route.Resolved, up Upstream, d dig
 
 // startFill opens the upstream read and the upload, then runs the fetch in the background,
 // where it ends the flight. An error here has ended it already.
+//
+// The read is bounded (boundedBody): by the descriptor's size (want) where one is known, else
+// by the upstream's Content-Length, else by WithMaxBlobSize's; no more than one byte past the
+// bound is read, and a blob that runs past it is refused and its upload removed, so the store
+// grows by at most the bound. It must also keep to the route's floor rate, so a drip ends.
 func (p *Puller) startFill(ctx context.Context, key string, f *blobFlight, rt route.Resolved, up Upstream, d digest.Digest, want int64, t *tee) (int64, error) {
+	fail := func(err error) (int64, error) {
+		p.blobs.finish(key, f, err)
+		return 0, err
+	}
+	maxBlob := p.opts.maxBlobSize
+	if maxBlob > 0 && want > maxBlob {
+		return fail(apierr.New(apierr.Unavailable, "blob %s is %d bytes by its descriptor, over the %d bytes limits.blob_size allows; it is not fetched from %s", d, want, maxBlob, up.URL()))
+	}
 	// The fetch continues if the client leaves: waiters and the cache still want the blob.
 	fctx := context.WithoutCancel(ctx)
+	start := time.Now()
 	rc, size, err := up.BlobGet(fctx, rt.Remote, d)
 	if err != nil {
-		err = upstreamError(up, "blob "+d.String()+" of "+rt.Remote, err)
-		p.blobs.finish(key, f, err)
-		return 0, err
+		return fail(upstreamError(up, "blob "+d.String()+" of "+rt.Remote, err))
 	}
-	if want >= 0 {
-		// the descriptor's size bounds the read: an upstream that announces another size, or
-		// sends more than the descriptor says (chunked), is refused before it fills the disk
-		if size >= 0 && size != want {
-			rc.Close()
-			err := apierr.New(apierr.Unavailable, "the upstream %s offers %d bytes for blob %s, whose descriptor says %d; it is not fetched", up.URL(), size, d, want)
-			p.blobs.finish(key, f, err)
-			return 0, err
-		}
-		size = want
+	limit, why := size, "its Content-Length announced"
+	switch {
+	case want >= 0 && size >= 0 && size != want:
+		rc.Close()
+		return fail(apierr.New(apierr.Unavailable, "the upstream %s offers %d bytes for blob %s, whose descriptor says %d; it is not fetched", up.URL(), size, d, want))
+	case want >= 0:
+		size, limit, why = want, want, "its descriptor declares"
+	case maxBlob > 0 && size > maxBlob:
+		rc.Close()
+		return fail(apierr.New(apierr.Unavailable, "the upstream %s offers %d bytes for blob %s, over the %d bytes limits.blob_size allows; it is not fetched", up.URL(), size, d, maxBlob))
+	case size < 0 && maxBlob > 0:
+		limit, why = maxBlob, "limits.blob_size allows"
 	}
+	body := newBoundedBody(rc, limit, why, p.limits(rt), start)
 	u, err := p.content.UploadCreate(fctx, rt.Name)
 	if err != nil {
-		rc.Close()
-		err = apierr.Unavailablef(err, "storage could not open an upload for blob %s", d)
-		p.blobs.finish(key, f, err)
-		return 0, err
+		body.Close()
+		return fail(apierr.Unavailablef(err, "storage could not open an upload for blob %s", d))
 	}
 	p.bg.Add(1)
 	go func() {
 		defer p.bg.Done()
-		defer rc.Close()
-		p.blobs.finish(key, f, p.fetchBlob(fctx, rt, up, d, rc, size, u, t))
+		defer body.Close()
+		p.blobs.finish(key, f, p.fetchBlob(fctx, rt, up, d, body, size, u, t))
 	}()
 	return size, nil
 }
@@ -163,11 +185,11 @@ func (p *Puller) startFill(ctx context.Context, key string, f *blobFlight, rt ro
 // each chunk to a storage writer running beside it and to the client's window (t, if a client
 // follows). Neither holds the read up. The client may have the last byte once the digest is
 // verified; the fetch counts as done for waiting requests only once the blob is committed.
-func (p *Puller) fetchBlob(ctx context.Context, rt route.Resolved, up Upstream, d digest.Digest, rc io.Reader, size int64, u content.Upload, t *tee) error {
-	body := rc
-	if size >= 0 {
-		body = io.LimitReader(rc, size+1) // more than announced is refused without reading it all
-	}
+//
+// A read that fails drops the chunk it was reading: neither the store nor the client gets any
+// of it, so a fill that fails before its first whole chunk has sent the client nothing, and the
+// client is told why instead (follow).
+func (p *Puller) fetchBlob(ctx context.Context, rt route.Resolved, up Upstream, d digest.Digest, body io.Reader, size int64, u content.Upload, t *tee) error {
 	store := newStoreWriter(u)
 	verifier := d.Verifier()
 	start := time.Now()
@@ -176,9 +198,9 @@ func (p *Puller) fetchBlob(ctx context.Context, rt route.Resolved, up Upstream, 
 	for {
 		c := getChunk()
 		k, err := io.ReadFull(body, c.buf)
-		if k > 0 {
+		n += int64(k)
+		if k > 0 && (err == nil || err == io.EOF || err == io.ErrUnexpectedEOF) {
 			c.b = c.buf[:k]
-			n += int64(k)
 			verifier.Write(c.b)
 			t.offer(c)
 			store.write(c) // takes the fetch's reference
@@ -196,6 +218,8 @@ func (p *Puller) fetchBlob(ctx context.Context, rt route.Resolved, up Upstream, 
 	p.opts.metrics.upstreamBytes(rt, n)
 	var bad error
 	switch {
+	case errors.Is(readErr, errOverSize) || errors.Is(readErr, errTooSlow):
+		bad = readErr
 	case readErr != nil:
 		bad = fmt.Errorf("the upstream transfer broke after %d bytes: %w", n, readErr)
 	case size >= 0 && n != size:
@@ -228,10 +252,20 @@ func (p *Puller) fetchBlob(ctx context.Context, rt route.Resolved, up Upstream, 
 }
 
 // follow streams the fill to the client that started it: from the window while it keeps up,
-// then from the store once the blob is committed. Its error wraps ErrAborted when the response
-// must be cut off; a client that leaves or stops reading is no error.
-func (p *Puller) follow(ctx context.Context, rt route.Resolved, d digest.Digest, size int64, f *blobFlight, t *tee, w http.ResponseWriter) error {
+// then from the store once the blob is committed. The response starts with the first chunk:
+// a fill that fails before it (refused for its size, too slow, unreachable) sends no headers,
+// and follow returns served false with the fill's error for the client. Past that, its error
+// wraps ErrAborted when the response must be cut off; a client that leaves or stops reading is
+// no error.
+func (p *Puller) follow(ctx context.Context, rt route.Resolved, d digest.Digest, size int64, f *blobFlight, t *tee, w http.ResponseWriter) (served bool, err error) {
 	defer t.leave()
+	first, err := t.next(ctx)
+	if err != nil && !errors.Is(err, errVerified) && !errors.Is(err, errLagged) {
+		if ctx.Err() != nil {
+			return true, nil // the client left
+		}
+		return false, waitFill(ctx, f, d)
+	}
 	hd := w.Header()
 	hd.Set("Docker-Content-Digest", d.String())
 	hd.Set("Content-Type", "application/octet-stream")
@@ -243,8 +277,11 @@ func (p *Puller) follow(ctx context.Context, rt route.Resolved, d digest.Digest,
 	sink := &clientSink{w: w}
 	defer func() { p.opts.metrics.servedBytes(rt, sink.sent) }()
 	var off int64 // bytes handed to the sink
+	c := first
 	for {
-		c, err := t.next(ctx)
+		if c == nil && err == nil {
+			c, err = t.next(ctx)
+		}
 		if err == nil {
 			b := c.b
 			if size >= 0 && off+int64(len(b)) > size {
@@ -253,9 +290,10 @@ func (p *Puller) follow(ctx context.Context, rt route.Resolved, d digest.Digest,
 			sink.Write(b)
 			off += int64(len(b))
 			c.release()
+			c = nil
 			if sink.err != nil {
 				p.opts.log.Debug("client left during a blob fetch; the fetch goes on", "repo", rt.Name, "digest", d, "err", sink.err)
-				return nil
+				return true, nil
 			}
 			continue
 		}
@@ -264,13 +302,13 @@ func (p *Puller) follow(ctx context.Context, rt route.Resolved, d digest.Digest,
 			if err := sink.release(); err != nil {
 				p.opts.log.Debug("client left during a blob fetch", "repo", rt.Name, "digest", d, "err", err)
 			}
-			return nil
+			return true, nil
 		case errors.Is(err, errLagged):
-			return p.followStore(ctx, rt, d, f, sink, off)
+			return true, p.followStore(ctx, rt, d, f, sink, off)
 		case ctx.Err() != nil:
-			return nil // the client left
+			return true, nil // the client left
 		}
-		return fmt.Errorf("%w: %v", ErrAborted, err)
+		return true, fmt.Errorf("%w: %v", ErrAborted, err)
 	}
 }
 

@@ -2,6 +2,7 @@ package pull
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/singleflight"
@@ -58,6 +60,9 @@ type Puller struct {
 	flights   singleflight.Group // manifests and tag revalidations
 	blobs     blobFlights
 	bg        sync.WaitGroup // background work: companion fetches, blob commits
+	// declared holds the sizes the image manifests fetched lately declare for their blobs, by
+	// repository@digest: a client asks for a blob by digest alone, and its fill is held to them.
+	declared *lru.Cache[string, int64]
 }
 
 type options struct {
@@ -66,8 +71,11 @@ type options struct {
 	metrics          *Metrics
 	companionTimeout time.Duration
 	maxCompanionBlob int64
-	maxReferrers     int   // referrers fetched per manifest
-	companionBytes   int64 // blob bytes fetched for one manifest's companions in all
+	maxReferrers     int                       // referrers fetched per manifest
+	companionBytes   int64                     // blob bytes fetched for one manifest's companions in all
+	companionBlobs   int                       // blobs fetched for one manifest's companions in all
+	maxBlobSize      int64                     // a blob of unknown size is read no further than this (0: no bound)
+	limits           map[string]UpstreamLimits // by route prefix
 	now              func() time.Time
 	onManifest       func(repo string, d digest.Digest, mediaType string)
 }
@@ -96,6 +104,16 @@ func WithCompanionLimits(timeout time.Duration, maxBlob int64, maxReferrers int,
 	}
 }
 
+// WithMaxBlobSize refuses a blob larger than n bytes from any upstream (limits.blob_size; 0:
+// no limit), and bounds the read of one whose size neither a descriptor nor the upstream says.
+func WithMaxBlobSize(n int64) Option { return func(o *options) { o.maxBlobSize = n } }
+
+// WithUpstreamLimits bounds what the upstream of the pull route with this prefix may send
+// (absent: DefaultUpstreamLimits).
+func WithUpstreamLimits(prefix string, l UpstreamLimits) Option {
+	return func(o *options) { o.limits[prefix] = l }
+}
+
 // WithManifestHook is told of every manifest fetched from an upstream (the scanner queues it).
 func WithManifestHook(fn func(repo string, d digest.Digest, mediaType string)) Option {
 	return func(o *options) { o.onManifest = fn }
@@ -110,6 +128,8 @@ func New(c *content.Store, md Metadata, upstreams map[string]Upstream, opts ...O
 		maxCompanionBlob: 64 << 20,
 		maxReferrers:     32,
 		companionBytes:   64 << 20,
+		companionBlobs:   128,
+		limits:           map[string]UpstreamLimits{},
 		now:              time.Now,
 	}
 	for _, opt := range opts {
@@ -118,7 +138,16 @@ func New(c *content.Store, md Metadata, upstreams map[string]Upstream, opts ...O
 	if o.metrics == nil {
 		o.metrics = NewMetrics(nil)
 	}
-	return &Puller{content: c, meta: md, upstreams: upstreams, opts: o, blobs: blobFlights{m: map[string]*blobFlight{}}}
+	declared, _ := lru.New[string, int64](1 << 14)
+	return &Puller{content: c, meta: md, upstreams: upstreams, opts: o, blobs: blobFlights{m: map[string]*blobFlight{}}, declared: declared}
+}
+
+// limits are the bounds of rt's upstream.
+func (p *Puller) limits(rt route.Resolved) UpstreamLimits {
+	if l, ok := p.opts.limits[rt.Route.Prefix]; ok {
+		return l
+	}
+	return DefaultUpstreamLimits
 }
 
 func (p *Puller) upstream(rt route.Resolved) (Upstream, error) {
@@ -208,6 +237,16 @@ func (p *Puller) store(ctx context.Context, rt route.Resolved, d digest.Digest, 
 	if err != nil {
 		return apierr.New(apierr.Unavailable, "the upstream served manifest %s of %s that Gatehouse refuses: %s", d, rt.Remote, apierr.From(err).Message).WithStatus(http.StatusBadGateway)
 	}
+	if parsed.MediaType == manifest.OCIManifest || parsed.MediaType == manifest.DockerManifest {
+		// every layer is one upstream request (a scan reads them all): bound them before any
+		if n, most := layerCount(m.Body), p.limits(rt).MaxLayers; n > most {
+			p.opts.log.Warn("manifest from upstream refused: too many layers", "repo", rt.Name, "digest", d, "layers", n, "max", most)
+			return apierr.New(apierr.Unavailable, "the upstream served manifest %s of %s listing %d layers; Gatehouse accepts at most %d (the route's upstream.max_layers) and fetched none of them", d, rt.Remote, n, most).WithStatus(http.StatusBadGateway)
+		}
+		for _, b := range parsed.Blobs {
+			p.declared.Add(rt.Name+"@"+b.Digest.String(), b.Size)
+		}
+	}
 	if err := p.content.ManifestPut(ctx, d, m.Body); err != nil {
 		return apierr.Unavailablef(err, "storage did not accept manifest %s", d)
 	}
@@ -223,6 +262,14 @@ func (p *Puller) store(ctx context.Context, rt route.Resolved, d digest.Digest, 
 		p.opts.onManifest(rt.Name, d, parsed.MediaType)
 	}
 	return nil
+}
+
+// layerCount is how many layers an image manifest lists (nondistributable ones included: a scan
+// reads those too).
+func layerCount(body []byte) int {
+	var m struct{ Layers []json.RawMessage }
+	_ = json.Unmarshal(body, &m) // Parse has accepted it
+	return len(m.Layers)
 }
 
 // Tag resolves a tag of a pull route to a digest whose manifest is in the store. stale is
@@ -377,8 +424,9 @@ func (p *Puller) companions(ctx context.Context, rt route.Resolved, up Upstream,
 	ctx, cancel := context.WithTimeout(ctx, p.opts.companionTimeout)
 	defer cancel()
 	base := d.Algorithm().String() + "-" + d.Encoded()
-	budget := &atomic.Int64{} // blob bytes these companions may still fetch
-	budget.Store(p.opts.companionBytes)
+	budget := &companionBudget{} // blob bytes and blobs these companions may still fetch
+	budget.bytes.Store(p.opts.companionBytes)
+	budget.blobs.Store(int64(p.opts.companionBlobs))
 	var wg sync.WaitGroup
 	for _, suffix := range []string{".sig", ".att", ".sbom"} {
 		wg.Add(1)
@@ -423,8 +471,12 @@ func (p *Puller) companions(ctx context.Context, rt route.Resolved, up Upstream,
 	wg.Wait()
 }
 
+// companionBudget is what one manifest's companions may still fetch: blob bytes, by the sizes
+// their descriptors declare (each fill is held to its descriptor), and blobs (a request each).
+type companionBudget struct{ bytes, blobs atomic.Int64 }
+
 // artifact fetches a signature/attestation/SBOM manifest (by tag when tag is set) and its blobs.
-func (p *Puller) artifact(ctx context.Context, rt route.Resolved, up Upstream, d digest.Digest, tag string, budget *atomic.Int64) error {
+func (p *Puller) artifact(ctx context.Context, rt route.Resolved, up Upstream, d digest.Digest, tag string, budget *companionBudget) error {
 	if d == "" {
 		m, err := up.ManifestGet(ctx, rt.Remote, tag)
 		if err != nil {
@@ -463,6 +515,10 @@ func (p *Puller) artifact(ctx context.Context, rt route.Resolved, up Upstream, d
 		if _, err := p.content.BlobStat(ctx, rt.Name, b.Digest); err == nil {
 			continue
 		}
+		if budget.blobs.Add(-1) < 0 {
+			budget.blobs.Add(1)
+			return fmt.Errorf("blob %s is past the %d blobs fetched for one manifest's companions", b.Digest, p.opts.companionBlobs)
+		}
 		// the budget goes by the sizes descriptors claim: the upstream must agree with them
 		if n, err := up.BlobHead(ctx, rt.Remote, b.Digest); err != nil {
 			return err
@@ -471,8 +527,8 @@ func (p *Puller) artifact(ctx context.Context, rt route.Resolved, up Upstream, d
 		}
 		missing, size = append(missing, b), size+max(b.Size, 0)
 	}
-	if size > 0 && budget.Add(-size) < 0 {
-		budget.Add(size)
+	if size > 0 && budget.bytes.Add(-size) < 0 {
+		budget.bytes.Add(size)
 		return fmt.Errorf("its %d blob bytes are over what is left of the %d-byte budget for one manifest's companions", size, p.opts.companionBytes)
 	}
 	for _, b := range missing {

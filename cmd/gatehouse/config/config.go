@@ -120,6 +120,11 @@ type Upstream struct {
 	Credentials *Credentials `yaml:"credentials"` // absent: anonymous
 	TLS         *UpstreamTLS `yaml:"tls"`
 	Timeout     Duration     `yaml:"timeout"` // connect and response-header timeout, and the longest a blob may stall (default 30s)
+	// MinRate is the bytes a second a blob must average: one of S bytes has timeout + S/min_rate
+	// to arrive in all, so a drip ends (default 64KiB).
+	MinRate ByteSize `yaml:"min_rate"`
+	// MaxLayers refuses an image manifest from this upstream that lists more layers (default 1024).
+	MaxLayers int `yaml:"max_layers"`
 }
 
 // Credentials are read from a file, never written inline.
@@ -348,6 +353,12 @@ func (c *Config) applyDefaults() {
 		if r.Upstream != nil && r.Upstream.Timeout == 0 {
 			r.Upstream.Timeout = Duration(30 * time.Second)
 		}
+		if r.Upstream != nil && r.Upstream.MinRate == 0 {
+			r.Upstream.MinRate = 64 << 10
+		}
+		if r.Upstream != nil && r.Upstream.MaxLayers == 0 {
+			r.Upstream.MaxLayers = 1024
+		}
 	}
 }
 
@@ -476,6 +487,12 @@ func (c *Config) Validate() error {
 			}
 			if r.Upstream.Timeout < Duration(time.Second) {
 				bad(key+".upstream.timeout", "must be at least 1s, got %s", r.Upstream.Timeout)
+			}
+			if r.Upstream.MinRate < 1<<10 {
+				bad(key+".upstream.min_rate", "must be at least 1KiB (a second), got %d bytes", r.Upstream.MinRate)
+			}
+			if r.Upstream.MaxLayers < 1 {
+				bad(key+".upstream.max_layers", "must be at least 1, got %d", r.Upstream.MaxLayers)
 			}
 		case "push":
 			if r.Upstream != nil {

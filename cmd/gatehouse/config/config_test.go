@@ -87,6 +87,8 @@ func TestParseRefuses(t *testing.T) {
 		{"upstream without scheme", "routes: [{prefix: a, kind: pull, upstream: {url: registry.example}}]\n", "must start with https://"},
 		{"both credentials", "routes: [{prefix: a, kind: pull, upstream: {url: 'https://x', credentials: {file: a, docker_config: b}}}]\n", "exactly one"},
 		{"push with ttl", "routes: [{prefix: a, kind: push, tag_ttl: 1m}]\n", "pull routes only"},
+		{"upstream min_rate too low", "routes: [{prefix: a, kind: pull, upstream: {url: 'https://x', min_rate: 100}}]\n", "routes[0].upstream.min_rate"},
+		{"upstream max_layers negative", "routes: [{prefix: a, kind: pull, upstream: {url: 'https://x', max_layers: -1}}]\n", "routes[0].upstream.max_layers"},
 		{"unknown route key", "routes: [{prefix: a, kind: push, forward: x}]\n", "field forward not found"},
 	}
 	for _, tt := range tests {
