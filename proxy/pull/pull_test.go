@@ -42,6 +42,9 @@ type fakeUpstream struct {
 	referrers []v1.Descriptor
 	chunked   atomic.Bool  // BlobGet announces no length
 	sent      atomic.Int64 // blob bytes read from BlobGet bodies
+	// body, if set and it returns a reader for the digest, is that blob's body, sent chunked
+	// (an endless or dripping upstream)
+	body func(digest.Digest) io.ReadCloser
 }
 
 func newFake() *fakeUpstream {
@@ -102,6 +105,14 @@ func (f *fakeUpstream) BlobGet(_ context.Context, _ string, d digest.Digest) (io
 	defer f.mu.Unlock()
 	if err := f.unreachable(); err != nil {
 		return nil, 0, err
+	}
+	if f.body != nil {
+		if rc := f.body(d); rc != nil {
+			return struct {
+				io.Reader
+				io.Closer
+			}{&countReader{r: rc, n: &f.sent}, rc}, -1, nil
+		}
 	}
 	b, ok := f.blobs[d]
 	if !ok {
