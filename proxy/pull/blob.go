@@ -86,14 +86,16 @@ func (p *Puller) Blob(ctx context.Context, rt route.Resolved, d digest.Digest, w
 
 // fillOrWait fetches blob d (want bytes long, as a descriptor says; -1: unknown) or waits for
 // the fetch already running. A request that joined a fetch which then failed tries one fetch
-// of its own: the one it joined may have begun before the upstream came back.
+// of its own: the one it joined may have begun before the upstream came back. Not if the
+// upstream answered and what it sent broke the fetch's bounds: it would only be refused again,
+// and a drip would hold the request for a second deadline.
 func (p *Puller) fillOrWait(ctx context.Context, rt route.Resolved, up Upstream, d digest.Digest, want int64, w http.ResponseWriter) (bool, error) {
 	key := rt.Name + "@" + d.String()
 	f, leader := p.blobs.join(key)
 	if !leader {
 		p.opts.metrics.cache(rt, "blob", "shared")
 		err := waitFill(ctx, f, d)
-		if err == nil || ctx.Err() != nil {
+		if err == nil || ctx.Err() != nil || errors.Is(err, errOverSize) || errors.Is(err, errTooSlow) {
 			return false, err
 		}
 		if f, leader = p.blobs.join(key); !leader {

@@ -249,6 +249,20 @@ func TestDripEndsByTheDeadline(t *testing.T) {
 		}
 		t.Logf("client %v: a 100 B/s drip ended after %s: %v", client, took.Round(time.Millisecond), err)
 	}
+	// two fetches of it at once share one read, and the one that joined does not try again
+	gets, start := f.blobGets.Load(), time.Now()
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			if err := p.EnsureBlob(ctx, rt, layer, 64<<10); err == nil {
+				t.Error("a dripped blob was fetched")
+			}
+		})
+	}
+	wg.Wait()
+	if n, took := f.blobGets.Load()-gets, time.Since(start); n != 1 || took > lim.Grace+2*time.Second {
+		t.Errorf("two fetches at once: %d upstream requests, ended after %s; want one, by one deadline", n, took)
+	}
 	if _, err := cs.BlobStat(ctx, rt.Name, layer); err == nil {
 		t.Error("the dripped blob was stored")
 	}
@@ -271,6 +285,10 @@ func TestManifestLayersBounded(t *testing.T) {
 	}
 	if _, err := p.meta.ManifestGet(ctx, rt.Name, over); err == nil {
 		t.Error("the refused manifest was recorded")
+	}
+	// by tag, the client is told the same (it was "failed: <nil>")
+	if _, _, err := p.Tag(ctx, rt, "five"); err == nil || !strings.Contains(apierr.From(err).Message, "listing 5 layers") {
+		t.Errorf("five layers by tag: %v", err)
 	}
 	if n := f.blobGets.Load(); n != 0 {
 		t.Errorf("%d blob requests upstream", n)

@@ -359,7 +359,8 @@ func (p *Puller) revalidate(ctx context.Context, rt route.Resolved, up Upstream,
 		return m.Digest, "", nil
 	}
 	if err := p.ensure(ctx, rt, up, desc.Digest, true); err != nil {
-		if ae := apierr.From(err); ae.Code == apierr.Unavailable || ae.Code == apierr.TooManyRequests {
+		// an upstream that failed; not one whose manifest was refused (no cause: said as it is)
+		if ae := apierr.From(err); (ae.Code == apierr.Unavailable || ae.Code == apierr.TooManyRequests) && ae.Err != nil {
 			return staleOr(ae.Err)
 		}
 		return "", "", err
@@ -506,12 +507,14 @@ func (p *Puller) artifact(ctx context.Context, rt route.Resolved, up Upstream, d
 	if err != nil {
 		return err
 	}
-	var missing []v1.Descriptor
-	var size int64
-	for _, b := range parsed.Blobs {
+	for _, b := range parsed.Blobs { // whatever the upstream holds: nothing is asked for past a cap
 		if b.Size > p.opts.maxCompanionBlob {
 			return fmt.Errorf("blob %s is %d bytes, over the %d-byte limit for companions", b.Digest, b.Size, p.opts.maxCompanionBlob)
 		}
+	}
+	var missing []v1.Descriptor
+	var size int64
+	for _, b := range parsed.Blobs {
 		if _, err := p.content.BlobStat(ctx, rt.Name, b.Digest); err == nil {
 			continue
 		}
