@@ -12,8 +12,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -92,16 +94,38 @@ func (u *upstreamRegistry) kill() {
 
 // front is a counting, fault-injecting reverse proxy in front of the upstream registry: it
 // counts each request by method and path, and can rate-limit, lie about a blob's bytes, or
-// slow a blob down so the upstream can be killed mid-transfer.
+// slow a blob down so the upstream can be killed mid-transfer, stream a blob without end or
+// drip it, and answer paths with bodies of its own (manifests and referrers no registry takes).
 type front struct {
 	addr string
 	mu   sync.Mutex
 	seen map[string]int // "GET /v2/..." -> count
 	// faults
 	rateLimit bool
-	lieAbout  string        // blob digest whose bytes are replaced
-	slow      string        // blob digest streamed slowly
-	slowStep  time.Duration // pause per 64 KiB of the slow blob
+	lieAbout  string                    // blob digest whose bytes are replaced
+	slow      string                    // blob digest streamed slowly
+	slowStep  time.Duration             // pause per 64 KiB of the slow blob
+	endless   string                    // blob digest streamed chunked, without end
+	drip      string                    // blob digest sent one byte a second (its Content-Length kept)
+	canned    map[string]cannedResponse // by path: answered by the front, for GET and HEAD
+	sent      atomic.Int64              // bytes of endless and dripped bodies the front handed on
+}
+
+type cannedResponse struct {
+	mediaType string
+	body      []byte
+}
+
+// serve makes the front answer repo's refs (tags, or the body's digest) with body itself.
+func (f *front) serve(repo, kind string, refs []string, mediaType string, body []byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.canned == nil {
+		f.canned = map[string]cannedResponse{}
+	}
+	for _, ref := range refs {
+		f.canned["/v2/"+repo+"/"+kind+"/"+ref] = cannedResponse{mediaType, body}
+	}
 }
 
 func startFront(t *testing.T, target string) *front {
@@ -121,13 +145,34 @@ func startFront(t *testing.T, target string) *front {
 		if slow != "" && strings.HasSuffix(path, "/blobs/"+slow) && resp.Request.Method == http.MethodGet {
 			resp.Body = &slowReader{rc: resp.Body, step: step}
 		}
+		f.mu.Lock()
+		endless, drip := f.endless, f.drip
+		f.mu.Unlock()
+		if endless != "" && strings.HasSuffix(path, "/blobs/"+endless) && resp.Request.Method == http.MethodGet {
+			resp.Body.Close()
+			resp.Body, resp.ContentLength = &endlessBody{sent: &f.sent}, -1
+			resp.Header.Del("Content-Length")
+		}
+		if drip != "" && strings.HasSuffix(path, "/blobs/"+drip) && resp.Request.Method == http.MethodGet {
+			resp.Body = &dripBody{rc: resp.Body, sent: &f.sent}
+		}
 		return nil
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		f.seen[r.Method+" "+r.URL.Path]++
 		limited := f.rateLimit
+		c, isCanned := f.canned[r.URL.Path]
 		f.mu.Unlock()
+		if isCanned && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+			w.Header().Set("Content-Type", c.mediaType)
+			w.Header().Set("Docker-Content-Digest", sha(c.body))
+			w.Header().Set("Content-Length", strconv.Itoa(len(c.body)))
+			if r.Method == http.MethodGet {
+				w.Write(c.body)
+			}
+			return
+		}
 		if limited && r.URL.Path != "/v2/" {
 			w.Header().Set("Retry-After", "1")
 			w.WriteHeader(http.StatusTooManyRequests)
@@ -191,6 +236,34 @@ func (r *slowReader) Read(p []byte) (int, error) {
 }
 
 func (r *slowReader) Close() error { return r.rc.Close() }
+
+// endlessBody never ends.
+type endlessBody struct{ sent *atomic.Int64 }
+
+func (e *endlessBody) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = 'x'
+	}
+	e.sent.Add(int64(len(p)))
+	return len(p), nil
+}
+
+func (e *endlessBody) Close() error { return nil }
+
+// dripBody hands on one byte of the real body a second.
+type dripBody struct {
+	rc   io.ReadCloser
+	sent *atomic.Int64
+}
+
+func (d *dripBody) Read(p []byte) (int, error) {
+	time.Sleep(time.Second)
+	n, err := d.rc.Read(p[:1])
+	d.sent.Add(int64(n))
+	return n, err
+}
+
+func (d *dripBody) Close() error { return d.rc.Close() }
 
 // proxyConfig is a gatehouse config whose docker.io route pulls from upstream (a host:port);
 // routeYAML adds keys to that route (indented by four spaces).
