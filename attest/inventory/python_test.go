@@ -1,0 +1,200 @@
+package inventory
+
+import (
+	"archive/zip"
+	"bytes"
+	"strings"
+	"testing"
+)
+
+// The expectations are what Python 3.11's importlib.metadata (distribution(name).version) and
+// pip 23.2's pip list report for the same files (integration/scan_evasion_pkg_test.go runs them).
+func TestReadPyMetadata(t *testing.T) {
+	long := strings.Repeat("x", 70000)
+	tests := []struct {
+		name, file, dir string
+		wantNames       []string
+		wantVersion     string
+		wantErr         string
+	}{
+		{"plain", "Metadata-Version: 2.1\nName: requests\nVersion: 2.19.1\n\nbody\n", "requests", []string{"requests"}, "2.19.1", ""},
+		{"a 70 KB Summary line", "Metadata-Version: 2.1\nName: requests\nSummary: " + long + "\nVersion: 2.19.1\n\n", "requests", []string{"requests"}, "2.19.1", ""},
+		{"Version on a folded line", "Metadata-Version: 2.1\nName: requests\nVersion:\n 2.19.1\n\n", "requests", []string{"requests"}, "2.19.1", ""},
+		{"Version folded with a tab", "Name: requests\nVersion:\n\t2.19.1\n", "requests", []string{"requests"}, "2.19.1", ""},
+		{"a line of spaces continues a header", "Name: requests\nSummary: a\n   \nVersion: 2.19.1\n\n", "requests", []string{"requests"}, "2.19.1", ""},
+		{"CR line ends", "Metadata-Version: 2.1\rName: requests\rVersion: 2.19.1\r\rbody\r", "requests", []string{"requests"}, "2.19.1", ""},
+		{"CR LF line ends", "Metadata-Version: 2.1\r\nName: requests\r\nVersion: 2.19.1\r\n\r\n", "requests", []string{"requests"}, "2.19.1", ""},
+		{"lower-case header names", "name: requests\nversion: 2.19.1\n", "requests", []string{"requests"}, "2.19.1", ""},
+		{"no space after the colon", "Name:requests\nVersion:2.19.1\n", "requests", []string{"requests"}, "2.19.1", ""},
+		{"the first Version counts", "Name: requests\nVersion: 2.19.1\nVersion: 2.31.0\n", "requests", []string{"requests"}, "2.19.1", ""},
+		{"a Version in the body does not count", "Name: requests\nVersion: 2.19.1\n\nVersion: 2.31.0\n", "requests", []string{"requests"}, "2.19.1", ""},
+		{"a From line first is the envelope", "From nobody\nName: requests\nVersion: 2.19.1\n", "requests", []string{"requests"}, "2.19.1", ""},
+		{"a continuation before any header is dropped", " Version: 9\nName: requests\nVersion: 2.19.1\n", "requests", []string{"requests"}, "2.19.1", ""},
+		{"a header with no name is dropped, with its continuation", "Name: requests\n: x\n Version: 9\nVersion: 2.19.1\n", "requests", []string{"requests"}, "2.19.1", ""},
+		{"whitespace around the version", "Name: requests\nVersion: \x1c2.19.1 \n", "requests", []string{"requests"}, "2.19.1", ""},
+		{"no Name header: the directory's name", "Version: 2.19.1\n", "requests", []string{"requests"}, "2.19.1", ""},
+		{"a Name the directory does not give", "Name: requests\nVersion: 9.9\n", "other", []string{"requests", "other"}, "9.9", ""},
+		{"a Name spelt otherwise is the same project", "Name: Foo.Bar\nVersion: 1.0\n", "foo_bar", []string{"Foo.Bar"}, "1.0", ""},
+		{"a BOM: Python reads no header", "\ufeffName: requests\nVersion: 2.19.1\n", "requests", nil, "", "no Version header"},
+		{"a space before the colon ends the headers", "Name: requests\nVersion : 2.19.1\n", "requests", nil, "", "no Version header"},
+		{"no Version", "Name: requests\n\nVersion: 2.19.1\n", "requests", nil, "", "no Version header"},
+		{"an empty Version", "Name: requests\nVersion:\n", "requests", nil, "", "no Version header"},
+		{"a version pip cannot read", "Name: requests\nVersion: 2.19.1 final\n", "requests", nil, "", "not a PEP 440"},
+		{"a folded version that breaks inside", "Name: requests\nVersion: 2.\n 19.1\n", "requests", nil, "", "not a PEP 440"},
+		{"not UTF-8", "Name: requests\nVersion: 2.19.1\n\nbody \xff\n", "requests", nil, "", "not UTF-8"},
+		{"not UTF-8 at the end", "Name: requests\nVersion: 2.19.1\n\xe2\x82", "requests", nil, "", "not UTF-8"},
+		{"no name at all", "Version: 1.0\n", "", nil, "", "no Name header"},
+		{"a Version longer than the bound", "Name: requests\nVersion: " + strings.Repeat("1", pypiMaxHeader+1) + "\n", "requests", nil, "", "longer than"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := readPyMetadata(strings.NewReader(tt.file), pypiMaxMetadata)
+			var names []string
+			var version string
+			if err == nil {
+				names, version, err = pyPackages(m, tt.dir)
+			}
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("got %v %q, %v; want an error with %q", names, version, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || version != tt.wantVersion || strings.Join(names, ",") != strings.Join(tt.wantNames, ",") {
+				t.Fatalf("got %v %q, %v; want %v %q", names, version, err, tt.wantNames, tt.wantVersion)
+			}
+		})
+	}
+}
+
+func TestReadPyMetadataBounded(t *testing.T) {
+	file := "Name: x\nVersion: 1.0\n\n" + strings.Repeat("y", 1<<20)
+	if _, err := readPyMetadata(strings.NewReader(file), 1<<20); err == nil || !strings.Contains(err.Error(), "larger than") {
+		t.Errorf("a file over the bound: %v", err)
+	}
+}
+
+func TestPyDedent(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"        \n 1.0", "\n1.0"},
+		{"        a\n  b\n    c", "      a\nb\n  c"},
+		{"        a\n\tb", "        a\n\tb"},
+		{"        a\n \t \n  b", "      a\n\nb"},
+	}
+	for _, tt := range tests {
+		if got := pyDedent(tt.in); got != tt.want {
+			t.Errorf("pyDedent(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestPyDistName(t *testing.T) {
+	for in, want := range map[string]string{
+		"requests-2.19.1.dist-info": "requests", "foo_bar-1.0.dist-info": "foo_bar", "PyYAML-6.0.egg-info": "PyYAML",
+		"foo.egg-info": "foo", "foo-1.0-py3.11.egg": "foo", "foo-1.0-py3.11.egg-info": "foo",
+	} {
+		if got := pyDistName(in); got != want {
+			t.Errorf("pyDistName(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if pep503("Foo.Bar__baz") != "foo-bar-baz" {
+		t.Errorf("pep503: %q", pep503("Foo.Bar__baz"))
+	}
+}
+
+func zipOf(t testing.TB, files map[string]string) []byte {
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	for name, body := range files {
+		w, err := zw.Create(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write([]byte(body))
+	}
+	zw.Close()
+	return buf.Bytes()
+}
+
+func TestPyZipMetadata(t *testing.T) {
+	type got struct{ member, names, version, err string }
+	read := func(b []byte, archive string) ([]got, error) {
+		var out []got
+		err := pyZipMetadata(bytes.NewReader(b), int64(len(b)), archive, func(member string, names []string, version string, err error) {
+			g := got{member: member, names: strings.Join(names, ","), version: version}
+			if err != nil {
+				g.err = err.Error()
+			}
+			out = append(out, g)
+		})
+		return out, err
+	}
+	wheel := zipOf(t, map[string]string{"requests/__init__.py": "", "requests-2.19.1.dist-info/METADATA": "Name: requests\nVersion:\n 2.19.1\n"})
+	if g, err := read(wheel, "requests-2.19.1-py2.py3-none-any.whl"); err != nil || len(g) != 1 || g[0] != (got{"requests-2.19.1.dist-info/METADATA", "requests", "2.19.1", ""}) {
+		t.Errorf("wheel: %+v, %v", g, err)
+	}
+	egg := zipOf(t, map[string]string{"EGG-INFO/PKG-INFO": "Metadata-Version: 1.1\nSummary: " + strings.Repeat("s", 70000) + "\nVersion: 2.19.1\n"})
+	if g, err := read(egg, "requests-2.19.1-py3.11.egg"); err != nil || len(g) != 1 || g[0] != (got{"EGG-INFO/PKG-INFO", "requests", "2.19.1", ""}) {
+		t.Errorf("egg: %+v, %v", g, err)
+	}
+	bad := zipOf(t, map[string]string{"x-1.0.dist-info/METADATA": "Name: x\n"})
+	if g, err := read(bad, "x.whl"); err != nil || len(g) != 1 || !strings.Contains(g[0].err, "no Version") {
+		t.Errorf("a wheel without a version: %+v, %v", g, err)
+	}
+	many := map[string]string{}
+	for i := range pypiMaxZipEntries + 1 {
+		many[strings.Repeat("d", i%7)+string(rune('a'+i%26))+strings.Repeat("x", i/26%5)+"/"+itoa(i)] = ""
+	}
+	if _, err := read(zipOf(t, many), "many.whl"); err == nil || !strings.Contains(err.Error(), "entries") {
+		t.Errorf("an archive past the entry bound: %v", err)
+	}
+	if _, err := read([]byte("not a zip at all"), "x.egg"); err == nil {
+		t.Error("a file that is no zip was read")
+	}
+}
+
+func itoa(i int) string {
+	if i == 0 {
+		return "0"
+	}
+	var b []byte
+	for ; i > 0; i /= 10 {
+		b = append([]byte{byte('0' + i%10)}, b...)
+	}
+	return string(b)
+}
+
+// readPyMetadata never panics, stays within its bound, and gives values with no surrounding
+// whitespace; a value read is one a header line of the file holds.
+func FuzzReadPyMetadata(f *testing.F) {
+	for _, s := range []string{
+		"Name: requests\nVersion: 2.19.1\n", "Name: a\nVersion:\n 1.0\n", "From x\n: y\n z\nVersion: 1\n", "\ufeffVersion: 1\n",
+		"Name: a\r\nVersion: 1\r\r\n", "Version: 1\n  \n\t\nName: b\n\nbody\xff", " x\nVersion:    \n   \n 1.0\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := readPyMetadata(bytes.NewReader(b), 1<<16)
+		if err != nil {
+			return
+		}
+		for _, v := range []string{m.name, m.version} {
+			if strings.TrimFunc(v, pySpace) != v {
+				t.Fatalf("value %q keeps surrounding whitespace, from %q", v, b)
+			}
+		}
+		if m.hasVersion && m.version != "" && !bytes.Contains(bytes.ToLower(b), []byte("version")) {
+			t.Fatalf("a version %q from a file without a Version header: %q", m.version, b)
+		}
+	})
+}
+
+// The central directory check and the archive reader never panic on any bytes.
+func FuzzPyZipMetadata(f *testing.F) {
+	f.Add(zipOf(f, map[string]string{"a-1.dist-info/METADATA": "Name: a\nVersion: 1\n"}))
+	f.Add(zipOf(f, map[string]string{"EGG-INFO/PKG-INFO": "Version: 1\n"}))
+	f.Add([]byte("PK\x05\x06" + strings.Repeat("\xff", 18)))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		pyZipMetadata(bytes.NewReader(b), int64(len(b)), "x.egg", func(string, []string, string, error) {})
+	})
+}
