@@ -110,9 +110,9 @@ func (ti *tokenIssuer) rootBundle(t *testing.T) string {
 
 // TestProxyTokenAuthUpstream pulls through Gatehouse from an upstream behind Docker token auth:
 // with the route's credentials the pull works; a route without them is refused with DENIED.
-// The realm names localhost rather than 127.0.0.1: go-containerregistry refuses token realms on
-// private IP literals unless they are the registry's own host:port (an SSRF guard Gatehouse
-// inherits).
+// The realm is on another host:port than the registry, so both routes list it in
+// upstream.token_realms (Gatehouse sends token requests nowhere else), by name: go-containerregistry
+// refuses token realms on private IP literals unless they are the registry's own host:port.
 func TestProxyTokenAuthUpstream(t *testing.T) {
 	crane := tool(t, "crane")
 	ti := startTokenIssuer(t, "puller", "s3cret-pass")
@@ -139,12 +139,12 @@ func TestProxyTokenAuthUpstream(t *testing.T) {
 	gh := startGatehouse(t, fmt.Sprintf(`routes:
   - prefix: docker.io
     kind: pull
-    upstream: {url: "http://%[1]s", credentials: {file: %[2]s}}
+    upstream: {url: "http://%[1]s", credentials: {file: %[2]s}, token_realms: ["http://localhost:%[3]s/token"]}
   - prefix: anonymous.test
     kind: pull
-    upstream: {url: "http://%[1]s"}
+    upstream: {url: "http://%[1]s", token_realms: ["http://localhost:%[3]s/token"]}
   - {prefix: "", kind: push}
-`, up.addr, creds))
+`, up.addr, creds, strings.TrimPrefix(ti.addr, "127.0.0.1:")))
 	t.Setenv("DOCKER_CONFIG", t.TempDir()) // the client itself has no credentials for gatehouse's upstream
 
 	before := ti.granted.Load()

@@ -17,6 +17,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -261,7 +262,7 @@ func policyEval(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	defer md.Close()
 	def, routePolicies := loadPolicies(ctx, cfg)
-	table, _, err := buildRoutes(cfg, pull.NewMetrics(nil))
+	table, _, err := buildRoutes(cfg, pull.NewMetrics(nil), slog.Default())
 	if err != nil {
 		return err
 	}

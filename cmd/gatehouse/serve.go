@@ -110,7 +110,7 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 		algs[i] = digest.Algorithm(a)
 	}
 	pullMetrics := pull.NewMetrics(reg)
-	table, upstreams, err := buildRoutes(cfg, pullMetrics)
+	table, upstreams, err := buildRoutes(cfg, pullMetrics, log)
 	if err != nil {
 		return err
 	}
@@ -342,7 +342,7 @@ func newScanner(c config.Scan) (*scan.Scanner, error) {
 
 // buildRoutes turns the configured routes into the route table and one upstream client per
 // pull route.
-func buildRoutes(cfg config.Config, m *pull.Metrics) (*route.Table, map[string]pull.Upstream, error) {
+func buildRoutes(cfg config.Config, m *pull.Metrics, log *slog.Logger) (*route.Table, map[string]pull.Upstream, error) {
 	var routes []route.Route
 	upstreams := map[string]pull.Upstream{}
 	for i, rc := range cfg.Routes {
@@ -352,7 +352,7 @@ func buildRoutes(cfg config.Config, m *pull.Metrics) (*route.Table, map[string]p
 			r.LibraryNamespace = *rc.LibraryNamespace
 		}
 		if rc.Kind == "pull" {
-			up, err := newUpstream(rc.Upstream, cfg.Limits, m.Upstream(rc.Prefix))
+			up, err := newUpstream(rc.Upstream, cfg.Limits, m.Upstream(rc.Prefix), log.With("route", rc.Prefix))
 			if err != nil {
 				return nil, nil, fmt.Errorf("routes[%d] (%s): %w", i, rc.Prefix, err)
 			}
@@ -365,8 +365,9 @@ func buildRoutes(cfg config.Config, m *pull.Metrics) (*route.Table, map[string]p
 	return t, upstreams, err
 }
 
-func newUpstream(u *config.Upstream, limits config.Limits, observe func(string, int)) (*upstream.Client, error) {
-	o := upstream.Options{URL: u.URL, Timeout: time.Duration(u.Timeout), MaxManifestSize: int64(limits.ManifestSize), Observe: observe}
+func newUpstream(u *config.Upstream, limits config.Limits, observe func(string, int), log *slog.Logger) (*upstream.Client, error) {
+	o := upstream.Options{URL: u.URL, Timeout: time.Duration(u.Timeout), MaxManifestSize: int64(limits.ManifestSize), Observe: observe,
+		TokenRealms: u.TokenRealms, Log: log}
 	if c := u.Credentials; c != nil {
 		var err error
 		switch {

@@ -3,16 +3,19 @@ package upstream
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -25,20 +28,26 @@ import (
 	"github.com/gatehouse-dev/gatehouse/proxy/manifest"
 )
 
-// Error is an upstream failure. Status 0 means the upstream could not be reached at all.
+// Error is an upstream failure. Its text is Gatehouse's own words: what failed, the status and,
+// when it is one the distribution spec registers, the OCI error code — never a message, body
+// or header text the upstream (or a host it redirected to) chose, since these errors reach
+// clients. What the upstream said is logged, shortened.
 type Error struct {
-	Status     int
-	Code       string        // the OCI error code the upstream sent, if any
-	Message    string        // what the upstream said, or what went wrong
+	Status     int           // 0: no HTTP answer (unreachable, refused, or a token exchange that failed)
+	Code       string        // the OCI error code the upstream sent, if the spec registers it
+	Message    string        // what went wrong, in Gatehouse's words
 	RetryAfter time.Duration // from a 429's Retry-After
 	Upstream   string
+	// Refused: Gatehouse would not send the request (a token realm or an address the
+	// route does not allow, a redirect out of bounds); Status is 0.
+	Refused bool
 }
 
 func (e *Error) Error() string {
-	if e.Status == 0 {
-		return fmt.Sprintf("upstream %s unreachable: %s", e.Upstream, e.Message)
-	}
-	if e.Code != "" {
+	switch {
+	case e.Status == 0:
+		return fmt.Sprintf("upstream %s: %s", e.Upstream, e.Message)
+	case e.Code != "":
 		return fmt.Sprintf("upstream %s answered %d %s: %s", e.Upstream, e.Status, e.Code, e.Message)
 	}
 	return fmt.Sprintf("upstream %s answered %d: %s", e.Upstream, e.Status, e.Message)
@@ -76,12 +85,20 @@ type Options struct {
 	// Observe, if set, is told of every upstream response (kind is manifest, blob, tags or
 	// referrers; status 0 for a transport failure).
 	Observe func(kind string, status int)
+	// TokenRealms are the token realms, besides the registry's own host, that may be sent
+	// token requests and credentials: realm URLs (https://auth.docker.io/token) or hosts
+	// (auth.docker.io, *.pkg.dev). See egress.go for all the rules on where requests go.
+	TokenRealms []string
+	// Log receives what the upstream said when it failed, shortened, and every refusal
+	// (nil: slog.Default()).
+	Log *slog.Logger
 }
 
 // Client talks to one upstream registry.
 type Client struct {
 	opts       Options
 	base       string // scheme://host
+	egress     *egress
 	reg        name.Registry
 	rt         http.RoundTripper
 	transports *lru.Cache[string, http.RoundTripper] // per repository (bearer scopes are per repository)
@@ -116,18 +133,21 @@ func New(o Options) (*Client, error) {
 	if o.Auth == nil {
 		o.Auth = authn.Anonymous
 	}
-	tr := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: o.Timeout, KeepAlive: 30 * time.Second}).DialContext,
-		TLSClientConfig:       o.TLS,
-		TLSHandshakeTimeout:   o.Timeout,
-		ResponseHeaderTimeout: o.Timeout,
-		MaxIdleConnsPerHost:   64,
-		IdleConnTimeout:       90 * time.Second,
-		ForceAttemptHTTP2:     true,
+	if o.Log == nil {
+		o.Log = slog.Default()
 	}
+	var realms []realmRule
+	for _, entry := range o.TokenRealms {
+		r, err := parseRealm(entry)
+		if err != nil {
+			return nil, err
+		}
+		realms = append(realms, r)
+	}
+	g := newEgress(u, realms, o.Log)
+	g.inner, g.tokens = g.transport(o, false), g.transport(o, true)
 	cache, _ := lru.New[string, http.RoundTripper](1024)
-	return &Client{opts: o, base: u.Scheme + "://" + u.Host, reg: reg, rt: tr, transports: cache}, nil
+	return &Client{opts: o, base: u.Scheme + "://" + u.Host, reg: reg, egress: g, rt: g, transports: cache}, nil
 }
 
 // URL is the upstream's address, for messages.
@@ -145,20 +165,116 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 	return t, nil
 }
 
-// wrap turns a transport or ping failure into an *Error.
+// wrap turns a transport, ping or token failure into an *Error in Gatehouse's words, and logs
+// what the upstream said.
 func (c *Client) wrap(err error) error {
-	var te *transport.Error
-	if errors.As(err, &te) {
-		e := &Error{Status: te.StatusCode, Upstream: c.base, Message: te.Error()}
-		if len(te.Errors) > 0 {
-			e.Code, e.Message = string(te.Errors[0].Code), te.Errors[0].Message
-		}
-		return e
-	}
 	if _, ok := AsError(err); ok {
 		return err
 	}
-	return &Error{Upstream: c.base, Message: err.Error()}
+	var r *Refusal
+	if errors.As(err, &r) {
+		return &Error{Upstream: c.base, Refused: true, Message: r.msg}
+	}
+	var te *transport.Error
+	if errors.As(err, &te) {
+		e := &Error{Status: te.StatusCode, Upstream: c.base, Message: c.whose(te.Request) + " answered " + statusText(te.StatusCode)}
+		if len(te.Errors) > 0 {
+			e.Code = registered(string(te.Errors[0].Code))
+		}
+		c.opts.Log.Info("upstream: failed", "upstream", c.base, "status", te.StatusCode, "said", clip(te.Error(), 512))
+		return e
+	}
+	msg, refused := c.describe(err)
+	c.opts.Log.Info("upstream: failed", "upstream", c.base, "err", clip(err.Error(), 512))
+	return &Error{Upstream: c.base, Message: msg, Refused: refused}
+}
+
+// whose names who answered req: the registry, its token service or a host it redirected to.
+func (c *Client) whose(req *http.Request) string {
+	if req == nil {
+		return "the registry"
+	}
+	g, u := c.egress, req.URL
+	own := g.upstreamHost(u.Hostname(), u.Port(), u.Scheme)
+	if req.Response == nil && (!own && g.realmAllowed(u) || own && !strings.HasPrefix(u.Path, "/v2/")) {
+		return "its token service " + printable(u.Host)
+	}
+	if own {
+		return "the registry"
+	}
+	return "the host it redirected to"
+}
+
+func statusText(status int) string {
+	if t := http.StatusText(status); t != "" {
+		return fmt.Sprintf("%d %s", status, t)
+	}
+	return strconv.Itoa(status)
+}
+
+// registered returns code if the distribution spec registers it ("" otherwise): an upstream may
+// put anything in its error's code field.
+func registered(code string) string {
+	switch code {
+	case "BLOB_UNKNOWN", "BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN", "DIGEST_INVALID",
+		"MANIFEST_BLOB_UNKNOWN", "MANIFEST_INVALID", "MANIFEST_UNKNOWN", "NAME_INVALID",
+		"NAME_UNKNOWN", "SIZE_INVALID", "UNAUTHORIZED", "DENIED", "UNSUPPORTED", "TOOMANYREQUESTS":
+		return code
+	}
+	return ""
+}
+
+// describe says in Gatehouse's words why a request failed without an HTTP answer (and whether
+// Gatehouse refused it). The errors' own text is not used: Go's and go-containerregistry's
+// messages quote URLs from Location headers, response bytes and token-service bodies.
+func (c *Client) describe(err error) (msg string, refused bool) {
+	text := err.Error()
+	var (
+		dns      *net.DNSError
+		unknown  x509.UnknownAuthorityError
+		hostname x509.HostnameError
+		invalid  x509.CertificateInvalidError
+		record   tls.RecordHeaderError
+		syntax   *json.SyntaxError
+		typ      *json.UnmarshalTypeError
+		nerr     net.Error
+	)
+	switch {
+	case strings.Contains(text, "invalid realm in www-authenticate"):
+		return "the upstream's token realm is not allowed: a realm is https (http only for an http registry) and, unless it is the registry's own host, is named by a host listed in upstream.token_realms, never by a private or link-local IP address", true
+	case strings.Contains(text, "refusing token-server redirect"):
+		return "its token service redirected to a host that is not allowed", true
+	case strings.Contains(text, "missing realm"):
+		return "the upstream's challenge names no token realm", false
+	case strings.Contains(text, "no token in bearer response"):
+		return "its token service answered without a token", false
+	case errors.As(err, &syntax), errors.As(err, &typ):
+		return "an answer was not the JSON expected", false
+	case errors.Is(err, context.Canceled):
+		return "the request was cancelled", false
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &nerr) && nerr.Timeout():
+		return fmt.Sprintf("no answer within %s", c.opts.Timeout), false
+	case errors.As(err, &dns):
+		if strings.EqualFold(dns.Name, c.egress.host) {
+			return printable(dns.Name) + " does not resolve", false
+		}
+		return "a host name it sent Gatehouse to does not resolve", false
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused", false
+	case errors.Is(err, syscall.ECONNRESET):
+		return "connection reset", false
+	case errors.As(err, &unknown):
+		return "its TLS certificate is signed by an authority Gatehouse does not trust (see upstream.tls.ca)", false
+	case errors.As(err, &hostname):
+		return "its TLS certificate is not valid for its host name", false
+	case errors.As(err, &invalid):
+		return "its TLS certificate is not valid (expired, or not yet valid)", false
+	case errors.As(err, &record), strings.Contains(text, "server gave HTTP response to HTTPS client"):
+		return "it did not answer in TLS (is it a plain-http registry?)", false
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		return "the connection closed before the answer was complete", false
+	}
+	return "the request failed", false
 }
 
 // do sends one request to the upstream for repo, honouring a pending backoff, and turns any
@@ -179,7 +295,7 @@ func (c *Client) do(ctx context.Context, kind, method, repo, path string, header
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.base+"/v2/"+repo+path, nil)
 	if err != nil {
-		return nil, err
+		return nil, &Error{Upstream: c.base, Message: "cannot make a request URL for this repository"}
 	}
 	for k, v := range header {
 		req.Header[k] = v
@@ -199,14 +315,16 @@ func (c *Client) do(ctx context.Context, kind, method, repo, path string, header
 		}
 	}
 	defer resp.Body.Close()
-	e := &Error{Status: resp.StatusCode, Upstream: c.base, Message: http.StatusText(resp.StatusCode)}
+	e := &Error{Status: resp.StatusCode, Upstream: c.base, Message: c.whose(resp.Request) + " answered " + statusText(resp.StatusCode)}
 	if method != http.MethodHead {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		var oci struct {
 			Errors []struct{ Code, Message string }
 		}
 		if json.Unmarshal(body, &oci) == nil && len(oci.Errors) > 0 {
-			e.Code, e.Message = oci.Errors[0].Code, oci.Errors[0].Message
+			e.Code = registered(oci.Errors[0].Code)
+			c.opts.Log.Debug("upstream: error", "upstream", c.base, "kind", kind, "status", resp.StatusCode,
+				"code", clip(oci.Errors[0].Code, 64), "said", clip(oci.Errors[0].Message, 256))
 		}
 	}
 	if resp.StatusCode == http.StatusTooManyRequests {
@@ -275,7 +393,8 @@ func (c *Client) ManifestGet(ctx context.Context, repo, ref string) (Manifest, e
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, c.opts.MaxManifestSize+1))
 	if err != nil {
-		return Manifest{}, &Error{Upstream: c.base, Message: "reading manifest " + ref + ": " + err.Error()}
+		msg, _ := c.describe(err)
+		return Manifest{}, &Error{Upstream: c.base, Message: "reading manifest " + ref + ": " + msg}
 	}
 	if int64(len(body)) > c.opts.MaxManifestSize {
 		return Manifest{}, &Error{Status: http.StatusBadGateway, Upstream: c.base, Message: fmt.Sprintf("manifest %s is larger than %d bytes", ref, c.opts.MaxManifestSize)}
@@ -339,7 +458,7 @@ func (c *Client) Referrers(ctx context.Context, repo string, d digest.Digest) ([
 	defer resp.Body.Close()
 	var idx v1.Index
 	if err := json.NewDecoder(io.LimitReader(resp.Body, c.opts.MaxManifestSize)).Decode(&idx); err != nil {
-		return nil, &Error{Status: http.StatusBadGateway, Upstream: c.base, Message: "referrers of " + d.String() + " are not an image index: " + err.Error()}
+		return nil, &Error{Status: http.StatusBadGateway, Upstream: c.base, Message: "referrers of " + d.String() + " are not an image index"}
 	}
 	return idx.Manifests, nil
 }
@@ -368,7 +487,7 @@ func (c *Client) TagList(ctx context.Context, repo string, n int, last string) (
 		Tags []string `json:"tags"`
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&body); err != nil {
-		return nil, false, &Error{Status: http.StatusBadGateway, Upstream: c.base, Message: "tag list is not JSON: " + err.Error()}
+		return nil, false, &Error{Status: http.StatusBadGateway, Upstream: c.base, Message: "the tag list is not JSON"}
 	}
 	return body.Tags, resp.Header.Get("Link") != "", nil
 }

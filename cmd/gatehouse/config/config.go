@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/gatehouse-dev/gatehouse/proxy/upstream"
 )
 
 // Config is the whole configuration of `gatehouse serve`.
@@ -125,6 +127,10 @@ type Upstream struct {
 	MinRate ByteSize `yaml:"min_rate"`
 	// MaxLayers refuses an image manifest from this upstream that lists more layers (default 1024).
 	MaxLayers int `yaml:"max_layers"`
+	// TokenRealms are the token realms, besides the registry's own host, that may receive token
+	// requests and the route's credentials: realm URLs or hosts ("*.pkg.dev" for every name
+	// under a domain). A challenge naming any other realm fails the pull.
+	TokenRealms []string `yaml:"token_realms"`
 }
 
 // Credentials are read from a file, never written inline.
@@ -141,15 +147,18 @@ type UpstreamTLS struct {
 
 // DefaultRoutes are the routes of the embedded default: pull-through caches of the public
 // registries people pull from most, and a hosted route for every other name.
+// Each lists the token realms its registry's challenges name: Docker Hub's is on another host;
+// registry.k8s.io redirects to Artifact Registry's regional hosts (us-west1-docker.pkg.dev, …),
+// which challenge with their own /v2/token.
 func DefaultRoutes() []Route {
-	pull := func(prefix, url string) Route {
-		return Route{Prefix: prefix, Kind: "pull", Upstream: &Upstream{URL: url}}
+	pull := func(prefix, url string, realms ...string) Route {
+		return Route{Prefix: prefix, Kind: "pull", Upstream: &Upstream{URL: url, TokenRealms: realms}}
 	}
 	return []Route{
-		pull("docker.io", "https://registry-1.docker.io"),
-		pull("ghcr.io", "https://ghcr.io"),
-		pull("quay.io", "https://quay.io"),
-		pull("registry.k8s.io", "https://registry.k8s.io"),
+		pull("docker.io", "https://registry-1.docker.io", "https://auth.docker.io/token"),
+		pull("ghcr.io", "https://ghcr.io", "https://ghcr.io/token"),
+		pull("quay.io", "https://quay.io", "https://quay.io/v2/auth"),
+		pull("registry.k8s.io", "https://registry.k8s.io", "https://*.pkg.dev/v2/token"),
 		{Prefix: "", Kind: "push"},
 	}
 }
@@ -487,6 +496,11 @@ func (c *Config) Validate() error {
 			}
 			if r.Upstream.Timeout < Duration(time.Second) {
 				bad(key+".upstream.timeout", "must be at least 1s, got %s", r.Upstream.Timeout)
+			}
+			for j, realm := range r.Upstream.TokenRealms {
+				if err := upstream.ValidRealm(realm); err != nil {
+					bad(fmt.Sprintf("%s.upstream.token_realms[%d]", key, j), "%v", err)
+				}
 			}
 			if r.Upstream.MinRate < 1<<10 {
 				bad(key+".upstream.min_rate", "must be at least 1KiB (a second), got %d bytes", r.Upstream.MinRate)

@@ -37,6 +37,15 @@ func TestDefaultRoutes(t *testing.T) {
 			t.Errorf("default route %s = %+v", p, r)
 		}
 	}
+	// each lists its registry's token realm: a realm not listed (nor on the registry's host) is refused
+	if r := byPrefix["docker.io"].Upstream.TokenRealms; len(r) != 1 || r[0] != "https://auth.docker.io/token" {
+		t.Errorf("docker.io token realms = %q", r)
+	}
+	for _, p := range []string{"ghcr.io", "quay.io", "registry.k8s.io"} {
+		if len(byPrefix[p].Upstream.TokenRealms) == 0 {
+			t.Errorf("%s lists no token realm", p)
+		}
+	}
 	if !*byPrefix["docker.io"].LibraryNamespace || *byPrefix["ghcr.io"].LibraryNamespace {
 		t.Error("library_namespace defaults wrong")
 	}
@@ -90,6 +99,8 @@ func TestParseRefuses(t *testing.T) {
 		{"upstream min_rate too low", "routes: [{prefix: a, kind: pull, upstream: {url: 'https://x', min_rate: 100}}]\n", "routes[0].upstream.min_rate"},
 		{"upstream max_layers negative", "routes: [{prefix: a, kind: pull, upstream: {url: 'https://x', max_layers: -1}}]\n", "routes[0].upstream.max_layers"},
 		{"unknown route key", "routes: [{prefix: a, kind: push, forward: x}]\n", "field forward not found"},
+		{"token realm not http(s)", "routes: [{prefix: a, kind: pull, upstream: {url: 'https://x', token_realms: ['ftp://auth.x/token']}}]\n", "routes[0].upstream.token_realms[0]"},
+		{"token realm wildcard inside", "routes: [{prefix: a, kind: pull, upstream: {url: 'https://x', token_realms: [ok.example, 'auth*.example']}}]\n", "routes[0].upstream.token_realms[1]"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
