@@ -576,3 +576,19 @@ func TestUpstreamTextNotReflected(t *testing.T) {
 		})
 	}
 }
+
+// TestContentTypeNotReflected: a manifest's Content-Type, which a refusal quotes, is kept only
+// when it can be a media type.
+func TestContentTypeNotReflected(t *testing.T) {
+	for ct, want := range map[string]string{
+		"application/vnd.oci.image.manifest.v1+json":                "application/vnd.oci.image.manifest.v1+json",
+		"application/vnd.docker.distribution.manifest.v2+json; x=y": "application/vnd.docker.distribution.manifest.v2+json",
+		"":                                   "",
+		"text/" + strings.Repeat(marker, 20): "invalid/content-type",
+		"application/json<" + marker + " {":  "invalid/content-type",
+	} {
+		if got := mediaType(http.Header{"Content-Type": {ct}}); got != want {
+			t.Errorf("mediaType(%.40q) = %q, want %q", ct, got, want)
+		}
+	}
+}

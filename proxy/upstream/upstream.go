@@ -413,10 +413,18 @@ func (c *Client) ManifestGet(ctx context.Context, repo, ref string) (Manifest, e
 	return Manifest{MediaType: mediaType(resp.Header), Digest: got, Body: body}, nil
 }
 
+// mediaType is the Content-Type without parameters. One that is not a plausible media type
+// (over 127 bytes, or characters no media type has) becomes "invalid/content-type": the value
+// is quoted in the refusal a client sees, and an upstream's header may hold anything.
 func mediaType(h http.Header) string {
 	mt := h.Get("Content-Type")
 	if i := strings.IndexByte(mt, ';'); i >= 0 {
 		mt = strings.TrimSpace(mt[:i])
+	}
+	if len(mt) > 127 || strings.ContainsFunc(mt, func(c rune) bool {
+		return !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("/.+-_", c))
+	}) {
+		return "invalid/content-type"
 	}
 	return mt
 }
