@@ -3,7 +3,10 @@ package scanning
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -14,7 +17,8 @@ import (
 	"github.com/gatehouse-dev/gatehouse/storage/meta"
 )
 
-// Report is what GET /gatehouse/v1/scans/<digest> answers.
+// Report is what GET /gatehouse/v1/scans/<digest> answers: the scan's summary and one page of
+// each of its lists (packages, secrets, files not read, findings, vulnerabilities).
 type Report struct {
 	Digest    digest.Digest   `json:"digest"`
 	Repo      string          `json:"repository"`
@@ -28,7 +32,28 @@ type Report struct {
 	DBVersion string          `json:"database_version,omitempty"`
 	Database  *DBStatus       `json:"database"`
 	Verdict   *Verdict        `json:"verdict,omitempty"`
+	Page      Page            `json:"page"`
 }
+
+// Page says which page of the lists a report holds and how long each list is: the report holds
+// entries (Number-1)*Size to Number*Size-1 of each. A Link header (rel="next") names the next
+// page while any list goes on.
+type Page struct {
+	Number          int `json:"number"`
+	Size            int `json:"size"`
+	Packages        int `json:"packages"`
+	Secrets         int `json:"secrets"`
+	Unread          int `json:"unread"`
+	Findings        int `json:"findings"`
+	Vulnerabilities int `json:"vulnerabilities"`
+}
+
+// Page sizes of a report: ?page_size= may ask for fewer, never more, so that a report stays
+// bounded whatever the image holds (an image listing 1M packages made one of 362 MiB).
+const (
+	DefaultPageSize = 1000
+	MaxPageSize     = 1000
+)
 
 // Verdict is the admission decision recorded for the image in the repository it was scanned in.
 type Verdict struct {
@@ -46,7 +71,10 @@ type DBStatus struct {
 	Error   string `json:"error,omitempty"`
 }
 
-// Handler serves scan reports under /gatehouse/v1/scans/<digest>; maxAge marks the database stale.
+// Handler serves scan reports under /gatehouse/v1/scans/<digest>[?page=N&page_size=M] (pages
+// as Harbor's API numbers them: from 1, page_size at most MaxPageSize); maxAge marks the
+// database stale. The stored result is read as a stream and only the page is copied, so a
+// report costs its page, not the image's whole inventory.
 func (s *Service) Handler(maxAge time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rest, ok := strings.CutPrefix(r.URL.Path, "/gatehouse/v1/scans/")
@@ -59,6 +87,11 @@ func (s *Service) Handler(maxAge time.Duration) http.Handler {
 			apierr.Write(w, r, apierr.New(apierr.DigestInvalid, "%q is not a digest", rest))
 			return
 		}
+		pg, err := pageOf(r.URL.Query())
+		if err != nil {
+			apierr.Write(w, r, apierr.New(apierr.Unsupported, "%v", err).WithStatus(http.StatusBadRequest))
+			return
+		}
 		sc, err := s.meta.ScanGet(r.Context(), d)
 		if errors.Is(err, meta.ErrNotFound) {
 			apierr.Write(w, r, apierr.New(apierr.ManifestUnknown, "image %s has not been scanned (yet)", d))
@@ -69,9 +102,34 @@ func (s *Service) Handler(maxAge time.Duration) http.Handler {
 			return
 		}
 		rep := Report{Digest: sc.Digest, Repo: sc.Repo, Scanned: sc.Scanned, Scanner: sc.Scanner, Duration: sc.Duration.Round(time.Millisecond).String(),
-			Complete: sc.Complete, Error: sc.Error, Result: sc.Result, Vulns: sc.Vulns, DBVersion: sc.DBVersion, Database: s.dbStatus(maxAge)}
+			Complete: sc.Complete, Error: sc.Error, DBVersion: sc.DBVersion, Database: s.dbStatus(maxAge), Page: Page{Number: pg.number, Size: pg.size}}
+		more := false
+		if len(sc.Result) > 0 {
+			lists := map[string]*pager{"inventory.packages": pg.pager(), "inventory.secrets": pg.pager(), "inventory.unread": pg.pager(), "findings": pg.pager()}
+			if rep.Result, err = pagedJSON(sc.Result, lists); err != nil {
+				apierr.Write(w, r, apierr.Unavailablef(err, "the stored scan result cannot be read"))
+				return
+			}
+			rep.Page.Packages, rep.Page.Secrets, rep.Page.Unread, rep.Page.Findings = lists["inventory.packages"].total, lists["inventory.secrets"].total, lists["inventory.unread"].total, lists["findings"].total
+			for _, l := range lists {
+				more = more || l.more()
+			}
+		}
+		if len(sc.Vulns) > 0 {
+			vulns := map[string]*pager{"": pg.pager()}
+			if rep.Vulns, err = pagedJSON(sc.Vulns, vulns); err != nil {
+				apierr.Write(w, r, apierr.Unavailablef(err, "the stored vulnerabilities cannot be read"))
+				return
+			}
+			rep.Page.Vulnerabilities = vulns[""].total
+			more = more || vulns[""].more()
+		}
 		if v, err := s.meta.VerdictGet(r.Context(), sc.Repo, d); err == nil {
 			rep.Verdict = &Verdict{State: v.State, Decided: v.Decided, Policy: v.PolicyDigest, Decision: v.Decision}
+		}
+		if more {
+			next := url.Values{"page": {strconv.Itoa(pg.number + 1)}, "page_size": {strconv.Itoa(pg.size)}}
+			w.Header().Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, r.URL.Path, next.Encode()))
 		}
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
