@@ -29,7 +29,8 @@ import (
 // Where dpkg would refuse the database (a duplicate field, a Status word it does not know, a
 // version it cannot parse, a line with no colon, ...) the file is an Unread and the packages are
 // still listed as far as they can be. The read is streamed: at most dpkgMaxStanzas stanzas per
-// image, dpkgMaxFile bytes per file, dpkgMaxValue bytes per value kept; beyond, an Unread.
+// image, dpkgMaxPackages installed packages listed, dpkgMaxFile bytes per file, dpkgMaxValue bytes
+// per value kept; beyond, an Unread.
 
 const (
 	dpkgExtractor = "os/gatehouse-dpkg"
@@ -37,9 +38,13 @@ const (
 	// dpkgMaxStanzas bounds the stanzas of an image's package databases (status, journal and
 	// status.d together). Debian's whole archive has about 70,000 binary packages per
 	// architecture; a system holds a few thousand.
-	dpkgMaxStanzas = 50000
-	dpkgMaxValue   = 4 << 10
-	dpkgMaxFields  = 500 // distinct fields of one stanza
+	dpkgMaxStanzas = 100_000
+	// dpkgMaxPackages bounds the installed packages listed from them: every package listed costs
+	// the rest of the scan (matching, SBOMs, policy input) some KiB, and a system holds a few
+	// thousand; 10,000 keep a scan of them under the server's memory bound.
+	dpkgMaxPackages = 10_000
+	dpkgMaxValue    = 4 << 10
+	dpkgMaxFields   = 500 // distinct fields of one stanza
 )
 
 // dpkgKind is which database a file is: each has its own rules for Status.
@@ -71,9 +76,9 @@ type dpkgReader struct {
 }
 
 // readDpkg reads one dpkg database file, calling emit for each stanza (installed or not), and
-// returns the first thing that dpkg would refuse (the stanzas are still read) or a bound that
-// stopped the read (errDpkgBound).
-func readDpkg(ctx context.Context, r io.Reader, kind dpkgKind, budget *int, emit func(dpkgStanza)) error {
+// returns the first thing that dpkg would refuse (the stanzas are still read), a bound that
+// stopped the read (errDpkgBound), or the error emit returned, which stops it too.
+func readDpkg(ctx context.Context, r io.Reader, kind dpkgKind, budget *int, emit func(dpkgStanza) error) error {
 	d := &dpkgReader{ctx: ctx, r: bufio.NewReaderSize(io.LimitReader(r, dpkgMaxFile+1), 64<<10), kind: kind, budget: budget}
 	if err := d.read(emit); err != nil {
 		return err
@@ -104,7 +109,7 @@ type dpkgStanzaState struct {
 	lead   bool   // the value of cur has only had blanks so far
 }
 
-func (d *dpkgReader) read(emit func(dpkgStanza)) error {
+func (d *dpkgReader) read(emit func(dpkgStanza) error) error {
 	st := &dpkgStanzaState{}
 	reset := func() { *st = dpkgStanzaState{fields: map[string]bool{}, vals: map[string]*strings.Builder{}} }
 	reset()
@@ -117,7 +122,9 @@ func (d *dpkgReader) read(emit func(dpkgStanza)) error {
 		}
 		*d.budget--
 		if s, ok := d.stanza(st); ok {
-			emit(s)
+			if err := emit(s); err != nil {
+				return err
+			}
 		}
 		reset()
 		return nil

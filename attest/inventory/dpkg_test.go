@@ -13,7 +13,7 @@ import (
 // dpkgRead reads a status text and lists its installed packages as "name version [source]".
 func dpkgRead(t testing.TB, text string, kind dpkgKind, budget int) ([]string, error) {
 	var got []string
-	err := readDpkg(context.Background(), strings.NewReader(text), kind, &budget, func(s dpkgStanza) {
+	err := readDpkg(context.Background(), strings.NewReader(text), kind, &budget, func(s dpkgStanza) error {
 		if s.Installed {
 			e := s.Package + " " + s.Version
 			if s.Source != "" {
@@ -24,6 +24,7 @@ func dpkgRead(t testing.TB, text string, kind dpkgKind, budget int) ([]string, e
 			}
 			got = append(got, e)
 		}
+		return nil
 	})
 	return got, err
 }
@@ -156,7 +157,7 @@ func TestReadDpkgMillion(t *testing.T) {
 	budget := dpkgMaxStanzas
 	src := &manyPackages{n: 1_000_000}
 	n := 0
-	err := readDpkg(context.Background(), src, dpkgStatus, &budget, func(dpkgStanza) { n++ })
+	err := readDpkg(context.Background(), src, dpkgStatus, &budget, func(dpkgStanza) error { n++; return nil })
 	var bound *errDpkgBound
 	if !errors.As(err, &bound) || n != dpkgMaxStanzas || src.i > dpkgMaxStanzas+2 {
 		t.Errorf("a million stanzas: %d listed, %d generated, %v", n, src.i, err)
@@ -174,11 +175,12 @@ func FuzzReadDpkg(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte, kind uint8) {
 		budget := 5
 		n := 0
-		readDpkg(context.Background(), bytes.NewReader(b), dpkgKind(kind%3), &budget, func(s dpkgStanza) {
+		readDpkg(context.Background(), bytes.NewReader(b), dpkgKind(kind%3), &budget, func(s dpkgStanza) error {
 			n++
 			if s.Package != strings.ToLower(s.Package) || s.Source != strings.ToLower(s.Source) {
 				t.Fatalf("names not lower-cased: %+v", s)
 			}
+			return nil
 		})
 		if n > 5 || budget < 0 {
 			t.Fatalf("%d stanzas listed, budget %d", n, budget)

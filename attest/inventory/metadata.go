@@ -404,7 +404,7 @@ type dpkgEntry struct {
 // dpkg reads the dpkg and opkg databases: the status file with its journal applied over it,
 // distroless status.d files, and opkg's status.
 func (m *metaReader) dpkg() error {
-	budget := dpkgMaxStanzas
+	budget, installed := dpkgMaxStanzas, 0
 	var entries []*dpkgEntry
 	byPackage := map[string]int{} // package:arch of the status file's and journal's stanzas
 	stopped := false
@@ -421,19 +421,26 @@ func (m *metaReader) dpkg() error {
 			m.unread(p, dpkgExtractor, "a package database larger than %d MiB", dpkgMaxFile>>20)
 			return nil
 		}
-		err := readDpkg(m.ctx, f, kind, &budget, func(s dpkgStanza) {
+		err := readDpkg(m.ctx, f, kind, &budget, func(s dpkgStanza) error {
 			e := &dpkgEntry{s, p, kind, layer}
-			if kind != dpkgStatus {
-				entries = append(entries, e)
-				return
+			if kind == dpkgStatus {
+				key := s.Package + ":" + s.Architecture
+				if i, ok := byPackage[key]; ok {
+					entries[i] = e // the journal's record replaces the status file's
+					return nil
+				}
+				if !s.Installed {
+					return nil // nothing to list, nor to replace
+				}
+				byPackage[key] = len(entries)
 			}
-			key := s.Package + ":" + s.Architecture
-			if i, ok := byPackage[key]; ok {
-				entries[i] = e // the journal's record replaces the status file's
-				return
+			if s.Installed {
+				if installed++; installed > dpkgMaxPackages {
+					return &errDpkgBound{fmt.Sprintf("more than %d installed packages in the image's package databases", dpkgMaxPackages)}
+				}
 			}
-			byPackage[key] = len(entries)
 			entries = append(entries, e)
+			return nil
 		})
 		var bound *errDpkgBound
 		switch {

@@ -348,3 +348,12 @@ func TestMetadataRealFiles(t *testing.T) {
 	}
 	t.Logf("compared with osv-scalibr: %d Debian packages, %d Python distributions (of %d files), %d npm packages (of %d files)", deb, py, len(pyFiles), js, len(npmFiles))
 }
+
+// Past dpkgMaxPackages installed packages the database is unread and the rest not listed.
+func TestMetadataDpkgBound(t *testing.T) {
+	b, _ := io.ReadAll(&manyPackages{n: dpkgMaxPackages + 5})
+	inv := readTree(t, metaLayer(t, metaEntry{name: "etc/os-release", body: debianRelease}, metaEntry{name: "var/lib/dpkg/status", body: string(b)}))
+	if len(inv.Packages) != dpkgMaxPackages || len(inv.Unread) != 1 || !strings.Contains(inv.Unread[0].Reason, "installed packages") {
+		t.Errorf("%d packages listed, unread %+v", len(inv.Packages), inv.Unread)
+	}
+}
