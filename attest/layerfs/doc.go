@@ -12,5 +12,9 @@
 // once cleaned, a file over the size limit, a whiteout readers disagree on — is an Issue whose
 // Kind makes the result Incomplete. Limits on bytes, entries and time end the walk the same way.
 // Callers choose which files are written at all (Options.Keep, deciding from a file's bytes on
-// disk when they must) and which are shown to them as they stream by (Options.Inspect).
+// disk when they must) and which are shown to them as they stream by (Options.Inspect). Links
+// resolve to what the runtime reads: a hard link or a path under a symlink that Keep wants gets
+// the file's bytes there even when the file's own name was not wanted (read again from its
+// layer if they were not kept), symlinks resolved as the kernel resolves them inside the
+// container, with loops and multiplying links bounded and reported.
 package layerfs

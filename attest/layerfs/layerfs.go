@@ -38,7 +38,8 @@ var DefaultLimits = Limits{MaxBytes: 16 << 30, MaxEntries: 2_000_000, MaxFileSiz
 // through r (the file as written into the tree, size bytes long) and must bound what it reads:
 // the file may be as large as Limits.MaxFileSize and was made by whoever pushed the image. An
 // error says the file could not be judged within those bounds; the file is not kept and the
-// result is incomplete.
+// result is incomplete. A check judges bytes, not names: bytes it judged once are not judged
+// again when a link gives them another name.
 type Check func(r io.ReaderAt, size int64) (keep bool, err error)
 
 // Options choose what of each file the caller needs beyond its record (path, layer, mode, size,
@@ -48,7 +49,9 @@ type Options struct {
 	// still hashed and recorded; a scanner that reads only package databases and some binaries
 	// saves writing the rest. A non-nil check defers the decision for a regular file to its
 	// bytes: the file is streamed into the tree as it is hashed, check reads it there, and it
-	// is removed unless check keeps it. No file is ever held in memory whole for this.
+	// is removed unless check keeps it. No file is ever held in memory whole for this. Keep is
+	// also asked about the names links give a file (a hard link's path, the paths under a
+	// symlink); see Flatten for what is made at them.
 	Keep func(path string, info fs.FileInfo) (keep bool, check Check)
 	// Wants says whether Inspect should see a file of this size (nil: none); InspectMax bounds it.
 	Wants      func(path string, size int64) bool
@@ -117,13 +120,29 @@ type Issue struct {
 
 // Result is a flattened tree.
 type Result struct {
-	Root       string          // the directory holding the tree
-	Files      map[string]File // by path relative to the root ("etc/os-release")
-	Written    []Written       // every regular file hashed, layer by layer, in the order read
-	Issues     []Issue
+	Root    string          // the directory holding the tree
+	Files   map[string]File // by path relative to the root ("etc/os-release")
+	Written []Written       // every regular file hashed, layer by layer, in the order read
+	Issues  []Issue
+	// Aliases are the paths the tree holds a file at because a symlink leads there (the
+	// extractors follow no symlink): each maps to the path of the file it resolves to, whose
+	// record is in Files. See Flatten for when a file is made at such a path.
+	Aliases    map[string]string
 	Compressed int64 // bytes read from the layers as stored
 	Expanded   int64 // bytes of tar streams read
+	Reread     int64 // bytes of tar streams read a second time, for files a link needed that were not kept
 	Incomplete bool  // a limit or a broken layer ended the walk early, or an issue of an Incomplete kind
+}
+
+// File is the record of what the tree holds at a path on disk: for an alias, the record of the
+// file it resolves to (Files has the symlink's own record).
+func (r *Result) File(p string) (File, bool) {
+	if to, ok := r.Aliases[p]; ok {
+		f, ok := r.Files[to]
+		return f, ok
+	}
+	f, ok := r.Files[p]
+	return f, ok
 }
 
 // Flatten writes the layers, in order, into dir (which must exist and be empty).
@@ -135,6 +154,11 @@ type Result struct {
 // ".wh.x" removing x and an opaque directory removing what no entry of this layer unpacked there.
 // Where containerd would refuse the layer, or other readers read it differently, the result is
 // incomplete with an issue naming the entry.
+//
+// Once the layers are applied, the files a runtime reads through links are made where Keep
+// wants them although their bytes came under a name it did not want (see links): a hard link
+// at its own path, and the paths under a symlink (Result.Aliases) as files, since the
+// extractors follow no symlink. Bytes no longer on disk are read again from their layer.
 func Flatten(ctx context.Context, dir string, layers []Layer, lim Limits, opts Options) (*Result, error) {
 	if lim.Timeout > 0 {
 		var cancel context.CancelFunc
@@ -146,10 +170,11 @@ func Flatten(ctx context.Context, dir string, layers []Layer, lim Limits, opts O
 		return nil, err
 	}
 	defer root.Close()
-	w := &walker{ctx: ctx, root: root, lim: lim, opts: opts, dir: dir, tree: newDir(File{Mode: fs.ModeDir | 0o755}, false),
-		res: &Result{Root: dir, Files: map[string]File{}}}
+	w := &walker{ctx: ctx, root: root, lim: lim, opts: opts, dir: dir, layers: layers, tree: newDir(File{Mode: fs.ModeDir | 0o755}, false),
+		res: &Result{Root: dir, Files: map[string]File{}, Aliases: map[string]string{}}}
 	w.tree.onDisk = true
-	for _, l := range layers {
+	for i, l := range layers {
+		w.li = i
 		if err := w.layer(l); err != nil {
 			var stop stopError
 			if errors.As(err, &stop) {
@@ -160,6 +185,9 @@ func Flatten(ctx context.Context, dir string, layers []Layer, lim Limits, opts O
 		}
 	}
 	w.record("", w.tree)
+	if err := w.links(); err != nil {
+		return nil, err
+	}
 	w.makeLinks()
 	return w.res, nil
 }
@@ -170,8 +198,35 @@ type node struct {
 	recorded bool             // an entry wrote it (it goes into Result.Files); not a directory made to hold others
 	keepLink bool             // a symlink Options.Keep wants made in the tree
 	onDisk   bool             // it (or, for a directory, it and some of what it holds) is in the tree on disk
+	want     want             // what Options.Keep said of a regular file by this name
+	judged   bool             // its bytes went through a Check (kept or not, they need not be judged again)
+	pending  bool             // a hard link Options.Keep wants whose bytes are not on disk: made from its layer at the end
+	src      source           // where a regular file's bytes are in the layers
 	kids     map[string]*node // a directory's entries by name
 }
+
+// want is Options.Keep's answer for one name.
+type want uint8
+
+const (
+	wantNone  want = iota
+	wantCheck      // its bytes decide (a Check)
+	wantKeep       // its name decides
+)
+
+func wantOf(keep bool, check Check) want {
+	switch {
+	case keep:
+		return wantKeep
+	case check != nil:
+		return wantCheck
+	}
+	return wantNone
+}
+
+// source locates a regular file's bytes: the index of its layer in the list Flatten was given
+// (a digest may come twice) and of its entry in that layer's tar stream.
+type source struct{ layer, entry int32 }
 
 func newDir(f File, recorded bool) *node {
 	return &node{file: f, recorded: recorded, kids: map[string]*node{}}
@@ -192,7 +247,10 @@ type walker struct {
 	tree    *node  // the root directory
 	res     *Result
 	entries int
-	buf     []byte // copies files (io.Copy would allocate 32 KiB for each)
+	layers  []Layer
+	li, ei  int      // the layer being read (its index) and the entry (its index in the layer)
+	pending []string // paths of hard links whose bytes are to be made at the end (record lists them)
+	buf     []byte   // copies files (io.Copy would allocate 32 KiB for each)
 	// unpacked are the paths this layer's entries unpacked (containerd's unpackedPaths): an
 	// opaque directory keeps them.
 	unpacked map[string]bool
@@ -271,7 +329,7 @@ func (w *walker) layer(l Layer) error {
 		budget = w.lim.MaxBytes
 	}
 	tr := tar.NewReader(&countingReader{r: plain, n: &w.res.Expanded, budget: budget, ctx: w.ctx})
-	for {
+	for w.ei = 0; ; w.ei++ {
 		h, err := tr.Next()
 		if err == io.EOF {
 			return nil
@@ -610,7 +668,7 @@ func orRoot(d string) string {
 // Options.Keep's check must look at it, shown to Inspect when wanted (bounded by InspectMax).
 func (w *walker) regular(l digest.Digest, parent *node, base, p string, h *tar.Header, info fs.FileInfo, body io.Reader) error {
 	mode := info.Mode()
-	n := &node{file: File{Layer: l, Size: h.Size, Mode: mode}, recorded: true}
+	n := &node{file: File{Layer: l, Size: h.Size, Mode: mode}, recorded: true, src: source{int32(w.li), int32(w.ei)}}
 	parent.kids[base] = n
 	if w.lim.MaxFileSize > 0 && h.Size > w.lim.MaxFileSize {
 		w.issue(l, shorten(p), Limit, "a %d-byte file, over the %d-byte limit for files examined: not read", h.Size, w.lim.MaxFileSize)
@@ -620,6 +678,7 @@ func (w *walker) regular(l digest.Digest, parent *node, base, p string, h *tar.H
 	if w.opts.Keep != nil {
 		keep, check = w.opts.Keep(p, info)
 	}
+	n.want = wantOf(keep, check)
 	inspect := w.opts.Inspect != nil && w.opts.Wants != nil && h.Size <= w.opts.InspectMax && w.opts.Wants(p, h.Size)
 	hs := sha256.New()
 	sinks := []io.Writer{hs}
@@ -665,6 +724,7 @@ func (w *walker) regular(l digest.Digest, parent *node, base, p string, h *tar.H
 	w.res.Written = append(w.res.Written, Written{Path: p, Layer: l, Size: size, SHA256: n.file.SHA256})
 	if out != nil {
 		if check != nil {
+			n.judged = true
 			ok, err := check(out, size)
 			if err != nil {
 				w.issue(l, shorten(p), Unchecked, "the file could not be judged: %v", err)
@@ -709,10 +769,19 @@ func (w *walker) hardLink(l digest.Digest, parent *node, base, p string, h *tar.
 		w.issue(l, shorten(p), Invalid, "a hard link to %q, which %s in the image (containerd refuses the layer)", shorten(h.Linkname), what)
 		return false
 	}
-	n := &node{file: src.file, recorded: true, keepLink: src.keepLink}
+	n := &node{file: src.file, recorded: true, keepLink: src.keepLink, src: src.src, judged: src.judged}
 	n.file.Layer = l
 	parent.kids[base] = n
-	if src.onDisk && !src.isSymlink() {
+	if src.isSymlink() || !src.file.Mode.IsRegular() {
+		return true // a second symlink (resolved at the end like any other) or a device
+	}
+	n.want = wantKeep
+	if w.opts.Keep != nil {
+		// The link's own name decides too: a package database linked to a file at a path
+		// nobody wants is read at the link's path by the runtime.
+		n.want = wantOf(w.opts.Keep(p, statOf(base, src.file)))
+	}
+	if src.onDisk {
 		if err := w.ensureDisk(parentOf(p)); err == nil {
 			if err := os.Link(filepath.Join(w.dir, filepath.FromSlash(target)), filepath.Join(w.dir, filepath.FromSlash(p))); err != nil {
 				w.issue(l, shorten(p), Unwritable, "the hard link to %q cannot be made in the tree: %v", h.Linkname, err)
@@ -720,7 +789,11 @@ func (w *walker) hardLink(l digest.Digest, parent *node, base, p string, h *tar.
 				n.onDisk = true
 			}
 		}
+		return true
 	}
+	// Not on disk: the target was not wanted by its name, or its check refused its bytes (a
+	// check judges bytes, whatever their name), or it was too large to read.
+	n.pending = src.file.SHA256 != "" && (n.want == wantKeep || n.want == wantCheck && !src.judged)
 	return true
 }
 
@@ -740,6 +813,9 @@ func typeName(t byte) string {
 func (w *walker) record(p string, n *node) {
 	if n.recorded && p != "" {
 		w.res.Files[p] = n.file
+	}
+	if n.pending && !n.onDisk {
+		w.pending = append(w.pending, p)
 	}
 	for name, kid := range n.kids {
 		w.record(path.Join(p, name), kid)
