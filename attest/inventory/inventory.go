@@ -7,19 +7,22 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"path/filepath"
 	"reflect"
 	"sort"
 	"strings"
 	"sync"
 
-	scalibr "github.com/google/osv-scalibr"
 	"github.com/google/osv-scalibr/extractor/filesystem"
 	scalibrfs "github.com/google/osv-scalibr/fs"
 	"github.com/google/osv-scalibr/plugin"
+	"github.com/google/osv-scalibr/plugin/config"
 	"github.com/google/osv-scalibr/plugin/list"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/gatehouse-dev/gatehouse/attest/layerfs"
+
+	cpb "github.com/google/osv-scalibr/binary/proto/config_go_proto"
 )
 
 // Package is one package found in an image.
@@ -73,17 +76,20 @@ var (
 	capabs      = &plugin.Capabilities{OS: plugin.OSLinux, Network: plugin.NetworkOffline, DirectFS: false, RunningSystem: false}
 )
 
+// loadPlugins loads the extractors once, each guarded (guard.go): keep asks these copies,
+// and each extraction runs its own guarded copies. No extractor is left a size limit of its own
+// (noSizeLimit): the guard bounds what they read and says when it did not let one read a file.
 func loadPlugins() error {
 	pluginsOnce.Do(func() {
 		var ps []plugin.Plugin
-		ps, pluginsErr = list.FromNames(Groups, nil)
+		ps, pluginsErr = list.FromNames(Groups, &config.PluginConfig{ProtoConfig: &cpb.PluginConfig{MaxFileSizeBytes: noSizeLimit}})
 		if pluginsErr != nil {
 			return
 		}
 		plugins = plugin.FilterByCapabilities(ps, capabs)
 		for _, p := range plugins {
 			if e, ok := p.(filesystem.Extractor); ok {
-				extractors = append(extractors, e)
+				extractors = append(extractors, guarded{Extractor: e})
 			}
 		}
 	})
@@ -102,6 +108,25 @@ type Extraction struct {
 	mu      sync.Mutex
 	secrets []Secret
 	err     error
+	limits  Limits
+}
+
+// Option configures an extraction.
+type Option func(*Extraction)
+
+// WithLimits bounds what the extractors read (a zero field keeps DefaultLimits' value).
+func WithLimits(l Limits) Option {
+	return func(e *Extraction) {
+		if l.MaxPackages > 0 {
+			e.limits.MaxPackages = l.MaxPackages
+		}
+		if l.MaxMetadataFile > 0 {
+			e.limits.MaxMetadataFile = l.MaxMetadataFile
+		}
+		if l.MaxNestedArchive > 0 {
+			e.limits.MaxNestedArchive = l.MaxNestedArchive
+		}
+	}
 }
 
 type secretJob struct {
@@ -111,8 +136,9 @@ type secretJob struct {
 }
 
 // Start begins an extraction; its secret detectors run on workers goroutines and fingerprint
-// what they find with fp (required).
-func Start(ctx context.Context, workers int, fp *Fingerprinter) (*Extraction, error) {
+// what they find with fp (required). A panic in a detector fails the extraction (Finish says
+// where) instead of the process.
+func Start(ctx context.Context, workers int, fp *Fingerprinter, opts ...Option) (*Extraction, error) {
 	if fp == nil {
 		return nil, fmt.Errorf("inventory: %w", ErrNoFingerprintKey)
 	}
@@ -122,13 +148,16 @@ func Start(ctx context.Context, workers int, fp *Fingerprinter) (*Extraction, er
 	if _, err := secretEngine(); err != nil {
 		return nil, fmt.Errorf("inventory: secret detectors: %w", err)
 	}
-	e := &Extraction{ctx: ctx, fp: fp, jobs: make(chan secretJob, 64)}
+	e := &Extraction{ctx: ctx, fp: fp, jobs: make(chan secretJob, 64), limits: DefaultLimits}
+	for _, o := range opts {
+		o(e)
+	}
 	for range max(workers, 1) {
 		e.wg.Add(1)
 		go func() {
 			defer e.wg.Done()
 			for j := range e.jobs {
-				found, err := detectFile(ctx, fp, j.path, j.layer, j.data)
+				found, err := detectGuarded(ctx, fp, j)
 				e.mu.Lock()
 				if err != nil && e.err == nil {
 					e.err = err
@@ -165,7 +194,9 @@ func keep(p string, info fs.FileInfo) (bool, layerfs.Check) {
 		return true, nil
 	}
 	if info.Mode()&fs.ModeSymlink != 0 {
-		return false, nil // extractors read files; their paths through links are duplicates
+		// Extractors read files and follow no symlink: layerfs makes, at a link's path, the file
+		// it resolves to when this wants that path and not the file's own.
+		return false, nil
 	}
 	api := fileAPI{path: p, info: info}
 	binaryOnly := false
@@ -187,10 +218,14 @@ func keep(p string, info fs.FileInfo) (bool, layerfs.Check) {
 // binaryExtractors read compiled programs; they ask for every executable.
 var binaryExtractors = map[string]bool{"go/binary": true, "rust/cargoauditable": true}
 
-// hasBuildInfo reports whether an ELF program carries Go build info or cargo-auditable data,
-// reading only its headers and section names (bounded: elfHasSection).
+// hasBuildInfo reports whether an ELF program carries Go build info, found as Go's own reader
+// finds it (in the section named .go.buildinfo, or without one in the data segment: no section
+// name is needed), or cargo-auditable data (which its readers find by section name). It reads
+// headers and searches the data in bounded chunks, so a large program is judged, not skipped;
+// build info Go's reader could not read, or headers claiming more than the bounds, are an error
+// (elfBuildInfo).
 func hasBuildInfo(r io.ReaderAt, size int64) (bool, error) {
-	return elfHasSection(r, size, ".go.buildinfo", ".dep-v0")
+	return elfBuildInfo(r, size)
 }
 
 // osRelease are the files that identify the distribution.
@@ -216,7 +251,11 @@ func (e *Extraction) Close() {
 	})
 }
 
-// Finish waits for the secret detectors and lists the packages in the flattened tree.
+// Finish waits for the secret detectors and lists the packages in the flattened tree. Every
+// extractor runs guarded (guard.go): a panic fails the extraction with a *PanicError naming the
+// extractor and the file; an extractor's error on a file, a plugin that did not succeed, a file
+// past Limits and packages past Limits.MaxPackages are Unread. The walk stops when ctx ends, and
+// Finish then fails with ctx's error.
 func (e *Extraction) Finish(ctx context.Context, tree *layerfs.Result) (*Inventory, error) {
 	e.Close()
 	if e.err != nil {
@@ -231,16 +270,15 @@ func (e *Extraction) Finish(ctx context.Context, tree *layerfs.Result) (*Invento
 	if !ok {
 		return nil, fmt.Errorf("inventory: os.Root's FS lacks ReadDir or Stat")
 	}
-	res := scalibr.New().Scan(ctx, &scalibr.ScanConfig{
-		Plugins:      plugins,
-		Capabilities: capabs,
-		ScanRoots:    []*scalibrfs.ScanRoot{{FS: fsys}},
-		MaxFileSize:  256 << 20,
-	})
-	if res.Status != nil && res.Status.Status == plugin.ScanStatusFailed {
-		return nil, fmt.Errorf("inventory: scan failed: %s", res.Status.FailureReason)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g := &guard{lim: e.limits, cancel: cancel, tempDir: filepath.Dir(tree.Root), tempPrefix: filepath.Base(tree.Root) + "-jar-", root: tree.Root}
+	res, err := g.run(ctx, fsys, extractors)
+	if err != nil {
+		return nil, fmt.Errorf("inventory: %w", err)
 	}
 	inv := &Inventory{Packages: []Package{}, Secrets: []Secret{}, Scanner: "osv-scalibr " + res.Version}
+	inv.Unread = capUnread(append(unreadOf(res.PluginStatus), g.unreadOf()...))
 	layerOf := func(p string) digest.Digest { return tree.Files[strings.TrimPrefix(p, "/")].Layer }
 	for _, p := range res.Inventory.Packages {
 		path := p.Location.PathOrEmpty()

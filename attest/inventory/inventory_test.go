@@ -9,14 +9,12 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 
@@ -98,67 +96,6 @@ func TestExtract(t *testing.T) {
 		t.Error("the secret's value leaked into the inventory")
 	}
 	t.Logf("%d packages, %d secrets (%s)", len(inv.Packages), len(inv.Secrets), inv.Scanner)
-}
-
-// elf64 is a little-endian ELF64 header followed by two section headers (the second the section
-// name table, at offset 256 and claiming strtabSize bytes) and the table's bytes.
-func elf64(shnum uint16, strtabSize uint64, table string, fileSize int) []byte {
-	b := make([]byte, max(fileSize, 512))
-	copy(b, "\x7fELF\x02\x01\x01")
-	le := binary.LittleEndian
-	le.PutUint64(b[0x28:], 64) // e_shoff
-	le.PutUint16(b[0x3a:], 64) // e_shentsize
-	le.PutUint16(b[0x3c:], shnum)
-	le.PutUint16(b[0x3e:], 1) // e_shstrndx
-	le.PutUint32(b[64:], 1)   // section 0's name: the table's first name
-	sh := b[128:]
-	le.PutUint32(sh[4:], 3) // SHT_STRTAB
-	le.PutUint64(sh[24:], 256)
-	le.PutUint64(sh[32:], strtabSize)
-	copy(b[256:], table)
-	return b
-}
-
-func TestHasBuildInfo(t *testing.T) {
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	goBinary, err := os.ReadFile(self) // this test is a Go program
-	if err != nil {
-		t.Fatal(err)
-	}
-	extended := elf64(0, 16, "\x00.go.buildinfo\x00", 0)
-	binary.LittleEndian.PutUint64(extended[64+32:], 1<<40) // section 0's size: the section count
-	tests := []struct {
-		name    string
-		data    []byte
-		want    bool
-		wantErr bool
-	}{
-		{"a Go program", goBinary, true, false},
-		{"a small ELF naming .go.buildinfo", elf64(2, 16, "\x00.go.buildinfo\x00", 0), true, false},
-		{"a small ELF without it", elf64(2, 8, "\x00.text\x00", 0), false, false},
-		{"zeros", make([]byte, 1<<20), false, false},
-		{"a script", []byte("#!/bin/sh\necho hi\n"), false, false},
-		{"a name table past the end of the file", elf64(2, 1<<20, "\x00.go.buildinfo\x00", 4096), false, false},
-		{"a name table claiming 32 MiB", elf64(2, 32<<20, "\x00.go.buildinfo\x00", 33<<20), false, true},
-		{"2^40 sections", extended, false, true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			var before, after runtime.MemStats
-			runtime.ReadMemStats(&before)
-			got, err := hasBuildInfo(bytes.NewReader(tt.data), int64(len(tt.data)))
-			runtime.ReadMemStats(&after)
-			if got != tt.want || (err != nil) != tt.wantErr {
-				t.Errorf("hasBuildInfo = %v, %v; want %v (error %v)", got, err, tt.want, tt.wantErr)
-			}
-			if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 2<<20 {
-				t.Errorf("allocated %d bytes to judge a %d-byte file", alloc, len(tt.data))
-			}
-		})
-	}
 }
 
 func TestFingerprints(t *testing.T) {

@@ -17,7 +17,12 @@ func init() { SetLogger(slog.New(slog.DiscardHandler)) }
 type slogAdapter struct{ l *slog.Logger }
 
 func (a slogAdapter) Errorf(format string, args ...any) {
-	a.l.Warn("osv-scalibr: " + fmt.Sprintf(format, args...))
+	msg := fmt.Sprintf(format, args...)
+	if strings.Contains(msg, "reached max zip depth") { // javaArchive opens nested archives itself
+		a.l.Debug("osv-scalibr: " + msg)
+		return
+	}
+	a.l.Warn("osv-scalibr: " + msg)
 }
 func (a slogAdapter) Warnf(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)

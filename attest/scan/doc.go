@@ -12,6 +12,10 @@
 // are hostile or odd entries placed as containerd places them; LIMIT, TRUNCATED, UNREADABLE,
 // TOOLONG, SPARSE, UNSUPPORTED, LOOP, INVALID, AMBIGUOUS, UNWRITABLE and UNCHECKED say what could
 // not be read as a runtime reads it, and make the scan incomplete, summed up by
-// GH-LAYER-INCOMPLETE). Secrets' values are never kept: a fingerprint keyed with the
-// installation's key (Scanner.FingerprintKey) stands for them.
+// GH-LAYER-INCOMPLETE), GH-SCAN-UNREAD (a file the inventory could not read: an extractor's
+// error, or a bound such as scan.max_metadata_file or scan.max_packages; it names the extractor)
+// and GH-SCAN-LIMIT (more findings than Scanner.MaxFindings: the gravest are kept), both making
+// the scan incomplete. A panic anywhere in a scan, or a scan past Limits.Timeout, fails it (an
+// *inventory.PanicError, a *TimeoutError) instead of the process. Secrets' values are never
+// kept: a fingerprint keyed with the installation's key (Scanner.FingerprintKey) stands for them.
 package scan

@@ -1,8 +1,10 @@
 package scan
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path"
@@ -80,11 +82,50 @@ type Scanner struct {
 	// inventory.MinFingerprintKey bytes. Without one, Scan fails (inventory.ErrNoFingerprintKey):
 	// an unkeyed hash of a weak secret can be reversed by guessing.
 	FingerprintKey []byte
+	// Extract bounds what the extractors read (zero fields: inventory.DefaultLimits').
+	Extract inventory.Limits
+	// MaxFindings bounds the findings kept of one image (default DefaultMaxFindings); past it
+	// the scan is incomplete, with a GH-SCAN-LIMIT finding saying how many were dropped.
+	MaxFindings int
 }
 
-// Scan flattens the image, extracts its inventory and checks it.
-func (s *Scanner) Scan(ctx context.Context, img Image) (*Result, error) {
+// DefaultMaxFindings is Scanner.MaxFindings's default.
+const DefaultMaxFindings = 10_000
+
+// TimeoutError is a scan that did not finish within Limits.Timeout. It fails the scan (what
+// was not read is unknown, and the partial inventory is not kept): fail closed.
+type TimeoutError struct{ Limit time.Duration }
+
+func (e *TimeoutError) Error() string {
+	return fmt.Sprintf("the scan did not finish within its time limit of %s (scan.timeout)", e.Limit)
+}
+
+// Scan flattens the image, extracts its inventory and checks it, all within Limits.Timeout: a
+// scan still running then fails with a *TimeoutError. No image can take the process down: a
+// panic anywhere in the scan, or in an extractor or secret detector it runs, fails the scan with
+// an *inventory.PanicError naming where (and the file, when it was reading one).
+func (s *Scanner) Scan(ctx context.Context, img Image) (r *Result, err error) {
 	start := time.Now()
+	lim := s.Limits
+	if lim == (layerfs.Limits{}) {
+		lim = layerfs.DefaultLimits
+	}
+	if lim.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, lim.Timeout, &TimeoutError{Limit: lim.Timeout})
+		defer cancel()
+	}
+	step := "the scanner"
+	defer func() {
+		if v := recover(); v != nil {
+			r, err = nil, fmt.Errorf("scan %s: %w", img.Digest, inventory.Recovered(v, step))
+			return
+		}
+		var te *TimeoutError
+		if errors.As(context.Cause(ctx), &te) {
+			r, err = nil, fmt.Errorf("scan %s: %w", img.Digest, te)
+		}
+	}()
 	fp, err := inventory.NewFingerprinter(s.FingerprintKey)
 	if err != nil {
 		return nil, fmt.Errorf("scan %s: %w", img.Digest, err)
@@ -98,24 +139,23 @@ func (s *Scanner) Scan(ctx context.Context, img Image) (*Result, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	lim := s.Limits
-	if lim == (layerfs.Limits{}) {
-		lim = layerfs.DefaultLimits
-	}
-	ex, err := inventory.Start(ctx, runtime.GOMAXPROCS(0), fp)
+	ex, err := inventory.Start(ctx, runtime.GOMAXPROCS(0), fp, inventory.WithLimits(s.Extract))
 	if err != nil {
 		return nil, fmt.Errorf("scan %s: %w", img.Digest, err)
 	}
+	defer ex.Close() // Finish closes it; this is for a flattening that failed or panicked
+	step = "the layer walk"
 	tree, err := layerfs.Flatten(ctx, dir, img.Layers, lim, ex.Options())
 	if err != nil {
-		ex.Close()
 		return nil, fmt.Errorf("scan %s: %w", img.Digest, err)
 	}
+	step = "the inventory"
 	inv, err := ex.Finish(ctx, tree)
 	if err != nil {
 		return nil, fmt.Errorf("scan %s: %w", img.Digest, err)
 	}
-	r := &Result{
+	step = "the checks"
+	r = &Result{
 		Digest: img.Digest, Scanner: Version + " (" + inv.Scanner + ")", Started: start.UTC(),
 		Complete: !tree.Incomplete, Inventory: inv, Findings: []Finding{},
 		Read: tree.Compressed, Expanded: tree.Expanded,
@@ -146,8 +186,37 @@ func (s *Scanner) Scan(ctx context.Context, img Image) (*Result, error) {
 		}
 		return r.Findings[a].Path < r.Findings[b].Path
 	})
+	r.Findings = capFindings(r, cmp.Or(s.MaxFindings, DefaultMaxFindings))
 	r.Duration = time.Since(start)
 	return r, nil
+}
+
+// severityRank orders severities, gravest first.
+var severityRank = map[string]int{Critical: 0, High: 1, Medium: 2, Low: 3}
+
+// capFindings keeps at most max findings, the gravest, in their order; past it one more,
+// GH-SCAN-LIMIT, says how many were dropped, and the scan is incomplete (a dropped finding may
+// be one that denies the image). A report, an SBOM and a policy input are then bounded too.
+func capFindings(r *Result, max int) []Finding {
+	if len(r.Findings) <= max {
+		return r.Findings
+	}
+	idx := make([]int, len(r.Findings))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.SliceStable(idx, func(a, b int) bool {
+		return severityRank[r.Findings[idx[a]].Severity] < severityRank[r.Findings[idx[b]].Severity]
+	})
+	keep := idx[:max-1]
+	sort.Ints(keep)
+	out := make([]Finding, 0, max)
+	for _, i := range keep {
+		out = append(out, r.Findings[i])
+	}
+	r.Complete = false
+	return append(out, Finding{Kind: "scan", ID: "GH-SCAN-LIMIT", Severity: High,
+		Title: fmt.Sprintf("the scan found %d findings; the %d gravest are kept (scan.max_findings), %d are not listed", len(r.Findings), max-1, len(r.Findings)-(max-1))})
 }
 
 func layerFindings(tree *layerfs.Result) []Finding {

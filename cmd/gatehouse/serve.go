@@ -329,7 +329,9 @@ func newScanner(c config.Scan) (*scan.Scanner, error) {
 	s := &scan.Scanner{TempDir: c.TempDir, Limits: layerfs.Limits{
 		MaxBytes: int64(c.MaxExpanded), MaxEntries: c.MaxEntries, MaxFileSize: int64(c.MaxFileSize),
 		MaxPathLen: c.MaxPathLength, Timeout: time.Duration(c.Timeout),
-	}}
+	}, Extract: inventory.Limits{
+		MaxPackages: c.MaxPackages, MaxMetadataFile: int64(c.MaxMetadataFile), MaxNestedArchive: int64(c.MaxNestedArchive),
+	}, MaxFindings: c.MaxFindings}
 	if c.MalwareDigests != "" {
 		m, err := scan.LoadDigestList(c.MalwareDigests)
 		if err != nil {

@@ -17,6 +17,7 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/gatehouse-dev/gatehouse/attest/harbor"
+	"github.com/gatehouse-dev/gatehouse/attest/inventory"
 	"github.com/gatehouse-dev/gatehouse/attest/layerfs"
 	"github.com/gatehouse-dev/gatehouse/attest/sbom"
 	"github.com/gatehouse-dev/gatehouse/attest/scan"
@@ -306,8 +307,13 @@ func (s *Service) prepare(ctx context.Context, repo string, d digest.Digest) (sc
 }
 
 // failed records a scan that could not be made, so the gate can say why the image cannot be
-// admitted, and has it decided.
+// admitted, and has it decided. A panic is logged here with its stack, once; the record and
+// the clients get its message only.
 func (s *Service) failed(ctx context.Context, repo string, d digest.Digest, start time.Time, err error) (meta.Scan, error) {
+	var p interface{ PanicStack() string }
+	if errors.As(err, &p) {
+		s.log.Error("the scan panicked; the image is refused as a failed scan", "repo", repo, "digest", d, "err", err, "stack", p.PanicStack())
+	}
 	sc := meta.Scan{Digest: d, Repo: repo, Scanned: start.UTC(), Scanner: scan.Version, Duration: time.Since(start), Error: err.Error()}
 	if perr := s.meta.ScanPut(ctx, sc); perr != nil {
 		return meta.Scan{}, perr
@@ -328,16 +334,41 @@ func (s *Service) scan(ctx context.Context, repo string, d digest.Digest, start 
 	if err != nil {
 		return meta.Scan{}, err
 	}
-	res, err := s.scanner.Scan(ctx, img)
+	res, err := s.scanGuarded(ctx, img)
 	if err != nil {
+		if ctx.Err() != nil && !errors.As(err, new(*scan.TimeoutError)) {
+			return meta.Scan{}, err // whoever asked has gone (a shutdown): nothing is known of the image
+		}
 		return s.failed(ctx, repo, d, start, err)
 	}
+	return s.record(ctx, repo, d, start, res, read)
+}
+
+// scanGuarded runs the scanner; a panic in it (the built-in one recovers its own) fails the scan.
+func (s *Service) scanGuarded(ctx context.Context, img scan.Image) (res *scan.Result, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			res, err = nil, fmt.Errorf("scan %s: %w", img.Digest, inventory.Recovered(v, "the scanner"))
+		}
+	}()
+	return s.scanner.Scan(ctx, img)
+}
+
+// record stores a scan's result, its SBOMs and its vulnerabilities, and has the image decided.
+// What it runs over the result (encoding, SBOMs, matching) reads what the image holds, so a
+// panic in it fails the scan like one in the scanner, never the process.
+func (s *Service) record(ctx context.Context, repo string, d digest.Digest, start time.Time, res *scan.Result, read *readSet) (sc meta.Scan, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			sc, err = s.failed(ctx, repo, d, start, fmt.Errorf("scan %s: %w", d, inventory.Recovered(v, "recording the scan")))
+		}
+	}()
 	res.Blobs = read.list()
 	body, err := json.Marshal(res)
 	if err != nil {
 		return meta.Scan{}, err
 	}
-	sc := meta.Scan{Digest: d, Repo: repo, Scanned: res.Started, Scanner: res.Scanner, Duration: res.Duration, Complete: res.Complete, Result: body}
+	sc = meta.Scan{Digest: d, Repo: repo, Scanned: res.Started, Scanner: res.Scanner, Duration: res.Duration, Complete: res.Complete, Result: body}
 	if err := s.meta.ScanPut(ctx, sc); err != nil {
 		return meta.Scan{}, err
 	}

@@ -49,15 +49,25 @@ type Config struct {
 
 // Scan configures the built-in scanner and its bounds.
 type Scan struct {
-	Workers        int      `yaml:"workers"`         // images scanned at once (default 2)
-	TempDir        string   `yaml:"temp_dir"`        // where layers are flattened while scanned (default <data>/scan-tmp)
-	MaxExpanded    ByteSize `yaml:"max_expanded"`    // expanded layer bytes per image (default 16GiB)
-	MaxEntries     int      `yaml:"max_entries"`     // tar entries per image (default 2000000)
-	MaxFileSize    ByteSize `yaml:"max_file_size"`   // larger files are not examined (default 1GiB)
-	MaxPathLength  int      `yaml:"max_path_length"` // longer paths are skipped (default 4096)
-	Timeout        Duration `yaml:"timeout"`         // per image (default 10m)
-	MalwareDigests string   `yaml:"malware_digests"` // file of known-bad SHA-256 digests, "sha256:<hex> name" per line; EICAR is always included
-	RegistryURL    string   `yaml:"registry_url"`    // how external scanners reach Gatehouse to pull what they scan (default http://<listen>)
+	Workers       int      `yaml:"workers"`         // images scanned at once (default 2)
+	TempDir       string   `yaml:"temp_dir"`        // where layers are flattened while scanned (default <data>/scan-tmp)
+	MaxExpanded   ByteSize `yaml:"max_expanded"`    // expanded layer bytes per image (default 16GiB)
+	MaxEntries    int      `yaml:"max_entries"`     // tar entries per image (default 2000000)
+	MaxFileSize   ByteSize `yaml:"max_file_size"`   // larger files are not examined (default 1GiB)
+	MaxPathLength int      `yaml:"max_path_length"` // longer paths are skipped (default 4096)
+	Timeout       Duration `yaml:"timeout"`         // per image, extraction included; a scan still running then fails (default 10m)
+	// MaxPackages bounds the packages listed per image; past it the scan is incomplete (default 20000).
+	MaxPackages int `yaml:"max_packages"`
+	// MaxFindings bounds the findings kept per image; past it the scan is incomplete (default 10000).
+	MaxFindings int `yaml:"max_findings"`
+	// MaxMetadataFile bounds the package databases, manifests and lock files that extractors read
+	// whole; a larger one is not read and the scan is incomplete (default 64MiB).
+	MaxMetadataFile ByteSize `yaml:"max_metadata_file"`
+	// MaxNestedArchive bounds an archive inside a Java archive, written to temp_dir to be read
+	// (4 times as many bytes in all per file); past it the file is not read (default 1GiB).
+	MaxNestedArchive ByteSize `yaml:"max_nested_archive"`
+	MalwareDigests   string   `yaml:"malware_digests"` // file of known-bad SHA-256 digests, "sha256:<hex> name" per line; EICAR is always included
+	RegistryURL      string   `yaml:"registry_url"`    // how external scanners reach Gatehouse to pull what they scan (default http://<listen>)
 	// FingerprintKey is the file holding this installation's key for secret fingerprints
 	// (HMAC-SHA256), created with 32 random bytes on first start (default <data>/fingerprint.key)
 	FingerprintKey string `yaml:"fingerprint_key"`
@@ -317,6 +327,18 @@ func (c *Config) applyDefaults() {
 	if c.Scan.MaxFileSize == 0 {
 		c.Scan.MaxFileSize = 1 << 30
 	}
+	if c.Scan.MaxPackages == 0 {
+		c.Scan.MaxPackages = 20_000
+	}
+	if c.Scan.MaxFindings == 0 {
+		c.Scan.MaxFindings = 10_000
+	}
+	if c.Scan.MaxMetadataFile == 0 {
+		c.Scan.MaxMetadataFile = 64 << 20
+	}
+	if c.Scan.MaxNestedArchive == 0 {
+		c.Scan.MaxNestedArchive = 1 << 30
+	}
 	if c.Scan.MaxPathLength == 0 {
 		c.Scan.MaxPathLength = 4096
 	}
@@ -435,6 +457,18 @@ func (c *Config) Validate() error {
 	}
 	if c.Scan.MaxExpanded < 1<<20 {
 		bad("scan.max_expanded", "must be at least 1MiB")
+	}
+	if c.Scan.MaxPackages < 1 {
+		bad("scan.max_packages", "must be at least 1, got %d", c.Scan.MaxPackages)
+	}
+	if c.Scan.MaxFindings < 2 {
+		bad("scan.max_findings", "must be at least 2, got %d", c.Scan.MaxFindings)
+	}
+	if c.Scan.MaxMetadataFile < 1<<20 {
+		bad("scan.max_metadata_file", "must be at least 1MiB")
+	}
+	if c.Scan.MaxNestedArchive < 1<<20 {
+		bad("scan.max_nested_archive", "must be at least 1MiB")
 	}
 	if c.Scan.Timeout < Duration(time.Second) {
 		bad("scan.timeout", "must be at least 1s")

@@ -1,0 +1,352 @@
+package inventory
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/osv-scalibr/extractor"
+	"github.com/google/osv-scalibr/extractor/filesystem"
+	javaarchive "github.com/google/osv-scalibr/extractor/filesystem/language/java/archive"
+	scalibrfs "github.com/google/osv-scalibr/fs"
+	scalibrinv "github.com/google/osv-scalibr/inventory"
+	"github.com/google/osv-scalibr/plugin"
+	"github.com/google/osv-scalibr/purl"
+
+	cpb "github.com/google/osv-scalibr/binary/proto/config_go_proto"
+
+	"github.com/gatehouse-dev/gatehouse/attest/inventory/inventorytest"
+	"github.com/gatehouse-dev/gatehouse/attest/layerfs"
+)
+
+// extract flattens one layer of files and lists its inventory with the real extractors.
+func extract(t *testing.T, lim Limits, files map[string][]byte) (*Inventory, error) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "root")
+	os.Mkdir(dir, 0o755)
+	fp, err := NewFingerprinter([]byte("a test installation's key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex, err := Start(context.Background(), 1, fp, WithLimits(lim))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree, err := layerfs.Flatten(context.Background(), dir, []layerfs.Layer{tarLayer(t, files)}, layerfs.DefaultLimits, ex.Options())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ex.Finish(context.Background(), tree)
+}
+
+// TestCraftedRPMDBFailsTheScan: the rpmdb.sqlite that made go-rpmdb panic (slice bounds out of
+// range [1:0]) and took the process down fails the extraction instead, naming the extractor and
+// the file; the next extraction of it does the same.
+func TestCraftedRPMDBFailsTheScan(t *testing.T) {
+	db, err := inventorytest.PanickingRPMDB(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string][]byte{"var/lib/rpm/rpmdb.sqlite": db, "etc/os-release": []byte("ID=fedora\nVERSION_ID=40\n")}
+	for range 2 {
+		_, err := extract(t, DefaultLimits, files)
+		var pe *PanicError
+		if !errors.As(err, &pe) {
+			t.Fatalf("err %v; want a *PanicError", err)
+		}
+		if pe.Extractor != "os/rpm" || pe.Path != "var/lib/rpm/rpmdb.sqlite" || !strings.Contains(err.Error(), "slice bounds out of range") ||
+			!strings.Contains(pe.PanicStack(), "headerImport") {
+			t.Fatalf("got %q (extractor %q, path %q); want os/rpm's panic on var/lib/rpm/rpmdb.sqlite with its stack", err, pe.Extractor, pe.Path)
+		}
+	}
+}
+
+// fake is an extractor of files named "*.fake" that does what the file says: panic, fail,
+// list packages, or wait for the context.
+type fake struct{}
+
+func (fake) Name() string                       { return "test/fake" }
+func (fake) Version() int                       { return 0 }
+func (fake) Requirements() *plugin.Capabilities { return &plugin.Capabilities{} }
+func (fake) FileRequired(api filesystem.FileAPI) bool {
+	if strings.HasSuffix(api.Path(), "required-panic.fake") {
+		panic("FileRequired panicked")
+	}
+	return strings.HasSuffix(api.Path(), ".fake")
+}
+
+func (fake) Extract(ctx context.Context, in *filesystem.ScanInput) (scalibrinv.Inventory, error) {
+	b, _ := io.ReadAll(in.Reader)
+	switch cmd := strings.TrimSpace(string(b)); {
+	case cmd == "panic":
+		var m map[string]int
+		m["x"]++ // a nil map write: a runtime error, as a parser's would be
+	case cmd == "fail":
+		return scalibrinv.Inventory{}, errors.New("cannot parse this")
+	case cmd == "wait":
+		<-ctx.Done()
+		return scalibrinv.Inventory{}, ctx.Err()
+	case strings.HasPrefix(cmd, "packages"):
+		var inv scalibrinv.Inventory
+		for i := range strings.Count(cmd, "p") - 1 {
+			inv.Packages = append(inv.Packages, &extractor.Package{Name: strings.Repeat("x", i+1), Version: "1", PURLType: purl.TypeGolang,
+				Location: extractor.LocationFromPath(in.Path)})
+		}
+		return inv, nil
+	}
+	return scalibrinv.Inventory{}, nil
+}
+
+// runFake runs the fake extractor, guarded, over a directory of files.
+func runFake(t *testing.T, ctx context.Context, lim Limits, files map[string]string) (*guard, []Unread, int, error) {
+	t.Helper()
+	dir := t.TempDir()
+	for name, body := range files {
+		os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o755)
+		os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644)
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g := &guard{lim: lim, cancel: cancel}
+	res, err := g.run(ctx, root.FS().(scalibrfs.FS), []filesystem.Extractor{fake{}})
+	if err != nil {
+		return g, nil, 0, err
+	}
+	return g, append(unreadOf(res.PluginStatus), g.unreadOf()...), len(res.Inventory.Packages), nil
+}
+
+func TestGuardedExtractor(t *testing.T) {
+	t.Run("a panic in Extract fails the scan naming the extractor and the file", func(t *testing.T) {
+		_, _, _, err := runFake(t, context.Background(), DefaultLimits, map[string]string{"a/ok.fake": "packages p", "b/bad.fake": "panic"})
+		var pe *PanicError
+		if !errors.As(err, &pe) || pe.Extractor != "test/fake" || pe.Path != "b/bad.fake" || !strings.Contains(pe.Error(), "nil map") {
+			t.Fatalf("err %v; want test/fake's panic on b/bad.fake", err)
+		}
+		if want := "the extractor test/fake panicked on b/bad.fake: assignment to entry in nil map"; pe.Error() != want {
+			t.Errorf("message %q; want %q", pe.Error(), want)
+		}
+	})
+	t.Run("a panic in FileRequired fails the scan too", func(t *testing.T) {
+		_, _, _, err := runFake(t, context.Background(), DefaultLimits, map[string]string{"c/required-panic.fake": ""})
+		var pe *PanicError
+		if !errors.As(err, &pe) || pe.Path != "c/required-panic.fake" {
+			t.Fatalf("err %v; want test/fake's panic on c/required-panic.fake", err)
+		}
+	})
+	t.Run("keep's copy raises a FileRequired panic again, as a *PanicError", func(t *testing.T) {
+		defer func() {
+			pe, ok := recover().(*PanicError)
+			if !ok || pe.Extractor != "test/fake" || pe.Path != "x/required-panic.fake" {
+				t.Fatalf("recovered %v; want a *PanicError naming test/fake and the file", pe)
+			}
+		}()
+		guarded{Extractor: fake{}}.FileRequired(fileAPI{path: "x/required-panic.fake"})
+	})
+	t.Run("an error on a file is Unread, though scalibr calls the scan a partial success", func(t *testing.T) {
+		_, unread, n, err := runFake(t, context.Background(), DefaultLimits, map[string]string{"a/ok.fake": "packages pp", "b/bad.fake": "fail"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != 2 || len(unread) != 1 || unread[0].Path != "b/bad.fake" || unread[0].Extractor != "test/fake" || unread[0].Reason != "cannot parse this" {
+			t.Fatalf("%d packages, unread %+v; want 2 and b/bad.fake unread", n, unread)
+		}
+	})
+	t.Run("packages past the image's bound are Unread", func(t *testing.T) {
+		lim := DefaultLimits
+		lim.MaxPackages = 5
+		_, unread, n, err := runFake(t, context.Background(), lim, map[string]string{"a.fake": "packages ppp", "b.fake": "packages ppp", "c.fake": "packages ppp"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != 5 || len(unread) != 1 || !strings.Contains(unread[0].Reason, "more than the 5 packages a scan keeps") {
+			t.Fatalf("%d packages, unread %+v; want 5 and one Unread saying 4 are not listed", n, unread)
+		}
+	})
+	t.Run("a file over the metadata bound is Unread, not parsed", func(t *testing.T) {
+		lim := DefaultLimits
+		lim.MaxMetadataFile = 10
+		_, unread, n, err := runFake(t, context.Background(), lim, map[string]string{"big.fake": "packages pp" + strings.Repeat(" ", 10)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != 0 || len(unread) != 1 || unread[0].Path != "big.fake" || !strings.Contains(unread[0].Reason, "scan.max_metadata_file") {
+			t.Fatalf("%d packages, unread %+v; want big.fake unread", n, unread)
+		}
+	})
+	t.Run("a deadline stops the walk and fails the scan", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		files := map[string]string{"a/wait.fake": "wait"}
+		for i := range 50 {
+			files[filepath.Join("b", strings.Repeat("n", i+1)+".fake")] = "wait"
+		}
+		start := time.Now()
+		_, _, _, err := runFake(t, ctx, DefaultLimits, files)
+		if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 2*time.Second {
+			t.Fatalf("err %v after %s; want the deadline, at once", err, time.Since(start))
+		}
+	})
+}
+
+func TestUnreadOfStatuses(t *testing.T) {
+	got := unreadOf([]*plugin.Status{
+		{Name: "ok", Status: &plugin.ScanStatus{Status: plugin.ScanStatusSucceeded}},
+		{Name: "partial", Status: &plugin.ScanStatus{Status: plugin.ScanStatusPartiallySucceeded, FileErrors: []*plugin.FileError{{FilePath: "b", ErrorMessage: "bad b"}, {FilePath: "a", ErrorMessage: "bad a"}}}},
+		{Name: "failed", Status: &plugin.ScanStatus{Status: plugin.ScanStatusFailed, FailureReason: "it broke"}},
+		{Name: "nil"},
+	})
+	want := []Unread{{Extractor: "failed", Reason: "it broke"}, {Path: "a", Extractor: "partial", Reason: "bad a"}, {Path: "b", Extractor: "partial", Reason: "bad b"}}
+	if len(got) != len(want) {
+		t.Fatalf("got %+v; want %+v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("[%d] got %+v; want %+v", i, got[i], want[i])
+		}
+	}
+	many := make([]Unread, 1500)
+	if c := capUnread(many); len(c) != maxUnread || !strings.Contains(c[len(c)-1].Reason, "and 501 more") {
+		t.Errorf("capped to %d, last %+v", len(c), c[len(c)-1])
+	}
+}
+
+// TestJavaArchiveBounds: osv-scalibr's java/archive extractor reads nested archives whole and
+// parses pom.properties with no bound; javaArchive refuses, naming what, before it reads any.
+func TestJavaArchiveBounds(t *testing.T) {
+	zeros := func(n int64) io.Reader { return inventorytest.Zeros(n) }
+	lim := DefaultLimits
+	lim.MaxNestedArchive = 1 << 20
+	pom := []byte("groupId=org.example\nartifactId=lib\nversion=1.2.3\n")
+	lib := inventorytest.Jar(inventorytest.Entry{Name: "META-INF/maven/org.example/lib/pom.properties", Body: bytes.NewReader(pom)})
+	deep := inventorytest.Entry{Name: "lib/0.jar", Body: bytes.NewReader(lib)}
+	for i := range maxArchiveDepth {
+		deep = inventorytest.Entry{Name: "lib/" + string(rune('a'+i)) + ".jar", Entries: []inventorytest.Entry{deep}}
+	}
+	tests := []struct {
+		name   string
+		jar    []byte
+		reason string // "" : read
+	}{
+		{"a fat jar's library", inventorytest.Jar(inventorytest.Entry{Name: "BOOT-INF/lib/lib-1.2.3.jar", Body: bytes.NewReader(lib)}), ""},
+		{"a nested jar of zeros over the bound", inventorytest.Jar(inventorytest.Entry{Name: "lib/bomb.jar", Body: zeros(64 << 20)}),
+			"lib/bomb.jar: a nested archive of 67108864 bytes, over the 1048576-byte limit"},
+		{"a bomb one level deeper", inventorytest.Jar(inventorytest.Entry{Name: "lib/mid.jar", Entries: []inventorytest.Entry{{Name: "lib/bomb.jar", Body: zeros(64 << 20)}}}),
+			"lib/mid.jar!/lib/bomb.jar: a nested archive of 67108864 bytes"},
+		{"nested archives over the total", inventorytest.Jar(func() []inventorytest.Entry {
+			var es []inventorytest.Entry
+			noise := make([]byte, 900<<10) // incompressible: each nested jar is some 900 KiB
+			rand.New(rand.NewSource(1)).Read(noise)
+			for i := range archiveReadFactor + 1 { // each within the bound, not in all
+				es = append(es, inventorytest.Entry{Name: "lib/" + strings.Repeat("z", i+1) + ".jar", Entries: []inventorytest.Entry{{Name: "noise", Body: bytes.NewReader(noise)}}})
+			}
+			return es
+		}()...), "nested archives of more than 4194304 bytes in all"},
+		{"a pom.properties of newlines", inventorytest.Jar(inventorytest.Entry{Name: "META-INF/maven/x/y/pom.properties", Body: inventorytest.Newlines(maxArchiveMetadata + 1)}),
+			"META-INF/maven/x/y/pom.properties of 16777217 bytes"},
+		{"archives nested too deep", inventorytest.Jar(deep), "nested more than 8 deep"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			start := time.Now()
+			inv, err := extract(t, lim, map[string][]byte{"app/app.jar": tt.jar})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%d-byte jar: %d packages, unread %+v, in %s", len(tt.jar), len(inv.Packages), inv.Unread, time.Since(start).Round(time.Millisecond))
+			if tt.reason == "" {
+				if len(inv.Unread) != 0 || len(inv.Packages) != 1 || inv.Packages[0].Name != "org.example:lib" || inv.Packages[0].Version != "1.2.3" || inv.Packages[0].Path != "app/app.jar" {
+					t.Fatalf("unread %+v, packages %+v; want org.example:lib 1.2.3 at app/app.jar", inv.Unread, inv.Packages)
+				}
+				return
+			}
+			if len(inv.Unread) != 1 || inv.Unread[0].Path != "app/app.jar" || inv.Unread[0].Extractor != "java/archive" || !strings.Contains(inv.Unread[0].Reason, tt.reason) {
+				t.Fatalf("unread %+v; want app/app.jar unread by java/archive: %q", inv.Unread, tt.reason)
+			}
+		})
+	}
+}
+
+// TestJavaArchiveDirectoryBound: an archive whose central directory is over the bound (its
+// entries would be held in memory, some 250 bytes each) is Unread.
+func TestJavaArchiveDirectoryBound(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes a 20 MiB zip directory")
+	}
+	var es []inventorytest.Entry
+	name := strings.Repeat("n", 150)
+	for i := range maxArchiveDirectory/(46+150) + 2000 {
+		es = append(es, inventorytest.Entry{Name: name + strconv.Itoa(i)})
+	}
+	jar := inventorytest.Jar(es...)
+	inv, err := extract(t, DefaultLimits, map[string][]byte{"app/huge.jar": jar})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(inv.Unread) != 1 || !strings.Contains(inv.Unread[0].Reason, "a central directory of more than") {
+		t.Fatalf("unread %+v; want the directory refused", inv.Unread)
+	}
+}
+
+// TestJavaArchiveAsTheExtractor: javaArchive, which opens nested archives itself, lists what
+// osv-scalibr's java/archive lists when it recurses on its own (within the bounds).
+func TestJavaArchiveAsTheExtractor(t *testing.T) {
+	props := func(g, a, v string) io.Reader {
+		return strings.NewReader("groupId=" + g + "\nartifactId=" + a + "\nversion=" + v + "\n")
+	}
+	jar := inventorytest.Jar(
+		inventorytest.Entry{Name: "META-INF/maven/com.acme/app/pom.properties", Body: props("com.acme", "app", "1.0")},
+		inventorytest.Entry{Name: "BOOT-INF/lib/jackson-databind-2.9.8.jar", Entries: []inventorytest.Entry{
+			{Name: "META-INF/maven/com.fasterxml.jackson.core/jackson-databind/pom.properties", Body: props("com.fasterxml.jackson.core", "jackson-databind", "2.9.8")}}},
+		inventorytest.Entry{Name: "BOOT-INF/lib/commons-text-1.9.jar", Entries: []inventorytest.Entry{{Name: "x.class", Body: strings.NewReader("x")}}},
+		inventorytest.Entry{Name: "BOOT-INF/lib/inner.war", Entries: []inventorytest.Entry{
+			{Name: "WEB-INF/lib/log4j-core-2.14.1.jar", Entries: []inventorytest.Entry{
+				{Name: "META-INF/maven/org.apache.logging.log4j/log4j-core/pom.properties", Body: props("org.apache.logging.log4j", "log4j-core", "2.14.1")}}}}},
+	)
+	dir := t.TempDir()
+	p := filepath.Join(dir, "app.jar")
+	os.WriteFile(p, jar, 0o644)
+	list := func(run func(in *filesystem.ScanInput) (scalibrinv.Inventory, error)) []string {
+		f, _ := os.Open(p)
+		defer f.Close()
+		info, _ := f.Stat()
+		inv, err := run(&filesystem.ScanInput{Path: "app/app.jar", Info: info, Reader: f})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, pk := range inv.Packages {
+			out = append(out, pk.Name+"@"+pk.Version+" at "+pk.Location.PathOrEmpty())
+		}
+		sort.Strings(out)
+		return out
+	}
+	lib, err := javaarchive.New(&cpb.PluginConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := list(func(in *filesystem.ScanInput) (scalibrinv.Inventory, error) {
+		return lib.Extract(context.Background(), in)
+	})
+	g := &guard{lim: DefaultLimits, cancel: func() {}, tempDir: dir, tempPrefix: "nested-"}
+	got := list(func(in *filesystem.ScanInput) (scalibrinv.Inventory, error) {
+		return g.javaArchive(context.Background(), in)
+	})
+	t.Logf("%d packages: %v", len(got), got)
+	if strings.Join(got, "\n") != strings.Join(want, "\n") || len(want) < 4 {
+		t.Errorf("javaArchive lists\n%s\nosv-scalibr's extractor\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
