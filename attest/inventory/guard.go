@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"runtime/debug"
 	"sort"
@@ -15,6 +16,8 @@ import (
 	scalibrfs "github.com/google/osv-scalibr/fs"
 	scalibrinv "github.com/google/osv-scalibr/inventory"
 	"github.com/google/osv-scalibr/plugin"
+
+	"github.com/gatehouse-dev/gatehouse/attest/layerfs"
 )
 
 // Limits bound what the extractors read of one image. A file or package past a bound is not
@@ -319,4 +322,31 @@ func detectGuarded(ctx context.Context, fp *Fingerprinter, j secretJob) (found [
 		}
 	}()
 	return detectFile(ctx, fp, j.path, j.layer, j.data)
+}
+
+// readMetadata runs Gatehouse's own npm, PyPI and dpkg readers (metadata.go) over the tree
+// under a recover, like the extractors, and keeps what they list within the image's bound on
+// packages.
+func (g *guard) readMetadata(ctx context.Context, root *os.Root, tree *layerfs.Result, inv *Inventory) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = Recovered(v, "the package metadata readers")
+		}
+	}()
+	from := len(inv.Packages)
+	if err := readMetadata(ctx, root, tree, inv); err != nil {
+		return err
+	}
+	added := inv.Packages[from:]
+	if room := max(g.lim.MaxPackages-g.packages, 0); len(added) > room {
+		g.mu.Lock()
+		if g.dropped == 0 {
+			g.firstDropped = Unread{Path: added[room].Path, Extractor: added[room].Extractor}
+		}
+		g.dropped += len(added) - room
+		g.mu.Unlock()
+		inv.Packages = inv.Packages[:from+room]
+	}
+	g.packages += len(inv.Packages) - from
+	return nil
 }

@@ -350,3 +350,43 @@ func TestJavaArchiveAsTheExtractor(t *testing.T) {
 		t.Errorf("javaArchive lists\n%s\nosv-scalibr's extractor\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// TestFinishReadsMetadata: an extraction lists npm, PyPI and dpkg packages with Gatehouse's own
+// readers (metadata.go), not osv-scalibr's (which read these files otherwise than the tools), and
+// keeps them within the bound on packages.
+func TestFinishReadsMetadata(t *testing.T) {
+	files := map[string][]byte{
+		"etc/os-release": []byte("ID=debian\nVERSION_ID=\"12\"\n"),
+		"var/lib/dpkg/status": []byte("Package: libc6\nStatus: install ok  installed\nArchitecture: amd64\nSource: glibc\nVersion: 2.36-9+deb12u1\n\n" +
+			"Package: zlib1g\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1:1.2.13.dfsg-1\n"),
+		"app/node_modules/lodash/package.json":                             []byte("\ufeff{\"name\": \"lodash\", \"version\": \"4.17.15\", \"Version\": \"4.17.21\"}"),
+		"usr/lib/python3/site-packages/requests-2.19.1.dist-info/METADATA": []byte("Metadata-Version: 2.1\nName: requests\nVersion:\n 2.19.1\n"),
+	}
+	inv, err := extract(t, DefaultLimits, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, p := range inv.Packages {
+		got[p.Name+" "+p.Version] = p.Extractor
+	}
+	for _, want := range []string{"libc6 2.36-9+deb12u1", "zlib1g 1:1.2.13.dfsg-1", "lodash 4.17.15", "requests 2.19.1"} {
+		if x, ok := got[want]; !ok || !strings.Contains(x, "gatehouse") {
+			t.Errorf("%s: listed by %q; want it listed by Gatehouse's reader (all: %v)", want, x, got)
+		}
+	}
+	if len(got) != 4 {
+		t.Errorf("packages %v; want the four, once each", got)
+	}
+	if len(inv.Unread) != 0 {
+		t.Errorf("unread %+v", inv.Unread)
+	}
+
+	inv, err = extract(t, Limits{MaxPackages: 3}, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(inv.Packages) != 3 || len(inv.Unread) != 1 || !strings.Contains(inv.Unread[0].Reason, "scan.max_packages") {
+		t.Errorf("with max_packages 3: %d packages, unread %+v; want 3 and one unread naming the bound", len(inv.Packages), inv.Unread)
+	}
+}

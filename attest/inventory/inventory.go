@@ -86,7 +86,8 @@ func loadPlugins() error {
 		if pluginsErr != nil {
 			return
 		}
-		plugins = plugin.FilterByCapabilities(ps, capabs)
+		// npm, PyPI and dpkg metadata are read by Gatehouse's own readers (metadata.go)
+		plugins = withoutReplaced(plugin.FilterByCapabilities(ps, capabs))
 		for _, p := range plugins {
 			if e, ok := p.(filesystem.Extractor); ok {
 				extractors = append(extractors, guarded{Extractor: e})
@@ -198,6 +199,9 @@ func keep(p string, info fs.FileInfo) (bool, layerfs.Check) {
 		// it resolves to when this wants that path and not the file's own.
 		return false, nil
 	}
+	if metadataFile(p) {
+		return true, nil // read by metadata.go's readers
+	}
 	api := fileAPI{path: p, info: info}
 	binaryOnly := false
 	for _, x := range extractors {
@@ -278,7 +282,7 @@ func (e *Extraction) Finish(ctx context.Context, tree *layerfs.Result) (*Invento
 		return nil, fmt.Errorf("inventory: %w", err)
 	}
 	inv := &Inventory{Packages: []Package{}, Secrets: []Secret{}, Scanner: "osv-scalibr " + res.Version}
-	inv.Unread = capUnread(append(unreadOf(res.PluginStatus), g.unreadOf()...))
+	inv.Unread = unreadOf(res.PluginStatus)
 	layerOf := func(p string) digest.Digest { return tree.Files[strings.TrimPrefix(p, "/")].Layer }
 	for _, p := range res.Inventory.Packages {
 		path := p.Location.PathOrEmpty()
@@ -300,6 +304,10 @@ func (e *Extraction) Finish(ctx context.Context, tree *layerfs.Result) (*Invento
 		}
 		inv.Packages = append(inv.Packages, pkg)
 	}
+	if err := g.readMetadata(ctx, root, tree, inv); err != nil {
+		return nil, fmt.Errorf("inventory: %w", err)
+	}
+	inv.Unread = capUnread(append(inv.Unread, g.unreadOf()...))
 	inv.Secrets = append(inv.Secrets, e.secrets...)
 	sort.Slice(inv.Packages, func(a, b int) bool {
 		x, y := inv.Packages[a], inv.Packages[b]
