@@ -50,9 +50,10 @@ var cargoSections = map[string]bool{".dep-v0": true, ".rust-deps-v0": true}
 // is judged by streaming, not skipped. When it finds the blob, Go's reader must read it too
 // (buildinfo.Read, its allocations bounded by the checks before it): a program the kernel runs
 // whose build info Go's reader cannot read — broken section headers, a blob outside the section
-// named for it, a blob Go cannot parse — is an error (the file could not be judged; the scan is
-// incomplete), as is a file whose headers or strings claim more than the bounds. A file that is
-// not ELF (a Linux container runs no PE or Mach-O program), or has no blob, has none.
+// named for it or, without one, in a data segment after the first (where a position-independent
+// executable keeps it), a blob Go cannot parse — is an error (the file could not be judged; the
+// scan is incomplete), as is a file whose headers or strings claim more than the bounds. A file
+// that is not ELF (a Linux container runs no PE or Mach-O program), or has no blob, has none.
 func elfBuildInfo(r io.ReaderAt, size int64) (bool, error) {
 	f, err := readELF(r, size)
 	if f == nil || err != nil {
@@ -269,6 +270,31 @@ func (f *elfFile) dataSegment() (addr, size uint64) {
 	return 0, 0
 }
 
+// blobInDataSegments reports whether a writable, non-executable PT_LOAD segment (after the first,
+// which Go's reader searched, if skipFirst) holds Go build info. Segments are searched in their
+// order, in all no more bytes than the file holds.
+func (f *elfFile) blobInDataSegments(skipFirst bool) bool {
+	budget := uint64(f.size)
+	for _, p := range f.phdrs {
+		if p.typ != ptLoad || p.flags&(pfX|pfW) != pfW {
+			continue
+		}
+		if skipFirst {
+			skipFirst = false
+			continue
+		}
+		n := min(p.filesz, p.memsz)
+		if n > budget {
+			return false
+		}
+		budget -= n
+		if _, err := f.search(p.vaddr, n); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
 // errNotGo is debug/buildinfo's "not a Go executable": no blob where it looks.
 var errNotGo = errors.New("no Go build info")
 
@@ -337,20 +363,23 @@ func (f *elfFile) goBuildInfo() (bool, error) {
 			at, err = f.search(s.addr, size)
 		}
 		if err != nil {
-			// Go's reader looks nowhere else; the kernel maps the data segment regardless.
-			if addr, size := f.dataSegment(); size > 0 {
-				if _, err := f.search(addr, size); err == nil {
-					return false, errors.New("Go build info in the data segment, outside the section named .go.buildinfo, where Go's reader looks (it cannot list this program's modules)")
-				}
+			// Go's reader looks nowhere else; the kernel maps the data segments regardless.
+			if f.blobInDataSegments(false) {
+				return false, errors.New("Go build info in a data segment, outside the section named .go.buildinfo, where Go's reader looks (it cannot list this program's modules)")
 			}
 			return false, nil
 		}
 	} else {
 		addr, size := f.dataSegment()
-		if size == 0 {
-			return false, nil
+		if size > 0 {
+			at, err = f.search(addr, size)
 		}
-		if at, err = f.search(addr, size); err != nil {
+		if size == 0 || err != nil {
+			// A position-independent executable keeps .go.buildinfo in its second writable
+			// segment, not the first, where Go's reader looks without a section name.
+			if f.blobInDataSegments(true) {
+				return false, errors.New("Go build info in a data segment where Go's reader, without a section named .go.buildinfo, does not look (it cannot list this program's modules)")
+			}
 			return false, nil
 		}
 	}
