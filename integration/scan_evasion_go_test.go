@@ -171,6 +171,15 @@ func goEvasions(progs map[string][]byte) []goEvasion {
 				build: at(bin, "pie", noSections), check: goCannotList(bin),
 				want: []string{"could not read everything", bin, "could not be judged", "Go build info"}, unread: true},
 		},
+		// osv-scalibr's go/binary extractor asks only for what filesystem.IsInterestingExecutable
+		// calls executable: never a name ending in .json, .txt, .yaml, .tar, .go and the like
+		// (unlikelyExecutableExtensions), whatever its mode; the kernel runs it all the same
+		{evasion: evasion{name: "Go: an executable named server.json", build: at("app/server.json", "exe"), check: goLists("app/server.json"), want: advisory("app/server.json")}},
+		// and a library only by a name ending in .so or .so.<digits>, or an executable mode;
+		// dlopen loads a library of mode 0644 whatever its name
+		{evasion: evasion{name: "Go: a shared library libnet.so.1.0 (-buildmode=c-shared) of mode 0644", build: func(t *testing.T, dir string) {
+			writeFile(t, filepath.Join(dir, "usr/lib/libnet.so.1.0"), progs["c-shared"])
+		}, check: goLists("usr/lib/libnet.so.1.0"), want: advisory("usr/lib/libnet.so.1.0")}},
 	}
 }
 
