@@ -306,3 +306,35 @@ func TestGoBinaryExtractorReadsMutatedPrograms(t *testing.T) {
 		}
 	}
 }
+
+// TestGoProgramsOfAnyName: a Go program is read whatever its name and mode (the layer writes
+// each file 0644): osv-scalibr's go/binary asks only for executables and *.so names it expects,
+// but the kernel runs app.json if it is executable, dlopen loads a library of any name and mode,
+// and go version -m lists the modules of each. A non-Go ELF file of such a name is not kept.
+func TestGoProgramsOfAnyName(t *testing.T) {
+	prog := goProgram(t)
+	notGo := append([]byte("\x7fELF"), make([]byte, 60)...)
+	names := []string{"opt/app/server.json", "usr/lib/libnet.so.1.0", "srv/data/blob", "usr/share/doc/notes.txt"}
+	files := map[string][]byte{"etc/os-release": []byte("ID=debian\nVERSION_ID=\"12\"\n"), "opt/other/not-go.json": notGo}
+	for _, n := range names {
+		files[n] = prog
+	}
+	inv, err := extract(t, DefaultLimits, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := map[string]bool{}
+	for _, p := range inv.Packages {
+		if p.Name == probeDep && "v"+strings.TrimPrefix(p.Version, "v") == probeVersion {
+			found[p.Path] = true
+		}
+	}
+	for _, n := range names {
+		if !found[n] {
+			t.Errorf("%s: %s %s not listed (listed at %v)", n, probeDep, probeVersion, found)
+		}
+	}
+	for _, u := range inv.Unread {
+		t.Errorf("unread %+v", u)
+	}
+}

@@ -1,6 +1,7 @@
 package inventory
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -201,7 +202,28 @@ func (x guarded) FileRequired(api filesystem.FileAPI) (ok bool) {
 			ok = false
 		}
 	}()
-	return x.Extractor.FileRequired(api)
+	if x.Extractor.FileRequired(api) {
+		return true
+	}
+	// the ELF files sniffELF had judged by their bytes, whatever their names: in the tree
+	// only if they carry build info (go/binary reads nothing from a file that has none)
+	return x.g != nil && x.Name() == "go/binary" && x.g.isELF(api.Path())
+}
+
+// isELF says whether the file at p in the tree begins as an ELF file does.
+func (g *guard) isELF(p string) bool {
+	disk := g.pathOf(p)
+	if disk == "" {
+		return false
+	}
+	f, err := os.Open(disk)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	var head [4]byte
+	_, err = io.ReadFull(f, head[:])
+	return err == nil && bytes.Equal(head[:], elfMagic)
 }
 
 // Extract runs the extractor on one file within the bounds.

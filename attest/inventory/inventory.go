@@ -1,6 +1,7 @@
 package inventory
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -175,6 +176,7 @@ func Start(ctx context.Context, workers int, fp *Fingerprinter, opts ...Option) 
 func (e *Extraction) Options() layerfs.Options {
 	return layerfs.Options{
 		Keep:       keep,
+		Sniff:      sniffELF,
 		Wants:      secretCandidate,
 		InspectMax: MaxSecretFileSize,
 		Inspect: func(p string, l digest.Digest, data []byte) {
@@ -218,6 +220,19 @@ func keep(p string, info fs.FileInfo) (bool, layerfs.Check) {
 	}
 	return false, nil
 }
+
+// sniffELF has every ELF file that no extractor asked for by its name and mode judged by its
+// bytes (hasBuildInfo): the kernel runs a program named app.json, dlopen loads a library of
+// any name and mode, and go version -m lists either's modules; osv-scalibr's go/binary asks
+// only for executables and *.so files of names it expects.
+func sniffELF(head []byte) layerfs.Check {
+	if bytes.HasPrefix(head, elfMagic) {
+		return hasBuildInfo
+	}
+	return nil
+}
+
+var elfMagic = []byte("\x7fELF")
 
 // binaryExtractors read compiled programs; they ask for every executable.
 var binaryExtractors = map[string]bool{"go/binary": true, "rust/cargoauditable": true}

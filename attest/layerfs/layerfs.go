@@ -53,6 +53,11 @@ type Options struct {
 	// also asked about the names links give a file (a hard link's path, the paths under a
 	// symlink); see Flatten for what is made at them.
 	Keep func(path string, info fs.FileInfo) (keep bool, check Check)
+	// Sniff is asked about a regular file Keep neither keeps nor checks, with its first bytes
+	// (up to SniffLen): a non-nil Check decides from the file's bytes, as if Keep had given it.
+	// What a file is can be in its bytes whatever its name and mode (a program named app.json,
+	// a library of mode 0644 that dlopen loads).
+	Sniff func(head []byte) Check
 	// Wants says whether Inspect should see a file of this size (nil: none); InspectMax bounds it.
 	Wants      func(path string, size int64) bool
 	InspectMax int64
@@ -60,6 +65,9 @@ type Options struct {
 	// secret later deleted is still in the image's layers).
 	Inspect func(path string, layer digest.Digest, data []byte)
 }
+
+// SniffLen is how many of a file's first bytes Options.Sniff is shown.
+const SniffLen = 64
 
 // Layer is one layer, opened on demand as its stored (compressed) stream.
 type Layer struct {
@@ -679,6 +687,16 @@ func (w *walker) regular(l digest.Digest, parent *node, base, p string, h *tar.H
 		keep, check = w.opts.Keep(p, info)
 	}
 	n.want = wantOf(keep, check)
+	if !keep && check == nil && w.opts.Sniff != nil && h.Size > 0 {
+		head := make([]byte, min(h.Size, SniffLen))
+		k, err := io.ReadFull(body, head)
+		if err != nil {
+			delete(parent.kids, base)
+			return err // the layer ends inside the file: the caller reports it as truncated
+		}
+		body = io.MultiReader(bytes.NewReader(head[:k]), body)
+		check = w.opts.Sniff(head[:k])
+	}
 	inspect := w.opts.Inspect != nil && w.opts.Wants != nil && h.Size <= w.opts.InspectMax && w.opts.Wants(p, h.Size)
 	hs := sha256.New()
 	sinks := []io.Writer{hs}
