@@ -34,6 +34,15 @@ var (
 // goProgram builds (once) a small Go program linking golang.org/x/net/html.
 func goProgram(t *testing.T) []byte {
 	t.Helper()
+	b, err := buildProbe()
+	if err != nil {
+		t.Fatalf("building the probe program: %v", err)
+	}
+	return b
+}
+
+// buildProbe builds the probe program once and returns a copy of it.
+func buildProbe() ([]byte, error) {
 	probeOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "gatehouse-elf-probe-")
 		if err != nil {
@@ -61,9 +70,9 @@ func goProgram(t *testing.T) []byte {
 		probe, probeErr = os.ReadFile(filepath.Join(dir, "probe"))
 	})
 	if probeErr != nil {
-		t.Fatalf("building the probe program: %v", probeErr)
+		return nil, probeErr
 	}
-	return append([]byte(nil), probe...)
+	return append([]byte(nil), probe...), nil
 }
 
 type buildError struct {
@@ -337,4 +346,27 @@ func TestGoProgramsOfAnyName(t *testing.T) {
 	for _, u := range inv.Unread {
 		t.Errorf("unread %+v", u)
 	}
+}
+
+// FuzzELFBuildInfo: on any ELF file hasBuildInfo ends without panicking, and never calls a file
+// whose modules Go's own reader lists one without build info (an error is allowed: the file is
+// then unjudged and the scan incomplete).
+func FuzzELFBuildInfo(f *testing.F) {
+	if prog, err := buildProbe(); err == nil {
+		f.Add(prog)
+		f.Add(noSectionTable(append([]byte(nil), prog...)))
+	}
+	f.Add([]byte("\x7fELF\x02\x01\x01"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if !bytes.HasPrefix(b, elfMagic) {
+			return
+		}
+		ok, err := hasBuildInfo(bytes.NewReader(b), int64(len(b)))
+		if ok || err != nil {
+			return
+		}
+		if bi, rerr := buildinfo.Read(bytes.NewReader(b)); rerr == nil && len(bi.Deps) > 0 {
+			t.Fatalf("Go's reader lists %d modules (%s ...) of a file hasBuildInfo says has none", len(bi.Deps), bi.Deps[0].Path)
+		}
+	})
 }

@@ -143,7 +143,7 @@ func (m *metaReader) walk() error {
 		switch {
 		case d.IsDir() && pyInfoDir(base, parent):
 			name := base
-			if base == "EGG-INFO" {
+			if strings.EqualFold(base, "EGG-INFO") {
 				name = parent
 			}
 			m.pyDir(p, p, pyDistName(name))
@@ -194,7 +194,7 @@ func (m *metaReader) links() error {
 			m.npmFile(p+"/package.json", "")
 		case pyInfoDir(base, parent):
 			name := base
-			if base == "EGG-INFO" {
+			if strings.EqualFold(base, "EGG-INFO") {
 				name = parent
 			}
 			m.pyDir(p, "", pyDistName(name))

@@ -184,6 +184,8 @@ func TestMetadataEvasions(t *testing.T) {
 			[]string{"PyPI requests 2.19.1  pkg:pypi/requests@2.19.1 sp/requests-2.19.1-py3.11.egg-info"}, ""},
 		{"PyPI: an egg", []metaEntry{{name: "sp/requests-2.19.1-py3.11.egg", body: string(zipOf(t, map[string]string{"EGG-INFO/PKG-INFO": "Version:\n 2.19.1\n"}))}},
 			[]string{"PyPI requests 2.19.1  pkg:pypi/requests@2.19.1 sp/requests-2.19.1-py3.11.egg"}, ""},
+		{"PyPI: an unzipped egg's egg-info in lower case (importlib lower-cases names)", []metaEntry{{name: "opt/requests-2.19.1.egg/egg-info/PKG-INFO", body: "Name: requests\nVersion: 2.19.1\n"}},
+			[]string{"PyPI requests 2.19.1  pkg:pypi/requests@2.19.1 opt/requests-2.19.1.egg/egg-info/PKG-INFO"}, ""},
 		{"PyPI: a BOM", []metaEntry{meta("\ufeffName: requests\nVersion: 2.19.1\n")}, nil, "no Version header"},
 		{"Debian: an earlier Status with two spaces", []metaEntry{osr, {name: "var/lib/dpkg/status", body: status(other, libc)}},
 			[]string{"Debian:12 foo 1.0  pkg:deb/debian/foo@1.0?distro=bookworm var/lib/dpkg/status",

@@ -282,7 +282,7 @@ func pyDistName(base string) string {
 func pyInfoDir(base, parent string) bool {
 	low := strings.ToLower(base)
 	return strings.HasSuffix(low, ".dist-info") || strings.HasSuffix(low, ".egg-info") ||
-		base == "EGG-INFO" && strings.HasSuffix(strings.ToLower(parent), ".egg")
+		low == "egg-info" && strings.HasSuffix(strings.ToLower(parent), ".egg") // importlib compares lower-cased names
 }
 
 // pyZip reports whether a file is an egg or a wheel, whose metadata is inside it.
