@@ -349,14 +349,14 @@ func detectGuarded(ctx context.Context, fp *Fingerprinter, j secretJob) (found [
 // readMetadata runs Gatehouse's own npm, PyPI and dpkg readers (metadata.go) over the tree
 // under a recover, like the extractors, and keeps what they list within the image's bound on
 // packages.
-func (g *guard) readMetadata(ctx context.Context, root *os.Root, tree *layerfs.Result, inv *Inventory) (err error) {
+func (g *guard) readMetadata(ctx context.Context, root *os.Root, tree *layerfs.Result, inv *Inventory, env []string) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			err = Recovered(v, "the package metadata readers")
 		}
 	}()
 	from := len(inv.Packages)
-	if err := readMetadata(ctx, root, tree, inv); err != nil {
+	if err := readMetadata(ctx, root, tree, inv, env); err != nil {
 		return err
 	}
 	added := inv.Packages[from:]

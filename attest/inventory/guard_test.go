@@ -31,13 +31,19 @@ import (
 // extract flattens one layer of files and lists its inventory with the real extractors.
 func extract(t *testing.T, lim Limits, files map[string][]byte) (*Inventory, error) {
 	t.Helper()
+	return extractWith(t, files, WithLimits(lim))
+}
+
+// extractWith is extract with any options.
+func extractWith(t *testing.T, files map[string][]byte, opts ...Option) (*Inventory, error) {
+	t.Helper()
 	dir := filepath.Join(t.TempDir(), "root")
 	os.Mkdir(dir, 0o755)
 	fp, err := NewFingerprinter([]byte("a test installation's key"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ex, err := Start(context.Background(), 1, fp, WithLimits(lim))
+	ex, err := Start(context.Background(), 1, fp, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -388,5 +394,38 @@ func TestFinishReadsMetadata(t *testing.T) {
 	}
 	if len(inv.Packages) != 3 || len(inv.Unread) != 1 || !strings.Contains(inv.Unread[0].Reason, "scan.max_packages") {
 		t.Errorf("with max_packages 3: %d packages, unread %+v; want 3 and one unread naming the bound", len(inv.Packages), inv.Unread)
+	}
+}
+
+// TestDpkgAdminDir: the dpkg database DPKG_ADMINDIR names in the image config (which dpkg-query
+// in the container reads) is read as well as var/lib/dpkg.
+func TestDpkgAdminDir(t *testing.T) {
+	libc := "Package: libc6\nStatus: install ok installed\nArchitecture: amd64\nSource: glibc\nVersion: 2.36-9+deb12u1\n"
+	files := map[string][]byte{
+		"etc/os-release":        []byte("ID=debian\nVERSION_ID=\"12\"\n"),
+		"var/lib/dpkg/status":   []byte(strings.Replace(libc, "deb12u1", "deb12u10", 1)),
+		"opt/dpkg/status":       []byte(libc),
+		"opt/dpkg/updates/0001": []byte(strings.NewReplacer("libc6", "zlib1g", "glibc", "zlib").Replace(libc)),
+		"opt/other/status":      []byte(strings.Replace(libc, "libc6", "libother", 1)),
+	}
+	for _, tt := range []struct {
+		env  []string
+		want []string
+	}{
+		{nil, []string{"libc6 2.36-9+deb12u10 var/lib/dpkg/status"}},
+		{[]string{"PATH=/bin", "DPKG_ADMINDIR=/opt/../opt/dpkg/"}, []string{"libc6 2.36-9+deb12u1 opt/dpkg/status", "libc6 2.36-9+deb12u10 var/lib/dpkg/status", "zlib1g 2.36-9+deb12u1 opt/dpkg/updates/0001"}},
+	} {
+		inv, err := extractWith(t, files, WithEnv(tt.env))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, p := range inv.Packages {
+			got = append(got, p.Name+" "+p.Version+" "+p.Path)
+		}
+		sort.Strings(got)
+		if strings.Join(got, "|") != strings.Join(tt.want, "|") {
+			t.Errorf("env %q: %q; want %q", tt.env, got, tt.want)
+		}
 	}
 }

@@ -111,6 +111,7 @@ type Extraction struct {
 	secrets []Secret
 	err     error
 	limits  Limits
+	env     []string // the image config's Env (WithEnv)
 }
 
 // Option configures an extraction.
@@ -129,6 +130,12 @@ func WithLimits(l Limits) Option {
 			e.limits.MaxNestedArchive = l.MaxNestedArchive
 		}
 	}
+}
+
+// WithEnv gives the image config's Env ("K=V"): the tools read some of their paths from it
+// (DPKG_ADMINDIR), so the extraction reads the files there too.
+func WithEnv(env []string) Option {
+	return func(e *Extraction) { e.env = env }
 }
 
 type secretJob struct {
@@ -175,7 +182,7 @@ func Start(ctx context.Context, workers int, fp *Fingerprinter, opts ...Option) 
 // Options are the layerfs options of this extraction.
 func (e *Extraction) Options() layerfs.Options {
 	return layerfs.Options{
-		Keep:       keep,
+		Keep:       e.keep,
 		Sniff:      sniffELF,
 		Wants:      secretCandidate,
 		InspectMax: MaxSecretFileSize,
@@ -186,6 +193,14 @@ func (e *Extraction) Options() layerfs.Options {
 			}
 		},
 	}
+}
+
+// keep is keep for this image: it keeps too the files of the dpkg database its Env names.
+func (e *Extraction) keep(p string, info fs.FileInfo) (bool, layerfs.Check) {
+	if e.env != nil && info.Mode().IsRegular() && dpkgAdminFile(e.env, p) {
+		return true, nil
+	}
+	return keep(p, info)
 }
 
 // keep decides what goes into the tree: the files that identify the distribution, and the files
@@ -319,7 +334,7 @@ func (e *Extraction) Finish(ctx context.Context, tree *layerfs.Result) (*Invento
 		}
 		inv.Packages = append(inv.Packages, pkg)
 	}
-	if err := g.readMetadata(ctx, root, tree, inv); err != nil {
+	if err := g.readMetadata(ctx, root, tree, inv, e.env); err != nil {
 		return nil, fmt.Errorf("inventory: %w", err)
 	}
 	inv.Unread = capUnread(append(inv.Unread, g.unreadOf()...))

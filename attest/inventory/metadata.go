@@ -63,6 +63,38 @@ func metadataFile(p string) bool {
 	return false
 }
 
+// dpkgAdminDirs are the dpkg databases of an image: var/lib/dpkg, and the one DPKG_ADMINDIR in
+// the image config's Env names, which dpkg and dpkg-query read instead when it is set (both are
+// read: what the image's own processes see depends on their environment).
+func dpkgAdminDirs(env []string) []string {
+	dirs := []string{"var/lib/dpkg"}
+	if d := dpkgAdminDir(env); d != "" && d != dirs[0] {
+		dirs = append(dirs, d)
+	}
+	return dirs
+}
+
+// dpkgAdminDir is DPKG_ADMINDIR of env as a path in the image ("" when unset or the root).
+func dpkgAdminDir(env []string) string {
+	v := ""
+	for _, kv := range env {
+		if k, val, ok := strings.Cut(kv, "="); ok && k == "DPKG_ADMINDIR" {
+			v = val // the last one counts, as in a process's environment
+		}
+	}
+	if v == "" {
+		return ""
+	}
+	return strings.TrimPrefix(path.Clean("/"+v), "/")
+}
+
+// dpkgAdminFile says whether p is a file of the dpkg database DPKG_ADMINDIR names.
+func dpkgAdminFile(env []string, p string) bool {
+	d := dpkgAdminDir(env)
+	rest, ok := strings.CutPrefix(p, d+"/")
+	return d != "" && ok && metadataFile("var/lib/dpkg/"+rest)
+}
+
 // dpkgJournal is one of dpkg's journal files, var/lib/dpkg/updates/NNNN.
 func dpkgJournal(p string) bool {
 	dir, base := path.Split(p)
@@ -71,8 +103,9 @@ func dpkgJournal(p string) bool {
 
 // readMetadata lists into inv the packages of the tree's npm, PyPI and dpkg metadata, and the
 // metadata files that could not be read as their tools read them.
-func readMetadata(ctx context.Context, root *os.Root, tree *layerfs.Result, inv *Inventory) error {
-	m := &metaReader{ctx: ctx, root: root, tree: tree, inv: inv, seen: map[string]bool{}}
+// env is the image config's Env ("K=V"): the tools read some of their paths from it.
+func readMetadata(ctx context.Context, root *os.Root, tree *layerfs.Result, inv *Inventory, env []string) error {
+	m := &metaReader{ctx: ctx, root: root, tree: tree, inv: inv, seen: map[string]bool{}, env: env}
 	if err := m.walk(); err != nil {
 		return err
 	}
@@ -88,6 +121,7 @@ type metaReader struct {
 	tree    *layerfs.Result
 	inv     *Inventory
 	seen    map[string]bool // metadata paths read (a symlink's path read once)
+	env     []string        // the image config's Env ("K=V")
 	unreads int
 }
 
@@ -454,27 +488,30 @@ func (m *metaReader) dpkg() error {
 		}
 		return nil
 	}
-	if err := read("var/lib/dpkg/status", dpkgStatus); err != nil {
-		return err
-	}
-	journal, _ := fs.ReadDir(m.root.FS(), "var/lib/dpkg/updates")
-	var names []string
-	for _, e := range journal {
-		if dpkgJournal("var/lib/dpkg/updates/" + e.Name()) {
-			names = append(names, e.Name())
-		}
-	}
-	sort.Strings(names) // dpkg's scandir with alphasort
-	for _, n := range names {
-		if err := read("var/lib/dpkg/updates/"+n, dpkgStatus); err != nil {
+	for _, admin := range dpkgAdminDirs(m.env) {
+		byPackage = map[string]int{} // a journal applies to its own database
+		if err := read(admin+"/status", dpkgStatus); err != nil {
 			return err
 		}
-	}
-	statusD, _ := fs.ReadDir(m.root.FS(), "var/lib/dpkg/status.d")
-	for _, e := range statusD {
-		if !strings.HasSuffix(e.Name(), ".md5sums") {
-			if err := read("var/lib/dpkg/status.d/"+e.Name(), dpkgStatusD); err != nil {
+		journal, _ := fs.ReadDir(m.root.FS(), admin+"/updates")
+		var names []string
+		for _, e := range journal {
+			if dpkgJournal("var/lib/dpkg/updates/" + e.Name()) {
+				names = append(names, e.Name())
+			}
+		}
+		sort.Strings(names) // dpkg's scandir with alphasort
+		for _, n := range names {
+			if err := read(admin+"/updates/"+n, dpkgStatus); err != nil {
 				return err
+			}
+		}
+		statusD, _ := fs.ReadDir(m.root.FS(), admin+"/status.d")
+		for _, e := range statusD {
+			if !strings.HasSuffix(e.Name(), ".md5sums") {
+				if err := read(admin+"/status.d/"+e.Name(), dpkgStatusD); err != nil {
+					return err
+				}
 			}
 		}
 	}

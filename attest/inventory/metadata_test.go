@@ -61,7 +61,7 @@ func readTree(t testing.TB, layers ...layerfs.Layer) *Inventory {
 	}
 	defer root.Close()
 	inv := &Inventory{}
-	if err := readMetadata(context.Background(), root, tree, inv); err != nil {
+	if err := readMetadata(context.Background(), root, tree, inv, nil); err != nil {
 		t.Fatal(err)
 	}
 	return inv
