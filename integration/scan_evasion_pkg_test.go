@@ -526,3 +526,40 @@ func TestScanDpkgStatusBomb(t *testing.T) {
 	}
 	gh.healthy(t)
 }
+
+// TestScanEvasionDpkgAdminDir: an image whose config sets DPKG_ADMINDIR, with a vulnerable libc6
+// in that database only (var/lib/dpkg lists it fixed): dpkg-query in the container, with that
+// environment, lists the vulnerable version; Gatehouse refuses the image naming the advisory.
+func TestScanEvasionDpkgAdminDir(t *testing.T) {
+	crane := tool(t, "crane")
+	up := startUpstream(t, "")
+	gh := startGatehouse(t, proxyConfig(up.addr, "")+enforcing)
+	osvZip := filepath.Join(t.TempDir(), "all.zip")
+	os.WriteFile(osvZip, zipDir(t, "../attest/vulndb/testdata/osv", "testdata/osv-pkg"), 0o644)
+	run(t, nil, gatehouseBin, "db", "update", "--config", gh.config, "--from", osvZip)
+
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "etc/os-release"), []byte(debianOSRelease))
+	writeFile(t, filepath.Join(dir, "var/lib/dpkg/status"), []byte(baseFiles+"\n"+strings.Replace(libc6, "2.36-9+deb12u1", "2.36-9+deb12u10", 1)))
+	writeFile(t, filepath.Join(dir, "opt/dpkg/status"), []byte(baseFiles+"\n"+libc6))
+	os.MkdirAll(filepath.Join(dir, "opt/dpkg/updates"), 0o755)
+	writeFile(t, filepath.Join(dir, "opt/dpkg/available"), nil)
+	// dpkg-query as the container's processes run it: DPKG_ADMINDIR=/opt/dpkg, inside the image root
+	out := run(t, []string{"DPKG_ADMINDIR=" + filepath.Join(dir, "opt/dpkg")}, tool(t, "dpkg-query"), "-W", "-f", `${Package} ${Version}\n`)
+	if !strings.Contains(out, "libc6 2.36-9+deb12u1\n") {
+		t.Fatalf("dpkg-query with DPKG_ADMINDIR: %q", out)
+	}
+	t.Logf("dpkg-query with DPKG_ADMINDIR=/opt/dpkg: %q", out)
+
+	ref := up.addr + "/library/admindir:v1"
+	pushLayer(t, crane, ref, treeTar(t, dir))
+	outRef := strings.TrimSpace(run(t, nil, crane, "mutate", "--insecure", "--env", "DPKG_ADMINDIR=/opt/dpkg", ref, "-t", ref))
+	_, digest, _ := strings.Cut(outRef, "@")
+	r := do(t, gh, "GET", "/v2/docker.io/library/admindir/manifests/"+digest, map[string]string{"Accept": acceptAll}, nil)
+	code, msg := r.ociError()
+	if r.status != http.StatusForbidden || code != "DENIED" || !strings.Contains(msg, glibcAdvisory) || !strings.Contains(msg, "opt/dpkg/status") {
+		t.Fatalf("status %d %s %q; want 403 DENIED naming %s at opt/dpkg/status\n%s", r.status, code, msg, glibcAdvisory, tail(gh.log.String(), 10))
+	}
+	t.Logf("refused: %.300s", msg)
+	gh.healthy(t)
+}
