@@ -123,6 +123,8 @@ type metaReader struct {
 	seen    map[string]bool // metadata paths read (a symlink's path read once)
 	env     []string        // the image config's Env ("K=V")
 	unreads int
+	npmDirs map[string]bool            // npmModuleDirs, once computed
+	npmKids map[string]map[string]bool // npmEntries' index of the tree's names, once made
 }
 
 // metaMaxUnread bounds the Unread entries of the readers here; past it one says how many more.
@@ -215,16 +217,17 @@ func (m *metaReader) links() error {
 		}
 		base, parent := path.Base(p), path.Base(path.Dir(p))
 		switch {
-		case parent == "node_modules" && strings.HasPrefix(base, "@"):
-			t := m.resolve(p)
-			entries, _ := fs.ReadDir(m.root.FS(), t)
-			for _, e := range entries {
-				if npmDirName(e.Name()) {
-					m.npmFile(p+"/"+e.Name()+"/package.json", "")
+		case strings.HasPrefix(base, "@") && m.npmModuleDir(path.Dir(p)):
+			// a scope of a module directory (npmIdentity: node_modules, a global folder, ...)
+			if t, ok := m.npmReal(p); ok {
+				for _, e := range m.npmEntries(t) {
+					if npmDirName(e) {
+						m.npmFile(p+"/"+e+"/package.json", "")
+					}
 				}
 			}
-		case parent == "node_modules" && npmDirName(base),
-			strings.HasPrefix(parent, "@") && path.Base(path.Dir(path.Dir(p))) == "node_modules":
+		case npmDirName(base) && m.npmModuleDir(path.Dir(p)),
+			strings.HasPrefix(parent, "@") && path.Dir(p) != "." && m.npmModuleDir(path.Dir(path.Dir(p))):
 			m.npmFile(p+"/package.json", "")
 		case pyInfoDir(base, parent):
 			name := base
@@ -332,7 +335,7 @@ func (m *metaReader) npmFile(p, onDisk string) {
 		return
 	}
 	defer f.Close()
-	identity, root := npmIdentity(p)
+	identity, root := m.npmIdentity(p)
 	pkgs, err := readNpm(f, identity)
 	if err != nil {
 		if root {

@@ -164,6 +164,70 @@ func TestMetadataEvasions(t *testing.T) {
 				"npm lodash-x 4.17.15  pkg:npm/lodash-x@4.17.15?source=UNKNOWN app/vendor/lodash-x/package.json"}, ""},
 		{"npm: a broken fixture inside a package is no package", []metaEntry{
 			{name: "app/node_modules/resolve/test/resolver/malformed_package_json/package.json", body: `{"main": "index.js",}`}}, nil, ""},
+		// Node looks a package up by name in every module directory it searches, wherever the
+		// kernel resolves it: the identity is the directory's name there
+		{"npm: node_modules a symlink to ../opt/deps (no name)", []metaEntry{
+			{name: "opt/deps/lodash/package.json", body: `{"version":"4.17.15","main":"index.js"}`},
+			{name: "app/node_modules", link: "../opt/deps"}},
+			[]string{"npm lodash 4.17.15  pkg:npm/lodash@4.17.15?source=UNKNOWN opt/deps/lodash/package.json"}, ""},
+		{"npm: node_modules a symlink to /opt/deps (absolute: in the image root)", []metaEntry{
+			{name: "opt/deps/lodash/package.json", body: `{"version":"4.17.15","main":"index.js"}`},
+			{name: "app/node_modules", link: "/opt/deps"}},
+			[]string{"npm lodash 4.17.15  pkg:npm/lodash@4.17.15?source=UNKNOWN opt/deps/lodash/package.json"}, ""},
+		{"npm: app a symlink to /srv/app whose node_modules is a directory", []metaEntry{
+			{name: "srv/app/node_modules/lodash/package.json", body: `{"version":"4.17.15"}`},
+			{name: "app", link: "/srv/app"}},
+			[]string{"npm lodash 4.17.15  pkg:npm/lodash@4.17.15?source=UNKNOWN srv/app/node_modules/lodash/package.json"}, ""},
+		{"npm: node_modules a symlink to a directory whose lodash is a symlink too", []metaEntry{
+			{name: "opt/store/lodash-4.17.15/package.json", body: `{"version":"4.17.15"}`},
+			{name: "opt/deps/lodash", link: "../store/lodash-4.17.15"},
+			{name: "app/node_modules", link: "/opt/deps"}},
+			[]string{"npm lodash 4.17.15  pkg:npm/lodash@4.17.15?source=UNKNOWN opt/deps/lodash/package.json"}, ""},
+		{"npm: a scoped package in a directory node_modules links to", []metaEntry{
+			{name: "opt/deps/@scope/pkg/package.json", body: `{"version":"1.0.0"}`},
+			{name: "app/node_modules", link: "../opt/deps"}},
+			[]string{"npm @scope/pkg 1.0.0  pkg:npm/%40scope/pkg@1.0.0?source=UNKNOWN opt/deps/@scope/pkg/package.json"}, ""},
+		{"npm: a scope a symlink whose package is a symlink", []metaEntry{
+			{name: "opt/store/pkg-1/package.json", body: `{"version":"1.0.0"}`},
+			{name: "opt/scope/pkg", link: "../store/pkg-1"},
+			{name: "app/node_modules/@scope", link: "/opt/scope"}},
+			[]string{"npm @scope/pkg 1.0.0  pkg:npm/%40scope/pkg@1.0.0?source=UNKNOWN app/node_modules/@scope/pkg/package.json"}, ""},
+		{"npm: a version semver cannot read in a directory node_modules links to", []metaEntry{
+			{name: "opt/deps/lodash/package.json", body: `{"version":"4.17"}`},
+			{name: "app/node_modules", link: "../opt/deps"}}, nil, "Node loads lodash"},
+		{"npm: a VS Code marker in a directory node_modules links to", []metaEntry{
+			{name: "opt/deps/lodash/package.json", body: `{"name":"lodash","version":"4.17.15","contributes":{}}`},
+			{name: "app/node_modules", link: "/opt/deps"}},
+			[]string{"npm lodash 4.17.15  pkg:npm/lodash@4.17.15?source=UNKNOWN opt/deps/lodash/package.json"}, ""},
+		{"npm: engines.vscode in a directory node_modules links to", []metaEntry{
+			{name: "opt/deps/lodash/package.json", body: `{"name":"lodash","version":"4.17.15","engines":{"vscode":"^1.0.0"}}`},
+			{name: "app/node_modules", link: "../opt/deps"}},
+			[]string{"npm lodash 4.17.15  pkg:npm/lodash@4.17.15?source=UNKNOWN opt/deps/lodash/package.json"}, ""},
+		{"npm: $HOME/.node_modules", []metaEntry{{name: "root/.node_modules/lodash/package.json", body: `{"version":"4.17.15"}`}},
+			[]string{"npm lodash 4.17.15  pkg:npm/lodash@4.17.15?source=UNKNOWN root/.node_modules/lodash/package.json"}, ""},
+		{"npm: $HOME/.node_libraries, a scoped package with a VS Code marker", []metaEntry{
+			{name: "home/app/.node_libraries/@scope/pkg/package.json", body: `{"name":"@scope/pkg","version":"1.0.0","contributes":{}}`}},
+			[]string{"npm @scope/pkg 1.0.0  pkg:npm/%40scope/pkg@1.0.0?source=UNKNOWN home/app/.node_libraries/@scope/pkg/package.json"}, ""},
+		{"npm: $HOME/.node_modules a symlink to /opt/deps", []metaEntry{
+			{name: "opt/deps/lodash/package.json", body: `{"version":"4.17.15"}`},
+			{name: "root/.node_modules", link: "/opt/deps"}},
+			[]string{"npm lodash 4.17.15  pkg:npm/lodash@4.17.15?source=UNKNOWN opt/deps/lodash/package.json"}, ""},
+		{"npm: $PREFIX/lib/node of /usr/bin/node", []metaEntry{{name: "usr/lib/node/lodash/package.json", body: `{"version":"4.17.15"}`}},
+			[]string{"npm lodash 4.17.15  pkg:npm/lodash@4.17.15?source=UNKNOWN usr/lib/node/lodash/package.json"}, ""},
+		{"npm: Debian's /usr/share/nodejs and /usr/lib/x86_64-linux-gnu/nodejs", []metaEntry{
+			{name: "usr/share/nodejs/lodash/package.json", body: `{"version":"4.17.15"}`},
+			{name: "usr/lib/x86_64-linux-gnu/nodejs/@scope/pkg/package.json", body: `{"version":"1.0.0"}`}},
+			[]string{"npm @scope/pkg 1.0.0  pkg:npm/%40scope/pkg@1.0.0?source=UNKNOWN usr/lib/x86_64-linux-gnu/nodejs/@scope/pkg/package.json",
+				"npm lodash 4.17.15  pkg:npm/lodash@4.17.15?source=UNKNOWN usr/share/nodejs/lodash/package.json"}, ""},
+		{"npm: /usr/local/lib/nodejs", []metaEntry{{name: "usr/local/lib/nodejs/lodash/package.json", body: `{"version":"4.17.15"}`}},
+			[]string{"npm lodash 4.17.15  pkg:npm/lodash@4.17.15?source=UNKNOWN usr/local/lib/nodejs/lodash/package.json"}, ""},
+		{"npm: $PREFIX/lib/node of /usr/local/bin/node, a symlink to /opt/node-v20/bin/node", []metaEntry{
+			{name: "opt/node-v20/bin/node", body: "\x7fELF"},
+			{name: "usr/local/bin/node", link: "/opt/node-v20/bin/node"},
+			{name: "opt/node-v20/lib/node/lodash/package.json", body: `{"version":"4.17.15"}`}},
+			[]string{"npm lodash 4.17.15  pkg:npm/lodash@4.17.15?source=UNKNOWN opt/node-v20/lib/node/lodash/package.json"}, ""},
+		{"npm: a lib/node where no node is installed is no module directory", []metaEntry{
+			{name: "srv/src/lib/node/tool/package.json", body: `{"main":"index.js"}`}}, nil, ""},
 		{"npm: a lock with a Version key", []metaEntry{{name: "app/package-lock.json", body: `{"lockfileVersion":3,"packages":{"node_modules/lodash":{"version":"4.17.15","Version":"4.17.21"}}}`}}, nil, `"Version"`},
 		{"PyPI: a 70 KB Summary", []metaEntry{meta("Name: requests\nSummary: " + strings.Repeat("s", 70000) + "\nVersion: 2.19.1\n")},
 			[]string{"PyPI requests 2.19.1  pkg:pypi/requests@2.19.1 sp/requests-2.19.1.dist-info/METADATA"}, ""},
@@ -357,5 +421,95 @@ func TestMetadataDpkgBound(t *testing.T) {
 	inv := readTree(t, metaLayer(t, metaEntry{name: "etc/os-release", body: debianRelease}, metaEntry{name: "var/lib/dpkg/status", body: string(b)}))
 	if len(inv.Packages) != dpkgMaxPackages || len(inv.Unread) != 1 || !strings.Contains(inv.Unread[0].Reason, "installed packages") {
 		t.Errorf("%d packages listed, unread %+v", len(inv.Packages), inv.Unread)
+	}
+}
+
+// readTreeEnv flattens layers with opts and reads the metadata with the image config's Env.
+func readTreeEnv(t testing.TB, env []string, opts layerfs.Options, layers ...layerfs.Layer) *Inventory {
+	t.Helper()
+	dir := t.TempDir()
+	tree, err := layerfs.Flatten(context.Background(), dir, layers, layerfs.DefaultLimits, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	inv := &Inventory{}
+	if err := readMetadata(context.Background(), root, tree, inv, env); err != nil {
+		t.Fatal(err)
+	}
+	return inv
+}
+
+// The module directories Node finds by the image config's Env (NODE_PATH), and those reached
+// through symlinks, read from every file and symlink and from the tree a scan makes (keep: the
+// package.json files at their own paths, no symlink on disk).
+func TestMetadataNpmModuleDirs(t *testing.T) {
+	const lodash = `{"version":"4.17.15","main":"index.js"}`
+	line := func(name, version, p string) string {
+		return "npm " + name + " " + version + "  pkg:npm/" + strings.Replace(name, "@", "%40", 1) + "@" + version + "?source=UNKNOWN " + p
+	}
+	tests := []struct {
+		name       string
+		env        []string
+		entries    []metaEntry
+		want       []string
+		wantUnread string
+	}{
+		{"NODE_PATH=/opt/deps", []string{"PATH=/usr/bin", "NODE_PATH=/opt/deps"},
+			[]metaEntry{{name: "opt/deps/lodash/package.json", body: lodash}},
+			[]string{line("lodash", "4.17.15", "opt/deps/lodash/package.json")}, ""},
+		{"no NODE_PATH: opt/deps is no module directory", []string{"PATH=/usr/bin"},
+			[]metaEntry{{name: "opt/deps/lodash/package.json", body: lodash}}, nil, ""},
+		{"NODE_PATH of several directories, empty ones, a relative one and one through a symlink", []string{"NODE_PATH=/nowhere::srv/lib:/app/deps/"},
+			[]metaEntry{{name: "srv/lib/@scope/pkg/package.json", body: `{"name":"@scope/pkg","version":"1.0.0","contributes":{}}`},
+				{name: "srv/app/deps/lodash/package.json", body: `{"name":"lodash","version":"4.17.15","engines":{"vscode":"*"}}`},
+				{name: "app", link: "/srv/app"}},
+			[]string{line("@scope/pkg", "1.0.0", "srv/lib/@scope/pkg/package.json"), line("lodash", "4.17.15", "srv/app/deps/lodash/package.json")}, ""},
+		{"NODE_PATH twice: both are read", []string{"NODE_PATH=/opt/a", "NODE_PATH=/opt/b"},
+			[]metaEntry{{name: "opt/a/lodash/package.json", body: lodash}, {name: "opt/b/lodash/package.json", body: lodash}},
+			[]string{line("lodash", "4.17.15", "opt/a/lodash/package.json"), line("lodash", "4.17.15", "opt/b/lodash/package.json")}, ""},
+		{"NODE_PATH whose lodash is a symlink", []string{"NODE_PATH=/opt/deps"},
+			[]metaEntry{{name: "opt/store/l/package.json", body: lodash}, {name: "opt/deps/lodash", link: "../store/l"}},
+			[]string{line("lodash", "4.17.15", "opt/deps/lodash/package.json")}, ""},
+		{"NODE_PATH and a version semver cannot read", []string{"NODE_PATH=/opt/deps"},
+			[]metaEntry{{name: "opt/deps/lodash/package.json", body: `{"version":"4.17"}`}}, nil, "Node loads lodash"},
+		{"node_modules a symlink to a directory whose lodash is a symlink", nil,
+			[]metaEntry{{name: "opt/store/l/package.json", body: lodash}, {name: "opt/deps/lodash", link: "/opt/store/l"},
+				{name: "app/node_modules", link: "../opt/deps"}},
+			[]string{line("lodash", "4.17.15", "opt/deps/lodash/package.json")}, ""},
+		{"a scope a symlink whose package is a symlink", nil,
+			[]metaEntry{{name: "opt/store/pkg-1/package.json", body: `{"version":"1.0.0"}`}, {name: "opt/scope/pkg", link: "../store/pkg-1"},
+				{name: "app/node_modules/@scope", link: "/opt/scope"}},
+			[]string{line("@scope/pkg", "1.0.0", "app/node_modules/@scope/pkg/package.json")}, ""},
+		{"$HOME/.node_modules a symlink", nil,
+			[]metaEntry{{name: "opt/deps/lodash/package.json", body: lodash}, {name: "root/.node_modules", link: "/opt/deps"}},
+			[]string{line("lodash", "4.17.15", "opt/deps/lodash/package.json")}, ""},
+		{"/usr/share/nodejs a symlink (Debian)", nil,
+			[]metaEntry{{name: "opt/js/lodash/package.json", body: lodash}, {name: "usr/share/nodejs", link: "../../opt/js"}},
+			[]string{line("lodash", "4.17.15", "opt/js/lodash/package.json")}, ""},
+	}
+	for _, tt := range tests {
+		for _, mode := range []struct {
+			name string
+			opts layerfs.Options
+		}{{"every file", layerfs.Options{}}, {"as scanned", layerfs.Options{Keep: keep}}} {
+			t.Run(tt.name+"/"+mode.name, func(t *testing.T) {
+				inv := readTreeEnv(t, tt.env, mode.opts, metaLayer(t, tt.entries...))
+				got := linesOf(inv, "")
+				if strings.Join(got, "\n") != strings.Join(tt.want, "\n") {
+					t.Errorf("packages:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
+				}
+				switch {
+				case tt.wantUnread == "" && len(inv.Unread) > 0:
+					t.Errorf("unread: %+v", inv.Unread)
+				case tt.wantUnread != "" && (len(inv.Unread) != 1 || !strings.Contains(inv.Unread[0].Reason, tt.wantUnread)):
+					t.Errorf("unread %+v, want one saying %q", inv.Unread, tt.wantUnread)
+				}
+			})
+		}
 	}
 }

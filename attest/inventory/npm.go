@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"path"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 )
@@ -14,15 +16,20 @@ import (
 // them (Go's encoding/json, which matches keys case-insensitively, refuses a BOM, and takes the
 // package's identity from its "name"):
 //
-//   - require('lodash') resolves the directory node_modules/lodash (node_modules/@scope/name for a
-//     scoped package); that directory's name is the package's identity. A "name" that differs
-//     from it (an npm alias, or a label meant to hide the package) is reported too.
+//   - require('lodash') resolves the directory lodash (@scope/name for a scoped package) in a
+//     module directory: a node_modules (of the requiring file's directory or any ancestor), a
+//     global folder ($HOME/.node_modules, $HOME/.node_libraries, $PREFIX/lib/node, Debian's
+//     $PREFIX/share/nodejs and $PREFIX/lib/<multiarch>/nodejs), or a directory NODE_PATH names
+//     — each reached through the image's symlinks as the kernel resolves them (node_modules a
+//     symlink to /opt/deps makes opt/deps one). The package's directory's name there is its
+//     identity. A "name" that differs from it (an npm alias, or a label meant to hide the
+//     package) is reported too.
 //   - package.json is parsed as JSON.parse does: keys exact, one leading BOM skipped (Node's
 //     require and npm strip it), anything JSON.parse refuses is refused.
 //   - "version" is read as npm's semver reads it (loose: "=4.17.15", "v4.17.15", " 4.17.015 "
 //     are 4.17.15; see npmVersion); a version it cannot read is reported as unread.
 //
-// A package.json under node_modules that Node would load but that cannot be read so is an
+// A package.json in a module directory that Node would load but that cannot be read so is an
 // Unread (fail closed). Other package.json files (an application's own, test fixtures inside
 // packages) name no dependency Node resolves by name: they are read the same way, and reported
 // when they carry a name and a version, as osv-scalibr does, but never make the scan incomplete.
@@ -38,20 +45,190 @@ const (
 )
 
 // npmIdentity is the name Node resolves for the package whose package.json is at p, if p is a
-// package's own (node_modules/<name>/package.json or node_modules/@scope/<name>/package.json).
+// package's own in a directory of a module directory's name (node_modules/<name>/package.json or
+// node_modules/@scope/<name>/package.json; .node_modules, .node_libraries). metaReader.npmIdentity
+// knows the other module directories.
 func npmIdentity(p string) (string, bool) {
 	s := strings.Split(p, "/")
 	n := len(s)
 	if n < 3 || s[n-1] != "package.json" || !npmDirName(s[n-2]) {
 		return "", false
 	}
-	if s[n-3] == "node_modules" && !strings.HasPrefix(s[n-2], "@") {
+	if npmModuleDirName(s[n-3]) && !strings.HasPrefix(s[n-2], "@") {
 		return s[n-2], true
 	}
-	if n >= 4 && s[n-4] == "node_modules" && strings.HasPrefix(s[n-3], "@") && len(s[n-3]) > 1 && !strings.HasPrefix(s[n-2], "@") {
+	if n >= 4 && npmModuleDirName(s[n-4]) && strings.HasPrefix(s[n-3], "@") && len(s[n-3]) > 1 && !strings.HasPrefix(s[n-2], "@") {
 		return s[n-3] + "/" + s[n-2], true
 	}
 	return "", false
+}
+
+// npmModuleDirName is the name of a directory Node looks packages up in wherever it is:
+// node_modules, and the global folders of a home directory, $HOME/.node_modules and
+// $HOME/.node_libraries (HOME is the runtime's, or the Env's, to set: any directory so named
+// can be one).
+func npmModuleDirName(d string) bool {
+	return d == "node_modules" || d == ".node_modules" || d == ".node_libraries"
+}
+
+// npmPrefixDirs are the global folders of a Node installation, relative to its prefix (the
+// directory above the bin holding the node executable Node runs as, its real path): Node's
+// lib/node; Debian's node_relative_path, which replaces it (share/nodejs and
+// lib/<multiarch>/nodejs, which npmModuleDirs finds; lib/nodejs in older releases).
+var npmPrefixDirs = []string{"lib/node", "lib/nodejs", "share/nodejs"}
+
+// npmPrefixes are the Node prefixes assumed whether or not a node executable is in the image.
+var npmPrefixes = []string{"usr", "usr/local"}
+
+// npmIdentity is the name Node resolves for the package whose package.json is at p (a path of
+// the image, through symlinks or not), if p is a package's own in a module directory (see the
+// comment at the top): <module dir>/<name>/package.json, <module dir>/@scope/<name>/package.json.
+func (m *metaReader) npmIdentity(p string) (string, bool) {
+	if id, ok := npmIdentity(p); ok {
+		return id, true
+	}
+	if path.Base(p) != "package.json" {
+		return "", false
+	}
+	dir := path.Dir(p)
+	name, parent := path.Base(dir), path.Dir(dir)
+	if dir == "." || !npmDirName(name) || strings.HasPrefix(name, "@") {
+		return "", false
+	}
+	if m.npmModuleDir(parent) {
+		return name, true
+	}
+	if scope := path.Base(parent); parent != "." && strings.HasPrefix(scope, "@") && len(scope) > 1 && m.npmModuleDir(path.Dir(parent)) {
+		return scope + "/" + name, true
+	}
+	return "", false
+}
+
+// npmModuleDir says whether Node looks packages up by name in the directory at d (a path of the
+// image, through symlinks or not).
+func (m *metaReader) npmModuleDir(d string) bool {
+	if npmModuleDirName(path.Base(d)) {
+		return true
+	}
+	r, ok := m.npmReal(d)
+	return ok && (m.npmModuleDirs()[r] || npmModuleDirName(path.Base(r)))
+}
+
+// npmReal is the real path of p in the image ("" for the root), false when it needs more
+// symlinks than the kernel follows.
+func (m *metaReader) npmReal(p string) (string, bool) {
+	r := m.resolve(p)
+	return r, r != "" || path.Clean("/"+p) == "/"
+}
+
+// npmModuleDirs are the real paths of the image's module directories that are not found by their
+// names: the targets of symlinks of a module directory's name, the global folders of each Node
+// prefix (npmPrefixes, and that of every bin/node and bin/nodejs of the image), and the
+// directories NODE_PATH names in the image config's Env (every NODE_PATH there: which one a
+// process sees is its environment's; a relative one from the root, the working directory
+// Node has by default).
+func (m *metaReader) npmModuleDirs() map[string]bool {
+	if m.npmDirs != nil {
+		return m.npmDirs
+	}
+	m.npmDirs = map[string]bool{}
+	add := func(p string) {
+		if r, ok := m.npmReal(p); ok {
+			m.npmDirs[r] = true
+		}
+	}
+	prefixes := map[string]bool{}
+	for _, p := range npmPrefixes {
+		if r, ok := m.npmReal(p); ok {
+			prefixes[r] = true
+		}
+	}
+	multiarch := map[string][]string{} // by prefix: its lib/<multiarch>/nodejs directories
+	for p, f := range m.tree.Files {
+		base := path.Base(p)
+		switch {
+		case f.Mode&fs.ModeSymlink != 0 && npmModuleDirName(base):
+			add(p)
+		case (base == "node" || base == "nodejs") && path.Base(path.Dir(p)) == "bin" && !f.Mode.IsDir():
+			if r, ok := m.npmReal(p); ok && r != "" {
+				prefixes[npmRootRel(path.Dir(path.Dir(r)))] = true
+			}
+		}
+		if strings.Contains(p, "/nodejs") {
+			s := strings.Split(p, "/")
+			for i := 2; i < len(s); i++ {
+				if s[i] == "nodejs" && s[i-2] == "lib" {
+					pre := strings.Join(s[:i-2], "/")
+					multiarch[pre] = append(multiarch[pre], strings.Join(s[:i+1], "/"))
+				}
+			}
+		}
+	}
+	for pre := range prefixes {
+		for _, d := range npmPrefixDirs {
+			add(path.Join(pre, d))
+		}
+		for _, d := range multiarch[pre] {
+			add(d)
+		}
+	}
+	for _, kv := range m.env {
+		if k, v, ok := strings.Cut(kv, "="); ok && k == "NODE_PATH" {
+			for _, d := range strings.Split(v, ":") {
+				if d != "" {
+					add(strings.TrimPrefix(path.Clean("/"+d), "/"))
+				}
+			}
+		}
+	}
+	return m.npmDirs
+}
+
+// npmRootRel is a root-relative path with the root as "".
+func npmRootRel(p string) string {
+	if p == "." || p == "/" {
+		return ""
+	}
+	return p
+}
+
+// npmEntries are the names in the directory at the real path dir, as the image has them:
+// directories and symlinks the tree does not make on disk included.
+func (m *metaReader) npmEntries(dir string) []string {
+	if m.npmKids == nil {
+		m.npmKids = map[string]map[string]bool{}
+		for p := range m.tree.Files {
+			for p != "." && p != "" {
+				d, b := npmRootRel(path.Dir(p)), path.Base(p)
+				if m.npmKids[d][b] {
+					break // and its ancestors too
+				}
+				if m.npmKids[d] == nil {
+					m.npmKids[d] = map[string]bool{}
+				}
+				m.npmKids[d][b] = true
+				p = d
+			}
+		}
+	}
+	names := map[string]bool{}
+	for n := range m.npmKids[dir] {
+		names[n] = true
+	}
+	onDisk := dir
+	if onDisk == "" {
+		onDisk = "."
+	}
+	entries, _ := fs.ReadDir(m.root.FS(), onDisk)
+	for _, e := range entries {
+		names[e.Name()] = true
+	}
+	out := make([]string, 0, len(names))
+	for n := range names {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // npmDirName is a directory name under node_modules that can hold a package: not .bin, .pnpm,

@@ -19,7 +19,11 @@ func TestNpmIdentity(t *testing.T) {
 		{"app/node_modules/@types/node/package.json", "@types/node", true},
 		{"app/node_modules/a/node_modules/lodash/package.json", "lodash", true},
 		{"app/node_modules/.pnpm/lodash@4.17.15/node_modules/lodash/package.json", "lodash", true},
-		{"app/node_modules/Lodash/package.json", "Lodash", true}, // require('lodash') does not find it; require('Lodash') does
+		{"app/node_modules/Lodash/package.json", "Lodash", true},     // require('lodash') does not find it; require('Lodash') does
+		{"root/.node_modules/lodash/package.json", "lodash", true},   // $HOME/.node_modules, a global folder
+		{"root/.node_libraries/@s/pkg/package.json", "@s/pkg", true}, // $HOME/.node_libraries
+		{"opt/deps/lodash/package.json", "", false},                  // a module directory only if something makes it one
+		{"root/.node_modules/.bin/package.json", "", false},
 		{"app/package.json", "", false},
 		{"app/node_modules/lodash/fp/package.json", "", false},
 		{"app/node_modules/.bin/package.json", "", false},
