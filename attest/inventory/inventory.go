@@ -244,6 +244,11 @@ func sniffELF(head []byte) layerfs.Check {
 	if bytes.HasPrefix(head, elfMagic) {
 		return hasBuildInfo
 	}
+	if len(head) == layerfs.SniffLen {
+		// any file may be a zip archive Python imports from (named anything, data before it):
+		// kept if its root holds distributions (python.go)
+		return pyImportableZip
+	}
 	return nil
 }
 
@@ -257,9 +262,13 @@ var binaryExtractors = map[string]bool{"go/binary": true, "rust/cargoauditable":
 // name is needed), or cargo-auditable data (which its readers find by section name). It reads
 // headers and searches the data in bounded chunks, so a large program is judged, not skipped;
 // build info Go's reader could not read, or headers claiming more than the bounds, are an error
-// (elfBuildInfo).
+// (elfBuildInfo). A file without either is kept still if it is a zip archive Python imports
+// distributions from (pyImportableZip: an executable .pyz, a program with a zip after it).
 func hasBuildInfo(r io.ReaderAt, size int64) (bool, error) {
-	return elfBuildInfo(r, size)
+	if ok, err := elfBuildInfo(r, size); ok || err != nil {
+		return ok, err
+	}
+	return pyImportableZip(r, size) // an executable .pyz, or a program with a zip after it
 }
 
 // osRelease are the files that identify the distribution.

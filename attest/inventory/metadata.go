@@ -191,7 +191,8 @@ func (m *metaReader) walk() error {
 			m.npmLock(p)
 		case strings.HasSuffix(strings.ToLower(base), ".egg-info"):
 			m.pyFile(p, p, p, pyDistName(base))
-		case pyZip(p):
+		default:
+			// an egg or a wheel, or any zip archive (by its bytes) Python may import from
 			m.pyZip(p)
 		}
 		return nil
@@ -409,8 +410,12 @@ func orUnnamed(n string) string {
 	return n
 }
 
-// pyZip reads the metadata inside an egg or a wheel.
+// pyZip reads the metadata inside an egg or a wheel, or inside a zip archive of any name whose
+// root holds distributions (a file that is no such archive is nothing here).
 func (m *metaReader) pyZip(p string) {
+	if !pyZip(p) && !m.pyZipRoot(p) {
+		return
+	}
 	f, fi, layer := m.open(p, p, pypiExtractor)
 	if f == nil {
 		return

@@ -285,7 +285,8 @@ func pyInfoDir(base, parent string) bool {
 		low == "egg-info" && strings.HasSuffix(strings.ToLower(parent), ".egg") // importlib compares lower-cased names
 }
 
-// pyZip reports whether a file is an egg or a wheel, whose metadata is inside it.
+// pyZip reports whether a file is an egg or a wheel by its name, whose metadata is inside it.
+// Any other zip archive is read too when its bytes make it one Python imports from (pyZipMetadata).
 func pyZip(p string) bool {
 	return strings.HasSuffix(p, ".egg") || strings.HasSuffix(p, ".whl")
 }
@@ -304,9 +305,194 @@ func pyZipMember(name string) (bool, string) {
 	return false, ""
 }
 
-// pyZipMetadata reads the metadata inside an egg or wheel: each member's names and version, or
-// the reason it cannot be read. The archive's central directory is bounded before it is read.
+// A zip archive on sys.path (a .pth line, PYTHONPATH, a .pyz, named anything: Python looks at
+// its bytes, not its name) is a distribution directory to importlib.metadata and pip: FastPath
+// lists the top-level children of the archive's root (zipfile.Path's namelist, each name's
+// first component), and Lookup takes those whose lower-cased name ends in .dist-info or
+// .egg-info, and EGG-INFO in any case when the archive's own name ends in .egg; their metadata is
+// METADATA, else PKG-INFO, as in a directory. pip (its pkg_resources fallback, for any archive
+// not named .whl) lists a top-level name-version.dist-info with the version of its name too,
+// whatever its METADATA says, and a name-version.egg-info without metadata so. Only the root
+// counts: a zip's subdirectory on sys.path (deps.zip/lib) has no distributions for either.
+//
+// Python's zipfile finds the archive from its end, so data may precede it (a shell script before
+// a .pyz): the last end-of-central-directory signature in the last 64 KiB, the directory the
+// size it records before it (a zip64 one before the zip64 locator), whatever offset it records;
+// names are cut at a NUL, and the last member of a name is the one opened.
+
+// pyZipTop is a zip member name's top-level component, the name cut at a NUL as zipfile cuts it.
+func pyZipTop(name string) string {
+	if i := strings.IndexByte(name, 0); i >= 0 {
+		name = name[:i]
+	}
+	top, _, _ := strings.Cut(name, "/")
+	return top
+}
+
+// pyZipRootInfo reports whether a zip member (its top-level component) makes a distribution's
+// metadata directory at the archive's root, for an archive of any name (EGG-INFO counts for an
+// archive named .egg only; it is kept here whatever the name, as the name is not known).
+func pyZipRootInfo(name string) bool {
+	top := strings.ToLower(pyZipTop(name))
+	return strings.HasSuffix(top, ".dist-info") || strings.HasSuffix(top, ".egg-info") || top == "egg-info"
+}
+
+// pyImportableZip is a layerfs check: it keeps a file that is a zip archive Python's zipfile
+// opens (data may precede it) whose root holds a distribution's metadata directory, whatever the
+// file's name. It reads the last 64 KiB and streams the central directory (one name at a time).
+func pyImportableZip(r io.ReaderAt, size int64) (bool, error) {
+	found := false
+	_, err := zipNames(r, size, func(name string) bool {
+		found = pyZipRootInfo(name)
+		return !found
+	})
+	return found, err
+}
+
+// zipEndLen and zipTail: an end-of-central-directory record, and how much of a file's end
+// Python's zipfile searches for one (a comment of up to 64 KiB follows it).
+const (
+	zipEndLen = 22
+	zipTail   = 1<<16 + zipEndLen
+)
+
+// zipDirectory finds a zip archive's central directory as Python's zipfile finds it (see above):
+// where it starts in the file, its size, and whether the file has one at all. err is an I/O error.
+func zipDirectory(r io.ReaderAt, size int64) (start, dirSize int64, ok bool, err error) {
+	if size < zipEndLen {
+		return 0, 0, false, nil
+	}
+	tail := min(size, zipTail)
+	buf := make([]byte, tail)
+	if _, err := r.ReadAt(buf, size-tail); err != nil && !errors.Is(err, io.EOF) {
+		return 0, 0, false, err
+	}
+	i := len(buf) - zipEndLen
+	if string(buf[i:i+4]) != "PK\x05\x06" || buf[len(buf)-2] != 0 || buf[len(buf)-1] != 0 {
+		// not a record without a comment at the very end: the last signature (rfind)
+		if i = bytes.LastIndex(buf, []byte("PK\x05\x06")); i < 0 || i+zipEndLen > len(buf) {
+			return 0, 0, false, nil
+		}
+	}
+	end := size - tail + int64(i) // the record's position in the file
+	dirSize = int64(binary.LittleEndian.Uint32(buf[i+12:]))
+	// _EndRecData64: a zip64 locator just before the record makes the zip64 record before it count
+	var loc [20]byte
+	if end >= 20 {
+		if _, err := r.ReadAt(loc[:], end-20); err != nil && !errors.Is(err, io.EOF) {
+			return 0, 0, false, err
+		}
+	}
+	if end >= 20 && string(loc[:4]) == "PK\x06\x07" {
+		if binary.LittleEndian.Uint32(loc[4:]) != 0 || binary.LittleEndian.Uint32(loc[16:]) > 1 {
+			return 0, 0, false, nil // "zipfiles that span multiple disks are not supported"
+		}
+		var rec [56]byte
+		if end >= 76 {
+			if _, err := r.ReadAt(rec[:], end-76); err != nil && !errors.Is(err, io.EOF) {
+				return 0, 0, false, err
+			}
+		}
+		if end >= 76 && string(rec[:4]) == "PK\x06\x06" {
+			ds := binary.LittleEndian.Uint64(rec[40:])
+			if ds > uint64(size) {
+				return 0, 0, false, nil
+			}
+			dirSize = int64(ds)
+			end -= 76
+		}
+	}
+	if start = end - dirSize; start < 0 {
+		return 0, 0, false, nil // "Bad offset for central directory"
+	}
+	return start, dirSize, true, nil
+}
+
+// zipNames passes each member name of the zip archive in r to f, as Python's zipfile lists them
+// (the central directory found as zipDirectory finds it), until f returns false. It holds one
+// name at a time, so a directory of any size is read in bounded memory. ok is false when r is no
+// zip archive; a directory that goes wrong part-way (which zipfile refuses whole) ends the list.
+func zipNames(r io.ReaderAt, size int64, f func(name string) bool) (ok bool, err error) {
+	start, dirSize, ok, err := zipDirectory(r, size)
+	if !ok || err != nil {
+		return false, err
+	}
+	br := bufio.NewReaderSize(io.NewSectionReader(r, start, dirSize), 64<<10)
+	var hdr [46]byte
+	name := make([]byte, 0, 256)
+	for total := int64(0); total < dirSize; {
+		if _, err := io.ReadFull(br, hdr[:]); err != nil || string(hdr[:4]) != "PK\x01\x02" {
+			return true, nil
+		}
+		n := int(binary.LittleEndian.Uint16(hdr[28:]))
+		m := int64(binary.LittleEndian.Uint16(hdr[30:])) + int64(binary.LittleEndian.Uint16(hdr[32:]))
+		name = name[:n]
+		if _, err := io.ReadFull(br, name); err != nil {
+			return true, nil
+		}
+		if _, err := br.Discard(int(m)); err != nil {
+			return true, nil
+		}
+		if !f(string(name)) {
+			return true, nil
+		}
+		total += 46 + int64(n) + m
+	}
+	return true, nil
+}
+
+// pyZipMaxInfo bounds the metadata directories at an archive's root that are read.
+const pyZipMaxInfo = 10000
+
+// pyEggName is pkg_resources' EGG_NAME: a name, then a version, each up to the next '-'.
+func pyEggName(stem string) (name, version string) {
+	name, rest, _ := strings.Cut(stem, "-")
+	version, _, _ = strings.Cut(rest, "-")
+	return name, version
+}
+
+// pyZipMetadata reads the metadata inside a zip archive (archive is its base name): for any
+// archive, the distributions Python finds at its root on sys.path (see above); for an egg or a
+// wheel by name, also each member wheelegg reads as metadata. each gets a member's names and
+// version, or the reason it cannot be read. An archive of another name that lists no metadata at
+// its root is nothing to Python's metadata readers and no error. The central directory is
+// streamed to find the metadata, and bounded before it is read whole.
 func pyZipMetadata(r io.ReaderAt, size int64, archive string, each func(member string, names []string, version string, err error)) error {
+	named := pyZip(archive)
+	var (
+		infos   []string            // the metadata directories at the root, in the order zipfile lists them
+		listed  = map[string]bool{} // their METADATA and PKG-INFO members that zipfile lists
+		tooMany bool
+	)
+	isZip, err := zipNames(r, size, func(name string) bool {
+		if i := strings.IndexByte(name, 0); i >= 0 {
+			name = name[:i]
+		}
+		top := pyZipTop(name)
+		if !pyInfoDir(top, archive) {
+			return true
+		}
+		if !listed[top] {
+			if len(infos) == pyZipMaxInfo {
+				tooMany = true
+				return false
+			}
+			listed[top] = true
+			infos = append(infos, top)
+		}
+		if name == top+"/METADATA" || name == top+"/PKG-INFO" {
+			listed[name] = true
+		}
+		return true
+	})
+	switch {
+	case err != nil:
+		return err
+	case tooMany:
+		return fmt.Errorf("more than %d distribution metadata directories at the archive's root", pyZipMaxInfo)
+	case !named && (!isZip || len(infos) == 0):
+		return nil
+	}
 	if err := zipBounded(r, size); err != nil {
 		return err
 	}
@@ -314,28 +500,89 @@ func pyZipMetadata(r io.ReaderAt, size int64, archive string, each func(member s
 	if err != nil {
 		return fmt.Errorf("not a zip archive Python can import: %w", err)
 	}
+	files := map[string]*zip.File{} // by the name zipfile opens: cut at a NUL, the last of a name
+	for _, f := range zr.File {
+		name := f.Name
+		if i := strings.IndexByte(name, 0); i >= 0 {
+			name = name[:i]
+		}
+		files[name] = f
+	}
+	read := func(f *zip.File) (pyMeta, error) {
+		if f.UncompressedSize64 > pypiMaxMetadata {
+			return pyMeta{}, fmt.Errorf("%s larger than %d MiB", f.Name, pypiMaxMetadata>>20)
+		}
+		rc, err := f.Open()
+		if err != nil {
+			return pyMeta{}, err
+		}
+		defer rc.Close()
+		m, err := readPyMetadata(rc, pypiMaxMetadata)
+		if err == nil {
+			_, err = io.Copy(io.Discard, io.LimitReader(rc, pypiMaxMetadata)) // the checksum is checked at the end
+		}
+		return m, err
+	}
+	done := map[*zip.File]bool{}
+	for _, info := range infos {
+		dir := info
+		if strings.EqualFold(info, "EGG-INFO") {
+			dir = archive
+		}
+		found, version := false, ""
+		for _, base := range []string{"METADATA", "PKG-INFO"} {
+			member := info + "/" + base
+			f := files[member]
+			if f == nil {
+				if listed[member] {
+					// the directory Python finds lists it; the one this reader finds does not
+					return fmt.Errorf("Python's zipfile lists %s, which this reader does not find in the archive", member)
+				}
+				continue
+			}
+			done[f] = true
+			if f.UncompressedSize64 == 0 {
+				continue // empty: importlib reads the next one
+			}
+			found = true
+			m, err := read(f)
+			if err != nil {
+				each(member, nil, "", err)
+				break
+			}
+			var names []string
+			names, version, err = pyPackages(m, pyDistName(dir))
+			each(member, names, version, err)
+			break
+		}
+		if strings.HasSuffix(archive, ".whl") {
+			continue // pkg_resources reads no wheel
+		}
+		// pip's pkg_resources: the version in a dist-info's name, an egg-info's without metadata,
+		// an egg's own name when it has EGG-INFO/PKG-INFO
+		stem, low := "", strings.ToLower(info)
+		switch {
+		case strings.HasSuffix(low, ".dist-info"), strings.HasSuffix(low, ".egg-info") && !found:
+			stem = info[:strings.LastIndexByte(info, '.')]
+		case info == "EGG-INFO" && files["EGG-INFO/PKG-INFO"] != nil:
+			stem = archive[:strings.LastIndexByte(archive, '.')]
+		}
+		if name, v := pyEggName(stem); name != "" && v != "" && v != version && pep440.MatchString(v) {
+			each(info+"/", []string{name}, v, nil)
+		}
+	}
+	if !named {
+		return nil
+	}
 	for _, f := range zr.File {
 		ok, dir := pyZipMember(f.Name)
-		if !ok {
+		if !ok || done[f] {
 			continue
 		}
 		if dir == "" {
 			dir = archive
 		}
-		if f.UncompressedSize64 > pypiMaxMetadata {
-			each(f.Name, nil, "", fmt.Errorf("%s larger than %d MiB", f.Name, pypiMaxMetadata>>20))
-			continue
-		}
-		rc, err := f.Open()
-		if err != nil {
-			each(f.Name, nil, "", err)
-			continue
-		}
-		m, err := readPyMetadata(rc, pypiMaxMetadata)
-		if err == nil {
-			_, err = io.Copy(io.Discard, io.LimitReader(rc, pypiMaxMetadata)) // the checksum is checked at the end
-		}
-		rc.Close()
+		m, err := read(f)
 		if err != nil {
 			each(f.Name, nil, "", err)
 			continue
@@ -507,3 +754,20 @@ func (l *pyLines) rest(f func([]byte) error) error {
 }
 
 func (l *pyLines) skip() error { return l.rest(func([]byte) error { return nil }) }
+
+// pyZipRoot reports whether the tree's file at p is a zip archive whose root holds a
+// distribution's metadata directory (pyImportableZip), without reading it as metadata: most files
+// the walk meets are not, and are read by the other readers.
+func (m *metaReader) pyZipRoot(p string) bool {
+	f, err := m.root.Open(p)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		return false
+	}
+	ok, err := pyImportableZip(f, fi.Size())
+	return ok || err != nil // an error reading it: read it as metadata, which says what it is
+}

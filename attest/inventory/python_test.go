@@ -1,10 +1,20 @@
 package inventory
 
 import (
+	"archive/tar"
 	"archive/zip"
 	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/gatehouse-dev/gatehouse/attest/layerfs"
 )
 
 // The expectations are what Python 3.11's importlib.metadata (distribution(name).version) and
@@ -197,4 +207,164 @@ func FuzzPyZipMetadata(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		pyZipMetadata(bytes.NewReader(b), int64(len(b)), "x.egg", func(string, []string, string, error) {})
 	})
+}
+
+// TestPyZipAnyName: a zip archive on sys.path is read by its bytes, whatever its name, as
+// importlib.metadata (FastPath's zip root: its top-level children) and pip read it.
+func TestPyZipAnyName(t *testing.T) {
+	type got struct{ member, names, version, err string }
+	read := func(b []byte, archive string) ([]got, error) {
+		var out []got
+		err := pyZipMetadata(bytes.NewReader(b), int64(len(b)), archive, func(member string, names []string, version string, err error) {
+			g := got{member: member, names: strings.Join(names, ","), version: version}
+			if err != nil {
+				g.err = err.Error()
+			}
+			out = append(out, g)
+		})
+		return out, err
+	}
+	meta := "Metadata-Version: 2.1\nName: requests\nVersion: 2.19.1\n"
+	deps := zipOf(t, map[string]string{"requests/__init__.py": "", "requests-2.19.1.dist-info/METADATA": meta})
+	want := got{"requests-2.19.1.dist-info/METADATA", "requests", "2.19.1", ""}
+	tests := []struct {
+		name    string
+		zip     []byte
+		archive string
+		want    []got
+	}{
+		{"deps.zip", deps, "deps.zip", []got{want}},
+		{"deps.dat", deps, "deps.dat", []got{want}},
+		{"app.pyz", deps, "app.pyz", []got{want}},
+		{"a shell script before the archive", append([]byte("#!/bin/sh\nexec python3 \"$0\" \"$@\"\n"), deps...), "app", []got{want}},
+		{"binary data before the archive", append(bytes.Repeat([]byte{0, 0xff}, 5000), deps...), "blob", []got{want}},
+		{"PKG-INFO in a dist-info", zipOf(t, map[string]string{"requests-2.19.1.dist-info/PKG-INFO": meta}), "deps.zip",
+			[]got{{"requests-2.19.1.dist-info/PKG-INFO", "requests", "2.19.1", ""}}},
+		{"PKG-INFO when METADATA is empty", zipOf(t, map[string]string{"requests.dist-info/METADATA": "", "requests.dist-info/PKG-INFO": meta}), "deps.zip",
+			[]got{{"requests.dist-info/PKG-INFO", "requests", "2.19.1", ""}}},
+		{"a DIST-INFO in capitals", zipOf(t, map[string]string{"Requests-2.19.1.DIST-INFO/METADATA": meta}), "deps.zip",
+			[]got{{"Requests-2.19.1.DIST-INFO/METADATA", "requests", "2.19.1", ""}}},
+		{"an egg-info", zipOf(t, map[string]string{"requests.egg-info/PKG-INFO": meta}), "deps.zip",
+			[]got{{"requests.egg-info/PKG-INFO", "requests", "2.19.1", ""}}},
+		// pip's pkg_resources takes a dist-info's version from its name
+		{"a dist-info's name", zipOf(t, map[string]string{"requests-2.19.1.dist-info/METADATA": strings.Replace(meta, "2.19.1", "2.31.0", 1)}), "deps.zip",
+			[]got{{"requests-2.19.1.dist-info/METADATA", "requests", "2.31.0", ""}, {"requests-2.19.1.dist-info/", "requests", "2.19.1", ""}}},
+		{"a dist-info without metadata", zipOf(t, map[string]string{"requests-2.19.1.dist-info/RECORD": ""}), "deps.zip",
+			[]got{{"requests-2.19.1.dist-info/", "requests", "2.19.1", ""}}},
+		// neither importlib nor pip looks below the root, nor takes EGG-INFO but in an .egg
+		{"a dist-info below the root", zipOf(t, map[string]string{"lib/requests-2.19.1.dist-info/METADATA": meta}), "deps.zip", nil},
+		{"EGG-INFO in a .zip", zipOf(t, map[string]string{"EGG-INFO/PKG-INFO": meta}), "deps.zip", nil},
+		{"a jar", zipOf(t, map[string]string{"META-INF/MANIFEST.MF": "Manifest-Version: 1.0\n", "a/B.class": "x"}), "app.jar", nil},
+		{"no zip", []byte(strings.Repeat("not a zip ", 100)), "deps.zip", nil},
+	}
+	for _, tt := range tests {
+		g, err := read(tt.zip, tt.archive)
+		if err != nil || fmt.Sprint(g) != fmt.Sprint(tt.want) {
+			t.Errorf("%s: %+v, %v; want %+v", tt.name, g, err, tt.want)
+		}
+		keep := tt.want != nil || tt.name == "EGG-INFO in a .zip" // kept whatever its name: the check does not know it
+		if ok, err := pyImportableZip(bytes.NewReader(tt.zip), int64(len(tt.zip))); err != nil || ok != keep {
+			t.Errorf("%s: pyImportableZip %v, %v", tt.name, ok, err)
+		}
+	}
+	// a member name cut at a NUL, as zipfile cuts it
+	nul := zipOf(t, map[string]string{"requests-2.19.1.dist-info/METADATA\x00.txt": meta})
+	if g, err := read(nul, "deps.zip"); err != nil || len(g) != 1 || g[0].version != "2.19.1" {
+		t.Errorf("a name with a NUL: %+v, %v", g, err)
+	}
+}
+
+// TestPyZipLarge: an archive of any name is streamed to find its metadata, so a large jar with
+// none is nothing (no error); one with metadata past the bound of what is read is an error.
+func TestPyZipLarge(t *testing.T) {
+	many := map[string]string{}
+	for i := range pypiMaxZipEntries + 1 {
+		many["com/x/"+itoa(i)+".class"] = ""
+	}
+	jar := zipOf(t, many)
+	if err := pyZipMetadata(bytes.NewReader(jar), int64(len(jar)), "big.jar", func(string, []string, string, error) { t.Error("a member read") }); err != nil {
+		t.Errorf("a large jar without metadata: %v", err)
+	}
+	many["requests-2.19.1.dist-info/METADATA"] = "Name: requests\nVersion: 2.19.1\n"
+	withMeta := zipOf(t, many)
+	if err := pyZipMetadata(bytes.NewReader(withMeta), int64(len(withMeta)), "big.zip", func(string, []string, string, error) {}); err == nil || !strings.Contains(err.Error(), "entries") {
+		t.Errorf("a large archive with metadata: %v", err)
+	}
+	if ok, err := pyImportableZip(bytes.NewReader(withMeta), int64(len(withMeta))); !ok || err != nil {
+		t.Errorf("pyImportableZip of a large archive with metadata: %v, %v", ok, err)
+	}
+}
+
+// TestSniffZip: any file of SniffLen bytes or more is judged by its bytes (a zip may follow any
+// data); ELF files still by their build info, which includes a zip after the program.
+func TestSniffZip(t *testing.T) {
+	if sniffELF([]byte("short")) != nil {
+		t.Error("a file too short to be a zip archive with metadata is judged")
+	}
+	if sniffELF(bytes.Repeat([]byte("#"), layerfs.SniffLen)) == nil {
+		t.Error("a file of any first bytes is not judged")
+	}
+	deps := zipOf(t, map[string]string{"requests-2.19.1.dist-info/METADATA": "Name: requests\nVersion: 2.19.1\n"})
+	elf := append(append([]byte("\x7fELF"), make([]byte, 60)...), deps...)
+	if ok, err := hasBuildInfo(bytes.NewReader(elf), int64(len(elf))); !ok || err != nil {
+		t.Errorf("a program with a zip of metadata after it: %v, %v", ok, err)
+	}
+}
+
+// TestPyZipKept: the scan's keep and sniff put a zip archive with metadata at its root into the
+// tree by its bytes, whatever its name and mode (an executable .pyz is asked about by the binary
+// extractors' check), and leave other files out.
+func TestPyZipKept(t *testing.T) {
+	if err := loadPlugins(); err != nil {
+		t.Fatal(err)
+	}
+	deps := string(zipOf(t, map[string]string{"requests-2.19.1.dist-info/METADATA": "Name: requests\nVersion: 2.19.1\n"}))
+	files := []struct {
+		name, body string
+		mode       int64
+	}{
+		{"usr/lib/python3.11/site-packages/deps.pth", "/opt/deps.zip\n", 0o644},
+		{"opt/deps.zip", deps, 0o644},
+		{"opt/deps.dat", deps, 0o644},
+		{"usr/local/bin/app", "#!/usr/bin/env python3\n" + deps, 0o755},
+		{"opt/blob", strings.Repeat("\x00\xff", 300) + deps, 0o600},
+		{"opt/notes.txt", strings.Repeat("not a zip\n", 100), 0o644},
+		{"opt/lib.zip", string(zipOf(t, map[string]string{"lib/requests-2.19.1.dist-info/METADATA": "Name: requests\nVersion: 2.19.1\n"})), 0o644},
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, f := range files {
+		tw.WriteHeader(&tar.Header{Name: f.name, Typeflag: tar.TypeReg, Mode: f.mode, Size: int64(len(f.body))})
+		tw.Write([]byte(f.body))
+	}
+	tw.Close()
+	b := buf.Bytes()
+	layer := layerfs.Layer{Digest: digest.FromBytes(b), Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }}
+	dir := t.TempDir()
+	tree, err := layerfs.Flatten(context.Background(), dir, []layerfs.Layer{layer}, layerfs.DefaultLimits, layerfs.Options{Keep: keep, Sniff: sniffELF})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		_, err := os.Stat(filepath.Join(dir, f.name))
+		want := strings.HasPrefix(f.name, "opt/deps") || f.name == "usr/local/bin/app" || f.name == "opt/blob"
+		if (err == nil) != want {
+			t.Errorf("%s: in the tree %v, want %v", f.name, err == nil, want)
+		}
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	inv := &Inventory{}
+	if err := readMetadata(context.Background(), root, tree, inv, nil); err != nil {
+		t.Fatal(err)
+	}
+	got := linesOf(inv, "")
+	want := []string{"PyPI requests 2.19.1  pkg:pypi/requests@2.19.1 opt/blob", "PyPI requests 2.19.1  pkg:pypi/requests@2.19.1 opt/deps.dat",
+		"PyPI requests 2.19.1  pkg:pypi/requests@2.19.1 opt/deps.zip", "PyPI requests 2.19.1  pkg:pypi/requests@2.19.1 usr/local/bin/app"}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") || len(inv.Unread) > 0 {
+		t.Errorf("packages:\n%s\nwant:\n%s\nunread %+v", strings.Join(got, "\n"), strings.Join(want, "\n"), inv.Unread)
+	}
 }
