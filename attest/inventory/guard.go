@@ -205,8 +205,9 @@ func (x guarded) FileRequired(api filesystem.FileAPI) (ok bool) {
 	if x.Extractor.FileRequired(api) {
 		return true
 	}
-	// the ELF files sniffELF had judged by their bytes, whatever their names: in the tree
-	// only if they carry build info (go/binary reads nothing from a file that has none)
+	// the ELF files sniff had judged by their bytes, whatever their names: in the tree only if
+	// they carry build info or hold a zip Python imports (go/binary lists nothing, and reports
+	// no error, for a file without build info)
 	return x.g != nil && x.Name() == "go/binary" && x.g.isELF(api.Path())
 }
 

@@ -183,7 +183,7 @@ func Start(ctx context.Context, workers int, fp *Fingerprinter, opts ...Option) 
 func (e *Extraction) Options() layerfs.Options {
 	return layerfs.Options{
 		Keep:       e.keep,
-		Sniff:      sniffELF,
+		Sniff:      sniff,
 		Wants:      secretCandidate,
 		InspectMax: MaxSecretFileSize,
 		Inspect: func(p string, l digest.Digest, data []byte) {
@@ -236,11 +236,14 @@ func keep(p string, info fs.FileInfo) (bool, layerfs.Check) {
 	return false, nil
 }
 
-// sniffELF has every ELF file that no extractor asked for by its name and mode judged by its
-// bytes (hasBuildInfo): the kernel runs a program named app.json, dlopen loads a library of
-// any name and mode, and go version -m lists either's modules; osv-scalibr's go/binary asks
-// only for executables and *.so files of names it expects.
-func sniffELF(head []byte) layerfs.Check {
+// sniff has files that no extractor asked for by name and mode judged by their bytes: an ELF
+// file by hasBuildInfo (the kernel runs a program named app.json, dlopen loads a library of any
+// name and mode, and go version -m lists either's modules, while osv-scalibr's go/binary asks
+// only for executables and *.so names it expects), and any other file of SniffLen bytes or more
+// by pyImportableZip (a zip archive on sys.path may have any name and data before it, and
+// Python reads it from its end). Those files are written to the tree while they are read, and
+// removed unless kept.
+func sniff(head []byte) layerfs.Check {
 	if bytes.HasPrefix(head, elfMagic) {
 		return hasBuildInfo
 	}

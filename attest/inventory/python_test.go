@@ -298,10 +298,10 @@ func TestPyZipLarge(t *testing.T) {
 // TestSniffZip: any file of SniffLen bytes or more is judged by its bytes (a zip may follow any
 // data); ELF files still by their build info, which includes a zip after the program.
 func TestSniffZip(t *testing.T) {
-	if sniffELF([]byte("short")) != nil {
+	if sniff([]byte("short")) != nil {
 		t.Error("a file too short to be a zip archive with metadata is judged")
 	}
-	if sniffELF(bytes.Repeat([]byte("#"), layerfs.SniffLen)) == nil {
+	if sniff(bytes.Repeat([]byte("#"), layerfs.SniffLen)) == nil {
 		t.Error("a file of any first bytes is not judged")
 	}
 	deps := zipOf(t, map[string]string{"requests-2.19.1.dist-info/METADATA": "Name: requests\nVersion: 2.19.1\n"})
@@ -341,7 +341,7 @@ func TestPyZipKept(t *testing.T) {
 	b := buf.Bytes()
 	layer := layerfs.Layer{Digest: digest.FromBytes(b), Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }}
 	dir := t.TempDir()
-	tree, err := layerfs.Flatten(context.Background(), dir, []layerfs.Layer{layer}, layerfs.DefaultLimits, layerfs.Options{Keep: keep, Sniff: sniffELF})
+	tree, err := layerfs.Flatten(context.Background(), dir, []layerfs.Layer{layer}, layerfs.DefaultLimits, layerfs.Options{Keep: keep, Sniff: sniff})
 	if err != nil {
 		t.Fatal(err)
 	}
