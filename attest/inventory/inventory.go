@@ -184,6 +184,8 @@ func (e *Extraction) Options() layerfs.Options {
 	return layerfs.Options{
 		Keep:       e.keep,
 		Sniff:      sniff,
+		Tail:       zipEndOfFile,
+		TailCheck:  pyImportableZip,
 		Wants:      secretCandidate,
 		InspectMax: MaxSecretFileSize,
 		Inspect: func(p string, l digest.Digest, data []byte) {
@@ -239,20 +241,24 @@ func keep(p string, info fs.FileInfo) (bool, layerfs.Check) {
 // sniff has files that no extractor asked for by name and mode judged by their bytes: an ELF
 // file by hasBuildInfo (the kernel runs a program named app.json, dlopen loads a library of any
 // name and mode, and go version -m lists either's modules, while osv-scalibr's go/binary asks
-// only for executables and *.so names it expects), and any other file of SniffLen bytes or more
-// by pyImportableZip (a zip archive on sys.path may have any name and data before it, and
-// Python reads it from its end). Those files are written to the tree while they are read, and
-// removed unless kept.
+// only for executables and *.so names it expects), and a zip archive by pyImportableZip (one on
+// sys.path may have any name). A zip after other data (Python reads a zip from its end) is
+// found by zipEndOfFile instead, without writing every file to the tree.
 func sniff(head []byte) layerfs.Check {
-	if bytes.HasPrefix(head, elfMagic) {
+	switch {
+	case bytes.HasPrefix(head, elfMagic):
 		return hasBuildInfo
-	}
-	if len(head) == layerfs.SniffLen {
-		// any file may be a zip archive Python imports from (named anything, data before it):
-		// kept if its root holds distributions (python.go)
+	case bytes.HasPrefix(head, []byte("PK\x03\x04")), bytes.HasPrefix(head, []byte("PK\x05\x06")):
 		return pyImportableZip
 	}
 	return nil
+}
+
+// zipEndOfFile says whether a file's end holds a zip end-of-central-directory record where
+// Python's zipfile looks for one: the file is then read again and judged by pyImportableZip.
+func zipEndOfFile(tail []byte) bool {
+	i := bytes.LastIndex(tail, []byte("PK\x05\x06"))
+	return i >= 0 && i+zipEndLen <= len(tail)
 }
 
 var elfMagic = []byte("\x7fELF")

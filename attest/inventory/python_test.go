@@ -295,16 +295,20 @@ func TestPyZipLarge(t *testing.T) {
 	}
 }
 
-// TestSniffZip: any file of SniffLen bytes or more is judged by its bytes (a zip may follow any
-// data); ELF files still by their build info, which includes a zip after the program.
+// TestSniffZip: a file that begins as a zip is judged by its bytes; one that ends as a zip (a
+// zip may follow any data) is found by its tail; ELF files are judged by their build info, which
+// includes a zip after the program.
 func TestSniffZip(t *testing.T) {
-	if sniff([]byte("short")) != nil {
-		t.Error("a file too short to be a zip archive with metadata is judged")
-	}
-	if sniff(bytes.Repeat([]byte("#"), layerfs.SniffLen)) == nil {
-		t.Error("a file of any first bytes is not judged")
-	}
 	deps := zipOf(t, map[string]string{"requests-2.19.1.dist-info/METADATA": "Name: requests\nVersion: 2.19.1\n"})
+	if sniff(deps[:layerfs.SniffLen]) == nil {
+		t.Error("a zip archive is not judged")
+	}
+	if sniff(bytes.Repeat([]byte("#"), layerfs.SniffLen)) != nil {
+		t.Error("a file of other first bytes is judged (it is the tail's to find)")
+	}
+	if !zipEndOfFile(append(bytes.Repeat([]byte("#"), 1000), deps...)) || zipEndOfFile(bytes.Repeat([]byte("#"), 1000)) {
+		t.Error("the tail of a zip after other data, or of a file that is none, misread")
+	}
 	elf := append(append([]byte("\x7fELF"), make([]byte, 60)...), deps...)
 	if ok, err := hasBuildInfo(bytes.NewReader(elf), int64(len(elf))); !ok || err != nil {
 		t.Errorf("a program with a zip of metadata after it: %v, %v", ok, err)
@@ -341,7 +345,7 @@ func TestPyZipKept(t *testing.T) {
 	b := buf.Bytes()
 	layer := layerfs.Layer{Digest: digest.FromBytes(b), Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }}
 	dir := t.TempDir()
-	tree, err := layerfs.Flatten(context.Background(), dir, []layerfs.Layer{layer}, layerfs.DefaultLimits, layerfs.Options{Keep: keep, Sniff: sniff})
+	tree, err := layerfs.Flatten(context.Background(), dir, []layerfs.Layer{layer}, layerfs.DefaultLimits, layerfs.Options{Keep: keep, Sniff: sniff, Tail: zipEndOfFile, TailCheck: pyImportableZip})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -58,6 +58,12 @@ type Options struct {
 	// What a file is can be in its bytes whatever its name and mode (a program named app.json,
 	// a library of mode 0644 that dlopen loads).
 	Sniff func(head []byte) Check
+	// Tail is shown the last bytes (up to TailLen) of each regular file that neither Keep nor
+	// Sniff wanted, which is not written to the tree as it is read: a file it accepts is read
+	// again from its layer once the layers are applied, if the image still holds it, and judged
+	// there by TailCheck (a zip archive is read from its end, and may follow any other data).
+	Tail      func(tail []byte) bool
+	TailCheck Check
 	// Wants says whether Inspect should see a file of this size (nil: none); InspectMax bounds it.
 	Wants      func(path string, size int64) bool
 	InspectMax int64
@@ -68,6 +74,51 @@ type Options struct {
 
 // SniffLen is how many of a file's first bytes Options.Sniff is shown.
 const SniffLen = 64
+
+// TailLen is how many of a file's last bytes Options.Tail is shown: a zip archive's
+// end-of-central-directory record and the comment of up to 64 KiB after it.
+const TailLen = 1<<16 + 22
+
+// tailBuf keeps the last TailLen bytes written to it.
+type tailBuf struct {
+	b    []byte // a ring
+	pos  int
+	full bool
+	out  []byte // the ring's bytes in order, when it went round
+}
+
+func (t *tailBuf) reset() {
+	if t.b == nil {
+		t.b = make([]byte, TailLen)
+	}
+	t.pos, t.full = 0, false
+}
+
+func (t *tailBuf) Write(p []byte) (int, error) {
+	n := len(p)
+	if len(p) >= len(t.b) {
+		copy(t.b, p[len(p)-len(t.b):])
+		t.pos, t.full = 0, true
+		return n, nil
+	}
+	for len(p) > 0 {
+		k := copy(t.b[t.pos:], p)
+		p = p[k:]
+		if t.pos += k; t.pos == len(t.b) {
+			t.pos, t.full = 0, true
+		}
+	}
+	return n, nil
+}
+
+// bytes returns the kept bytes in order (valid until the next reset).
+func (t *tailBuf) bytes() []byte {
+	if !t.full {
+		return t.b[:t.pos]
+	}
+	t.out = append(append(t.out[:0], t.b[t.pos:]...), t.b[:t.pos]...)
+	return t.out
+}
 
 // Layer is one layer, opened on demand as its stored (compressed) stream.
 type Layer struct {
@@ -209,6 +260,7 @@ type node struct {
 	want     want             // what Options.Keep said of a regular file by this name
 	judged   bool             // its bytes went through a Check (kept or not, they need not be judged again)
 	pending  bool             // a hard link Options.Keep wants whose bytes are not on disk: made from its layer at the end
+	tail     bool             // Options.Tail accepted its bytes, not on disk: read again from its layer at the end and judged by TailCheck
 	src      source           // where a regular file's bytes are in the layers
 	kids     map[string]*node // a directory's entries by name
 }
@@ -259,6 +311,7 @@ type walker struct {
 	li, ei  int      // the layer being read (its index) and the entry (its index in the layer)
 	pending []string // paths of hard links whose bytes are to be made at the end (record lists them)
 	buf     []byte   // copies files (io.Copy would allocate 32 KiB for each)
+	tailBuf tailBuf  // the end of the file being read, for Options.Tail
 	// unpacked are the paths this layer's entries unpacked (containerd's unpackedPaths): an
 	// opaque directory keeps them.
 	unpacked map[string]bool
@@ -700,6 +753,11 @@ func (w *walker) regular(l digest.Digest, parent *node, base, p string, h *tar.H
 	inspect := w.opts.Inspect != nil && w.opts.Wants != nil && h.Size <= w.opts.InspectMax && w.opts.Wants(p, h.Size)
 	hs := sha256.New()
 	sinks := []io.Writer{hs}
+	tail := !keep && check == nil && w.opts.Tail != nil && h.Size > 0
+	if tail {
+		w.tailBuf.reset()
+		sinks = append(sinks, &w.tailBuf)
+	}
 	var data *bytes.Buffer
 	if inspect {
 		data = bytes.NewBuffer(make([]byte, 0, h.Size))
@@ -740,6 +798,9 @@ func (w *walker) regular(l digest.Digest, parent *node, base, p string, h *tar.H
 	}
 	n.file.SHA256 = digest.NewDigest(digest.SHA256, hs)
 	w.res.Written = append(w.res.Written, Written{Path: p, Layer: l, Size: size, SHA256: n.file.SHA256})
+	if tail {
+		n.tail = w.opts.Tail(w.tailBuf.bytes())
+	}
 	if out != nil {
 		if check != nil {
 			n.judged = true
@@ -787,7 +848,7 @@ func (w *walker) hardLink(l digest.Digest, parent *node, base, p string, h *tar.
 		w.issue(l, shorten(p), Invalid, "a hard link to %q, which %s in the image (containerd refuses the layer)", shorten(h.Linkname), what)
 		return false
 	}
-	n := &node{file: src.file, recorded: true, keepLink: src.keepLink, src: src.src, judged: src.judged}
+	n := &node{file: src.file, recorded: true, keepLink: src.keepLink, src: src.src, judged: src.judged, tail: src.tail}
 	n.file.Layer = l
 	parent.kids[base] = n
 	if src.isSymlink() || !src.file.Mode.IsRegular() {
@@ -832,7 +893,7 @@ func (w *walker) record(p string, n *node) {
 	if n.recorded && p != "" {
 		w.res.Files[p] = n.file
 	}
-	if n.pending && !n.onDisk {
+	if (n.pending || n.tail) && !n.onDisk {
 		w.pending = append(w.pending, p)
 	}
 	for name, kid := range n.kids {

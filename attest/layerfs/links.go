@@ -53,7 +53,11 @@ func (w *walker) links() error {
 	m := &materialiser{w: w, needs: map[source]*need{}}
 	for _, p := range w.pending {
 		n := w.lookup(p)
-		m.add(n, p, dest{path: p, want: n.want, node: n})
+		d := dest{path: p, want: n.want, node: n}
+		if n.tail && n.want == wantNone {
+			d.want, d.check = wantCheck, w.opts.TailCheck // Options.Tail's: judged by its bytes
+		}
+		m.add(n, p, d)
 	}
 	w.aliases(m)
 	return m.run()
@@ -74,6 +78,7 @@ type dest struct {
 	want  want
 	node  *node  // a hard link's node, on disk once made
 	alias string // an alias's: the path it resolves to
+	check Check  // the Check that judges it (nil: the one Options.Keep gives its path)
 }
 
 type materialiser struct {
@@ -157,7 +162,10 @@ func (m *materialiser) place(nd *need, from string) {
 	if len(checked) == 0 {
 		return
 	}
-	_, check := m.w.opts.Keep(checked[0].path, statOf(path.Base(checked[0].path), nd.file))
+	check := checked[0].check
+	if check == nil {
+		_, check = m.w.opts.Keep(checked[0].path, statOf(path.Base(checked[0].path), nd.file))
+	}
 	ok, err := false, error(nil)
 	if check != nil {
 		var f *os.File

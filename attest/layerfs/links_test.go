@@ -314,3 +314,47 @@ func TestLinksCostNothingWithoutThem(t *testing.T) {
 		t.Errorf("opens %d, Keep asked %d times, reread %d, issues %+v", opens, asked, res.Reread, res.Issues)
 	}
 }
+
+// TestTailReread: a file that Keep and Sniff did not want but whose end Options.Tail accepts is
+// not written as it is read; it is read again from its layer if the image still holds it (at
+// its path, or at a hard link's) and judged there by TailCheck; files whose end Tail refuses,
+// or that a later layer removed, are not read again.
+func TestTailReread(t *testing.T) {
+	tailOpts := func(judged *[]string) Options {
+		return Options{
+			Keep: func(string, os.FileInfo) (bool, Check) { return false, nil },
+			Tail: func(tail []byte) bool { return strings.HasSuffix(string(tail), "END") },
+			TailCheck: func(r io.ReaderAt, size int64) (bool, error) {
+				b := make([]byte, size)
+				r.ReadAt(b, 0)
+				*judged = append(*judged, string(b))
+				return strings.HasPrefix(string(b), "keep"), nil
+			},
+		}
+	}
+	big := strings.Repeat("x", TailLen+100) // longer than the tail kept
+	layers := []Layer{
+		layer(t, true, entry{name: "opt/a", body: "keep me END"}, entry{name: "opt/b", body: "drop me END"},
+			entry{name: "opt/c", body: "keep, but no end"}, entry{name: "opt/gone", body: "keep gone END"},
+			entry{name: "opt/big", body: "keep" + big + "END"}, entry{name: "opt/linked", body: "keep linked END"}),
+		layer(t, true, entry{name: "opt/.wh.gone"}, entry{name: "srv/link", typ: tar.TypeLink, link: "opt/linked"}, entry{name: "opt/.wh.linked"}),
+	}
+	var judged []string
+	dir := filepath.Join(t.TempDir(), "root")
+	os.Mkdir(dir, 0o755)
+	res, err := Flatten(context.Background(), dir, layers, DefaultLimits, tailOpts(&judged))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := onDisk(t, dir)
+	want := map[string]string{"opt/a": "keep me END", "opt/big": "keep" + big + "END", "srv/link": "keep linked END"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("the tree (-want +got):\n%s", diff)
+	}
+	if len(judged) != 4 {
+		t.Errorf("judged %d files; want 4 (a, b, big, the link)", len(judged))
+	}
+	if res.Reread == 0 || res.Incomplete {
+		t.Errorf("reread %d bytes, incomplete %v", res.Reread, res.Incomplete)
+	}
+}
