@@ -528,25 +528,42 @@ func (m *metaReader) dpkg() error {
 	}
 
 	osr, known := m.osRelease()
+	id, versionID := strings.ToLower(osr["ID"]), osr["VERSION_ID"]
+	if id == "debian" {
+		versionID, _, _ = strings.Cut(versionID, ".") // advisories name Debian releases by their major version ("12", not "12.4")
+	}
 	unnamed := false
 	for _, e := range entries {
 		if !e.s.Installed {
 			continue
 		}
 		md := &dpkgmeta.Metadata{PackageName: e.s.Package, PackageVersion: e.s.Version, Status: e.s.Status,
-			SourceName: e.s.Source, SourceVersion: e.s.SourceVersion, OSID: osr["ID"],
-			OSVersionCodename: osr["VERSION_CODENAME"], OSVersionID: osr["VERSION_ID"],
+			SourceName: e.s.Source, SourceVersion: e.s.SourceVersion, OSID: id,
+			OSVersionCodename: osr["VERSION_CODENAME"], OSVersionID: versionID,
 			Maintainer: e.s.Maintainer, Architecture: e.s.Architecture}
 		t := purl.TypeDebian
 		if e.kind == opkgStatus {
 			t = purl.TypeOpkg
-		} else if !known && !unnamed {
-			unnamed = true
-			m.unread(e.path, dpkgExtractor, "no etc/os-release, usr/lib/os-release or etc/debian_version says which release these packages are from, so their advisories cannot be matched")
 		}
 		m.add(&extractor.Package{Name: e.s.Package, Version: e.s.Version, PURLType: t, Metadata: md}, e.path, e.layer, dpkgExtractor)
+		switch eco := m.inv.Packages[len(m.inv.Packages)-1].Ecosystem; {
+		case e.kind == opkgStatus || unnamed:
+		case !known:
+			unnamed = true
+			m.unread(e.path, dpkgExtractor, "no etc/os-release, usr/lib/os-release or etc/debian_version says which release these packages are from, so their advisories cannot be matched")
+		case !dpkgEcosystem(eco):
+			unnamed = true
+			m.unread(e.path, dpkgExtractor, "the image's os-release names ID=%q VERSION_ID=%q, a release advisories are not published for (they name Debian and Ubuntu releases: %q matches none), so these packages' advisories cannot be matched", osr["ID"], osr["VERSION_ID"], eco)
+		}
 	}
 	return nil
+}
+
+// dpkgEcosystem says whether an OSV ecosystem is a release of a distribution whose advisories
+// name dpkg packages: Debian:12, Ubuntu:22.04, Ubuntu:Pro:22.04, ...
+func dpkgEcosystem(eco string) bool {
+	distro, release, _ := strings.Cut(eco, ":")
+	return (distro == "Debian" || distro == "Ubuntu") && release != ""
 }
 
 // osRelease identifies the distribution as os-release(5) says to: etc/os-release, else
