@@ -429,3 +429,18 @@ func TestDpkgAdminDir(t *testing.T) {
 		}
 	}
 }
+
+// TestDpkgSourceVersion: "Source: glibc (2.36-9+deb12u1)" gives the source's own version, by
+// which advisories of the source package are matched.
+func TestDpkgSourceVersion(t *testing.T) {
+	inv, err := extract(t, DefaultLimits, map[string][]byte{
+		"etc/os-release":      []byte("ID=debian\nVERSION_ID=\"12\"\n"),
+		"var/lib/dpkg/status": []byte("Package: libc6\nStatus: install ok installed\nArchitecture: amd64\nSource: glibc (2.36-9+deb12u1)\nVersion: 2.36-9+deb12u1+b1\n"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(inv.Packages) != 1 || inv.Packages[0].Source != "glibc" || inv.Packages[0].SourceVersion != "2.36-9+deb12u1" {
+		t.Errorf("packages %+v; want libc6 from glibc 2.36-9+deb12u1", inv.Packages)
+	}
+}

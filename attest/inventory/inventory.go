@@ -28,14 +28,17 @@ import (
 
 // Package is one package found in an image.
 type Package struct {
-	Ecosystem string        `json:"ecosystem"` // OSV ecosystem, e.g. "Debian:12", "Go", "npm", "PyPI"
-	Name      string        `json:"name"`
-	Source    string        `json:"source,omitempty"` // the source package of an OS package (advisories name it)
-	Version   string        `json:"version"`
-	PURL      string        `json:"purl,omitempty"`
-	Path      string        `json:"path"`            // the file it was read from
-	Layer     digest.Digest `json:"layer,omitempty"` // the layer that last wrote that file
-	Extractor string        `json:"extractor"`
+	Ecosystem string `json:"ecosystem"` // OSV ecosystem, e.g. "Debian:12", "Go", "npm", "PyPI"
+	Name      string `json:"name"`
+	Source    string `json:"source,omitempty"` // the source package of an OS package (advisories name it)
+	// SourceVersion is the source package's version when it is not Version (dpkg's
+	// "Source: glibc (2.36-9+deb12u1)"): advisories naming the source package are matched by it.
+	SourceVersion string        `json:"source_version,omitempty"`
+	Version       string        `json:"version"`
+	PURL          string        `json:"purl,omitempty"`
+	Path          string        `json:"path"`            // the file it was read from
+	Layer         digest.Digest `json:"layer,omitempty"` // the layer that last wrote that file
+	Extractor     string        `json:"extractor"`
 }
 
 // Secret is a credential found in a file; only a fingerprint of its value is kept.

@@ -158,6 +158,9 @@ func (m *metaReader) add(p *extractor.Package, file string, layer digest.Digest,
 	}
 	if md, ok := p.Metadata.(*dpkgmeta.Metadata); ok && md.SourceName != "" && md.SourceName != p.Name {
 		pkg.Source = md.SourceName
+		if md.SourceVersion != "" && md.SourceVersion != p.Version {
+			pkg.SourceVersion = md.SourceVersion // "Source: glibc (2.36-9+deb12u1)" of a binNMU or another epoch
+		}
 	}
 	m.inv.Packages = append(m.inv.Packages, pkg)
 }

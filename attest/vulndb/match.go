@@ -69,7 +69,11 @@ func (d *DB) Match(ctx context.Context, pkgs []inventory.Package) ([]Finding, In
 				if !ecosystemMatches(a.Package.Ecosystem, p.Ecosystem) {
 					continue
 				}
-				if ok, fixed := a.affects(p.Ecosystem, p.Version); ok {
+				version := p.Version
+				if a.Package.Name != p.Name && p.SourceVersion != "" {
+					version = p.SourceVersion // an advisory of the source package: its versions are the source's
+				}
+				if ok, fixed := a.affects(p.Ecosystem, version); ok {
 					hits = append(hits, hit{r, a, fixed})
 					break
 				}

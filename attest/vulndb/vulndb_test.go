@@ -163,3 +163,38 @@ func TestImportZipReplacesAtomically(t *testing.T) {
 		t.Errorf("import left temporary files: %v", m)
 	}
 }
+
+// TestMatchSourceVersion: an advisory that names a binary package's source package is matched by
+// the source's version when dpkg records one of its own ("Source: glibc (2.36-9+deb12u1)" of a
+// libc6 whose own version is another), as Debian's advisories give source versions.
+func TestMatchSourceVersion(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	b, err := os.ReadFile("../../integration/testdata/osv-pkg/DEBIAN-CVE-2023-4911.json") // glibc, fixed in 2.36-9+deb12u3
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "DEBIAN-CVE-2023-4911.json"), b, 0o644)
+	path := filepath.Join(t.TempDir(), "vulndb.sqlite")
+	if _, err := Import(ctx, path, dir, nil); err != nil {
+		t.Fatal(err)
+	}
+	db := Open(path)
+	defer db.Close()
+	for _, tt := range []struct {
+		p    inventory.Package
+		want int
+	}{
+		{inventory.Package{Ecosystem: "Debian:12", Name: "libc6", Source: "glibc", Version: "2.36-9+deb12u1"}, 1},
+		{inventory.Package{Ecosystem: "Debian:12", Name: "libc6", Source: "glibc", Version: "2.36-9+deb12u9", SourceVersion: "2.36-9+deb12u1"}, 1},
+		{inventory.Package{Ecosystem: "Debian:12", Name: "libc6", Source: "glibc", Version: "1:2.36-9+deb12u1", SourceVersion: "2.36-9+deb12u9"}, 0},
+	} {
+		found, _, err := db.Match(ctx, []inventory.Package{tt.p})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(found) != tt.want {
+			t.Errorf("%+v: %d findings, want %d", tt.p, len(found), tt.want)
+		}
+	}
+}
