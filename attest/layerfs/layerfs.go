@@ -160,7 +160,7 @@ const (
 	Unsupported Kind = "unsupported" // a tar type containerd does not extract
 	Loop        Kind = "loop"        // more symlinks among an entry's directories than containerd follows
 	Invalid     Kind = "invalid"     // an entry containerd refuses, failing the layer's unpacking
-	Ambiguous   Kind = "ambiguous"   // a whiteout that removes what its own layer wrote: readers disagree
+	Ambiguous   Kind = "ambiguous"   // a whiteout that removes what its own layer wrote, or an entry under a lower layer's symlink: readers disagree
 	Unwritable  Kind = "unwritable"  // the tree could not be written
 	Unchecked   Kind = "unchecked"   // a file Options.Keep's check could not judge
 )
@@ -212,7 +212,9 @@ func (r *Result) File(p string) (File, bool) {
 // both are directories; a hard link to the target's own entry (not through a final symlink);
 // ".wh.x" removing x and an opaque directory removing what no entry of this layer unpacked there.
 // Where containerd would refuse the layer, or other readers read it differently, the result is
-// incomplete with an issue naming the entry.
+// incomplete with an issue naming the entry: among them an entry whose name passes through a
+// symlink a lower layer wrote, which the native snapshotter follows (and Flatten with it) but
+// the overlay snapshotters, unpacking each layer into an empty directory, hide with a directory.
 //
 // Once the layers are applied, the files a runtime reads through links are made where Keep
 // wants them although their bytes came under a name it did not want (see links): a hard link
@@ -473,7 +475,11 @@ const maxLinks = 255
 // a path needing more than 255 symlinks fails. climbed says whether some ".." tried to go above
 // the root. A component that exists and is neither a directory nor a symlink fails the entry
 // (containerd's lstat or mkdir gets ENOTDIR and the layer is refused).
-func (w *walker) rootPath(p string) (resolved string, climbed bool, kind Kind, why string) {
+//
+// lower is the first symlink followed that a lower layer wrote (not an entry of the layer being
+// read): the overlay snapshotters unpack each layer into an empty directory, where that symlink
+// is not, so they do not follow it (see entry).
+func (w *walker) rootPath(p string) (resolved string, climbed bool, kind Kind, why, lower string) {
 	queue := split(p)
 	var cur []string
 	stack := []*node{w.tree} // the node at each prefix of cur (nil past what exists)
@@ -500,7 +506,10 @@ func (w *walker) rootPath(p string) (resolved string, climbed bool, kind Kind, w
 		case kid != nil && kid.isSymlink():
 			hops++
 			if hops > maxLinks {
-				return "", climbed, Loop, fmt.Sprintf("more than %d symlinks (a loop) among its directories", maxLinks)
+				return "", climbed, Loop, fmt.Sprintf("more than %d symlinks (a loop) among its directories", maxLinks), lower
+			}
+			if sp := path.Join(append(cur, c)...); lower == "" && !w.unpacked[sp] {
+				lower = sp
 			}
 			target := kid.file.Link
 			if !path.IsAbs(target) {
@@ -513,12 +522,12 @@ func (w *walker) rootPath(p string) (resolved string, climbed bool, kind Kind, w
 			queue = append(split(strings.TrimPrefix(path.Clean("/"+target), "/")), queue...)
 			cur, stack = nil, stack[:1]
 		case kid != nil && !kid.isDir():
-			return "", climbed, Invalid, fmt.Sprintf("%s is not a directory (containerd refuses the layer)", path.Join(append(cur, c)...))
+			return "", climbed, Invalid, fmt.Sprintf("%s is not a directory (containerd refuses the layer)", path.Join(append(cur, c)...)), lower
 		default:
 			cur, stack = append(cur, c), append(stack, kid)
 		}
 	}
-	return strings.Join(cur, "/"), climbed, "", ""
+	return strings.Join(cur, "/"), climbed, "", "", lower
 }
 
 // mkparent makes the directories of a resolved directory path that do not exist yet, as
@@ -626,12 +635,20 @@ func (w *walker) entry(l digest.Digest, h *tar.Header, body io.Reader) error {
 		return nil // the root itself (".", "/", ".."): containerd skips it
 	}
 	base := path.Base(p)
-	rd, climbed, kind, why := w.rootPath(parentOf(p))
+	rd, climbed, kind, why, lower := w.rootPath(parentOf(p))
 	if kind != "" {
 		w.issue(l, shorten(p), kind, "%s", why)
 		return nil
 	}
 	full := path.Join(rd, base)
+	if lower != "" {
+		// containerd's native snapshotter unpacks into the tree so far and follows the symlink;
+		// the overlay snapshotters (containerd's default, podman and CRI-O's, Docker's overlay2)
+		// unpack the layer into an empty directory, where the directories of the entry's name
+		// are made as directories that hide the symlink, and what it leads to stays as it was.
+		// The entry is placed as the native snapshotter places it.
+		w.issue(l, shorten(p), Ambiguous, "the entry %s passes through %s, a symlink of a lower layer: containerd's native snapshotter follows it (to %s), overlay snapshotters (the default) hide it with a directory; what a runtime reads here depends on the snapshotter", shorten(p), shorten(lower), shorten(full))
+	}
 	if climbs || climbed {
 		w.issue(l, shorten(full), Escape, "the entry %q climbs above the image root (through its name or a symlink among its directories); placed at %s, as containerd places it", shorten(h.Name), shorten(full))
 	}
@@ -830,10 +847,15 @@ func (w *walker) regular(l digest.Digest, parent *node, base, p string, h *tar.H
 // is a second symlink. A missing target or a directory fails the link, and containerd the layer.
 func (w *walker) hardLink(l digest.Digest, parent *node, base, p string, h *tar.Header) bool {
 	tdir, tbase := path.Split(h.Linkname)
-	rd, climbed, kind, why := w.rootPath(tdir)
+	rd, climbed, kind, why, lower := w.rootPath(tdir)
 	if kind != "" {
 		w.issue(l, shorten(p), kind, "its target %q: %s", shorten(h.Linkname), why)
 		return false
+	}
+	if lower != "" {
+		// an overlay snapshotter resolves the target in the layer's own directory, without the
+		// lower layer's symlink (see entry)
+		w.issue(l, shorten(p), Ambiguous, "the hard link %s names its target %s through %s, a symlink of a lower layer: containerd's native snapshotter follows it, overlay snapshotters (the default) do not; what a runtime reads here depends on the snapshotter", shorten(p), shorten(h.Linkname), shorten(lower))
 	}
 	target, up := cleanName(path.Join(rd, tbase))
 	if climbed || up {

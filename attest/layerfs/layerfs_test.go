@@ -360,7 +360,8 @@ func TestReplacements(t *testing.T) {
 			map[string]string{"d/x": "x"}, nil},
 		{"a directory merged with a directory", [][]entry{{{name: "d/", typ: tar.TypeDir}, {name: "d/x", body: "x"}}, {{name: "d/", typ: tar.TypeDir}, {name: "d/y", body: "y"}}},
 			map[string]string{"d/x": "x", "d/y": "y"}, nil},
-		{"a file written through a symlinked directory of a lower layer", [][]entry{{{name: "real/", typ: tar.TypeDir}, {name: "s", typ: tar.TypeSymlink, link: "/real"}}, {{name: "s/x", body: "x"}}},
+		// through a lower layer's symlink, the snapshotters disagree: see overlay_test.go
+		{"a file written through a symlinked directory of its own layer", [][]entry{{{name: "real/", typ: tar.TypeDir}}, {{name: "s", typ: tar.TypeSymlink, link: "/real"}, {name: "s/x", body: "x"}}},
 			map[string]string{"real/x": "x"}, map[string]string{"s": "/real"}},
 		{"a hard link to a symlink is a symlink", [][]entry{{{name: "s", typ: tar.TypeSymlink, link: "t"}, {name: "h", typ: tar.TypeLink, link: "s"}}},
 			map[string]string{}, map[string]string{"s": "t", "h": "t"}},
