@@ -41,7 +41,12 @@ const MaxSecretFileSize = 1 << 20
 var (
 	engineOnce sync.Once
 	engine     *veles.DetectionEngine
+	detectors  []veles.Detector
 	engineErr  error
+	// wholeLen is the engine's buffer (its readLen plus retainLen, the defaults
+	// NewDetectionEngine chooses): the engine reads shorter data in one piece and runs each
+	// detector once over all of it (detectAll), so detectBytes does the same without the buffer.
+	wholeLen int
 )
 
 // secretEngine is one osv-scalibr Veles engine over the detectors for credentials that matter in
@@ -49,7 +54,7 @@ var (
 // credentials in URLs.
 func secretEngine() (*veles.DetectionEngine, error) {
 	engineOnce.Do(func() {
-		engine, engineErr = veles.NewDetectionEngine([]veles.Detector{
+		detectors = []veles.Detector{
 			privatekey.NewDetector(), awsaccesskey.NewDetector(), gcpsak.NewDetector(), gcpapikey.NewDetector(),
 			gcshmackey.NewDetector(), azurestorageaccountaccesskey.NewDetector(), digitaloceanapikey.NewDetector(),
 			github.NewClassicPATDetector(), github.NewFineGrainedPATDetector(), github.NewOAuthTokenDetector(), github.NewAppRefreshTokenDetector(),
@@ -59,9 +64,51 @@ func secretEngine() (*veles.DetectionEngine, error) {
 			stripeapikeys.NewSecretKeyDetector(), stripeapikeys.NewRestrictedKeyDetector(), stripeapikeys.NewWebhookSecretDetector(),
 			openai.NewDetector(), anthropicapikey.NewDetector(), huggingfaceapikey.NewDetector(), sendgrid.NewDetector(),
 			telegrambotapitoken.NewDetector(), urlcreds.NewDetector(),
-		})
+		}
+		engine, engineErr = veles.NewDetectionEngine(detectors)
+		maxLen := uint32(0)
+		for _, d := range detectors {
+			maxLen = max(maxLen, d.MaxSecretLen())
+		}
+		p := 1
+		for p < int(maxLen) {
+			p <<= 1
+		}
+		wholeLen = max(veles.MinReadLen, p) + max(veles.MinRetainLen, p)
 	})
 	return engine, engineErr
+}
+
+// minSecretLen is the shortest text any of the detectors' patterns matches: github's base64
+// prefixes ("Z2hzX", of up to 51 more characters), then urlcreds' "a://b@c"; the other tokens and
+// keys are longer. Shorter data holds no secret they find.
+const minSecretLen = 5
+
+// detectBytes is the engine's Detect over data. The engine allocates a buffer of wholeLen
+// (4 MiB: the private-key detector's MaxSecretLen) for every call, which for each of 500,000
+// tiny files was 2 TB allocated and minutes of GC; data shorter than the buffer (every file
+// detectFile sees, most texts) is what the engine would run each detector over once, so
+// detectBytes does that on data itself. Longer data goes through the engine's chunked reading.
+func detectBytes(ctx context.Context, data []byte) ([]veles.Secret, error) {
+	e, err := secretEngine()
+	if err != nil {
+		return nil, err
+	}
+	if len(data) >= wholeLen {
+		return e.Detect(ctx, bytes.NewReader(data))
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if len(data) < minSecretLen {
+		return nil, nil
+	}
+	var found []veles.Secret
+	for _, d := range detectors {
+		ss, _ := d.Detect(data)
+		found = append(found, ss...)
+	}
+	return found, nil
 }
 
 // DetectSecrets searches a text (an environment variable, a label, a history line) for secrets
@@ -70,11 +117,7 @@ func DetectSecrets(ctx context.Context, fp *Fingerprinter, where, text string) (
 	if fp == nil {
 		return nil, ErrNoFingerprintKey
 	}
-	e, err := secretEngine()
-	if err != nil {
-		return nil, err
-	}
-	found, err := e.Detect(ctx, strings.NewReader(text))
+	found, err := detectBytes(ctx, []byte(text))
 	if err != nil {
 		return nil, err
 	}
@@ -111,11 +154,7 @@ func detectFile(ctx context.Context, fp *Fingerprinter, p string, layer digest.D
 	if bytes.IndexByte(data[:min(len(data), 8192)], 0) >= 0 {
 		return nil, nil // binary
 	}
-	e, err := secretEngine()
-	if err != nil {
-		return nil, err
-	}
-	found, err := e.Detect(ctx, bytes.NewReader(data))
+	found, err := detectBytes(ctx, data)
 	if err != nil {
 		return nil, fmt.Errorf("secrets in %s: %w", p, err)
 	}
