@@ -208,7 +208,17 @@ func (x guarded) FileRequired(api filesystem.FileAPI) (ok bool) {
 	// the ELF files sniff had judged by their bytes, whatever their names: in the tree only if
 	// they carry build info or hold a zip Python imports (go/binary lists nothing, and reports
 	// no error, for a file without build info)
-	return x.g != nil && x.Name() == "go/binary" && x.g.isELF(api.Path())
+	if x.g == nil {
+		return false
+	}
+	switch x.Name() {
+	case "go/binary":
+		return x.g.isELF(api.Path())
+	case javaArchiveName:
+		// a Java archive of any name, in the tree because zipKept kept it by its bytes
+		return x.g.isJar(api.Path())
+	}
+	return false
 }
 
 // isELF says whether the file at p in the tree begins as an ELF file does.

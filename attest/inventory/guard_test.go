@@ -444,3 +444,37 @@ func TestDpkgSourceVersion(t *testing.T) {
 		t.Errorf("packages %+v; want libc6 from glibc 2.36-9+deb12u1", inv.Packages)
 	}
 }
+
+// TestJavaArchivesOfAnyName: a Java archive is read whatever its name (the JVM runs java -jar
+// /app/app and loads -cp lib.zip; osv-scalibr's java/archive asks for *.jar, *.war, ... only),
+// also after a launcher script; a pom.properties that Maven reads with ':' separators, which
+// the extractor would read as no version, is an unread file.
+func TestJavaArchivesOfAnyName(t *testing.T) {
+	pom := func(sep string) []byte {
+		return inventorytest.Jar(inventorytest.Entry{Name: "META-INF/maven/org.apache.logging.log4j/log4j-core/pom.properties",
+			Body: strings.NewReader("groupId" + sep + "org.apache.logging.log4j\nartifactId" + sep + "log4j-core\nversion" + sep + "2.14.1\n")})
+	}
+	inv, err := extract(t, DefaultLimits, map[string][]byte{
+		"app/app":           pom("="),
+		"app/lib/log4j.zip": pom("="),
+		"app/launcher":      append([]byte("#!/bin/sh\nexec java -jar \"$0\" \"$@\"\n"), pom("=")...),
+		"app/colon.jar":     pom(":"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := map[string]bool{}
+	for _, p := range inv.Packages {
+		if strings.HasSuffix(p.Name, "log4j-core") && p.Version == "2.14.1" {
+			found[p.Path] = true
+		}
+	}
+	for _, p := range []string{"app/app", "app/lib/log4j.zip", "app/launcher"} {
+		if !found[p] {
+			t.Errorf("%s: log4j-core 2.14.1 not listed (found %v)", p, found)
+		}
+	}
+	if len(inv.Unread) != 1 || inv.Unread[0].Path != "app/colon.jar" || !strings.Contains(inv.Unread[0].Reason, `"groupId" separates its value with ":"`) {
+		t.Errorf("unread %+v; want app/colon.jar's pom.properties", inv.Unread)
+	}
+}

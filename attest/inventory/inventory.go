@@ -188,7 +188,7 @@ func (e *Extraction) Options() layerfs.Options {
 		Keep:       e.keep,
 		Sniff:      sniff,
 		Tail:       zipEndOfFile,
-		TailCheck:  pyImportableZip,
+		TailCheck:  zipKept,
 		Wants:      secretCandidate,
 		InspectMax: MaxSecretFileSize,
 		Inspect: func(p string, l digest.Digest, data []byte) {
@@ -244,7 +244,7 @@ func keep(p string, info fs.FileInfo) (bool, layerfs.Check) {
 // sniff has files that no extractor asked for by name and mode judged by their bytes: an ELF
 // file by hasBuildInfo (the kernel runs a program named app.json, dlopen loads a library of any
 // name and mode, and go version -m lists either's modules, while osv-scalibr's go/binary asks
-// only for executables and *.so names it expects), and a zip archive by pyImportableZip (one on
+// only for executables and *.so names it expects), and a zip archive by zipKept (a Python zip on
 // sys.path may have any name). A zip after other data (Python reads a zip from its end) is
 // found by zipEndOfFile instead, without writing every file to the tree.
 func sniff(head []byte) layerfs.Check {
@@ -252,13 +252,13 @@ func sniff(head []byte) layerfs.Check {
 	case bytes.HasPrefix(head, elfMagic):
 		return hasBuildInfo
 	case bytes.HasPrefix(head, []byte("PK\x03\x04")), bytes.HasPrefix(head, []byte("PK\x05\x06")):
-		return pyImportableZip
+		return zipKept
 	}
 	return nil
 }
 
 // zipEndOfFile says whether a file's end holds a zip end-of-central-directory record where
-// Python's zipfile looks for one: the file is then read again and judged by pyImportableZip.
+// Python's zipfile and the JVM look for one: the file is then read again and judged by zipKept.
 func zipEndOfFile(tail []byte) bool {
 	i := bytes.LastIndex(tail, []byte("PK\x05\x06"))
 	return i >= 0 && i+zipEndLen <= len(tail)
@@ -275,12 +275,13 @@ var binaryExtractors = map[string]bool{"go/binary": true, "rust/cargoauditable":
 // headers and searches the data in bounded chunks, so a large program is judged, not skipped;
 // build info Go's reader could not read, or headers claiming more than the bounds, are an error
 // (elfBuildInfo). A file without either is kept still if it is a zip archive Python imports
-// distributions from (pyImportableZip: an executable .pyz, a program with a zip after it).
+// distributions from or a Java archive (zipKept: an executable .pyz or jar, a program with a zip
+// after it).
 func hasBuildInfo(r io.ReaderAt, size int64) (bool, error) {
 	if ok, err := elfBuildInfo(r, size); ok || err != nil {
 		return ok, err
 	}
-	return pyImportableZip(r, size) // an executable .pyz, or a program with a zip after it
+	return zipKept(r, size) // an executable .pyz or jar, or a program with a zip after it
 }
 
 // osRelease are the files that identify the distribution.

@@ -2,6 +2,7 @@ package inventory
 
 import (
 	"archive/zip"
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -155,6 +156,11 @@ func (j *jarWalk) check(r io.ReaderAt, size int64, name string) ([]int, error) {
 			if f.UncompressedSize64 > maxArchiveMetadata {
 				return nil, fmt.Errorf("%s%s of %d bytes, over the %d-byte limit: not read", within(name), f.Name, f.UncompressedSize64, maxArchiveMetadata)
 			}
+			if base == "pom.properties" {
+				if err := checkPomProperties(f); err != nil {
+					return nil, fmt.Errorf("%s%s: %v: not read", within(name), f.Name, err)
+				}
+			}
 		case archive.IsArchive(f.Name):
 			nested = append(nested, i)
 		}
@@ -288,4 +294,78 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return c.r.Read(p)
+}
+
+// checkPomProperties refuses a pom.properties that java.util.Properties (and so Maven) reads
+// otherwise than osv-scalibr's java/archive: that reads "key=value" lines only, while a
+// properties file may also separate a key with ':' or blanks ("version:2.14.1", "version 2.14.1"),
+// which the extractor reads as no version at all.
+func checkPomProperties(f *zip.File) error {
+	rc, err := f.Open()
+	if err != nil {
+		return nil // the extractor says what it cannot read
+	}
+	defer rc.Close()
+	sc := bufio.NewScanner(io.LimitReader(rc, maxArchiveMetadata))
+	sc.Buffer(make([]byte, 0, 4096), maxArchiveMetadata)
+	for sc.Scan() {
+		line := strings.TrimLeft(sc.Text(), " \t\f")
+		if line == "" || line[0] == '#' || line[0] == '!' {
+			continue
+		}
+		end := strings.IndexAny(line, "=: \t\f")
+		if end < 0 {
+			continue
+		}
+		key := line[:end]
+		if (key == "groupId" || key == "artifactId" || key == "version") && line[end] != '=' {
+			rest := strings.TrimLeft(line[end:], " \t\f")
+			if !strings.HasPrefix(rest, "=") {
+				return fmt.Errorf("%q separates its value with %q, which Maven reads and the Java extractor does not", key, line[end:end+1])
+			}
+		}
+	}
+	return nil
+}
+
+// jarEntry says whether a zip member makes the archive one whose identity the Java extractor
+// reads: its manifest or Maven's pom.properties. The JVM loads a jar of any name (java -jar
+// /app/app, -cp lib.zip).
+func jarEntry(name string) bool {
+	return name == "META-INF/MANIFEST.MF" || strings.HasPrefix(name, "META-INF/maven/") && strings.HasSuffix(name, "/pom.properties")
+}
+
+// zipKept is a layerfs check: it keeps a zip archive (data may precede it; it is found from its
+// end, as Python's zipfile and the JVM find it) that Python imports distributions from
+// (pyZipRootInfo) or that is a Java archive (jarEntry), whatever its name.
+func zipKept(r io.ReaderAt, size int64) (bool, error) {
+	found := false
+	_, err := zipNames(r, size, func(name string) bool {
+		found = pyZipRootInfo(name) || jarEntry(name)
+		return !found
+	})
+	return found, err
+}
+
+// isJar says whether the file at p in the tree is a Java archive by its bytes.
+func (g *guard) isJar(p string) bool {
+	disk := g.pathOf(p)
+	if disk == "" {
+		return false
+	}
+	f, err := os.Open(disk)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return false
+	}
+	found := false
+	zipNames(f, fi.Size(), func(name string) bool {
+		found = jarEntry(name)
+		return !found
+	})
+	return found
 }
