@@ -98,6 +98,9 @@ func diffCorpus() []diffCase {
 		{"same-layer whiteout before the file", [][]diffEntry{lower, {lfWhiteout("", "x"), lfFile("x", "upper x")}}},
 		{"lower-layer whiteouts", [][]diffEntry{lower, {lfWhiteout("app", "lower.txt"), lfWhiteout("", "app")}}},
 		{"whiteout through a symlinked directory", [][]diffEntry{lower, {lfSymlink("link", "app"), lfWhiteout("link", "lower.txt")}}},
+		// through a lower layer's symlink: native follows it, overlayfs does not (TestScanOverlaySymlink)
+		{"whiteout through a lower layer's symlink", [][]diffEntry{append(lower[:len(lower):len(lower)], lfSymlink("link", "app")), {lfWhiteout("link/sub", "deep.txt")}}},
+		{"opaque directory through a lower layer's symlink", [][]diffEntry{append(lower[:len(lower):len(lower)], lfSymlink("link", "app")), {lfOpaque("link/sub"), lfFile("link/new.txt", "new")}}},
 		{"opaque directory first in its layer", [][]diffEntry{lower, {lfDir("app/"), lfOpaque("app"), lfFile("app/new.txt", "new")}}},
 		{"opaque directory last in its layer", [][]diffEntry{lower, {lfDir("app/"), lfFile("app/new.txt", "new"), lfOpaque("app")}}},
 		{"opaque root last, directories listed", [][]diffEntry{lower, {lfDir("app/"), lfFile("app/eicar.com", eicar), lfOpaque("")}}},
