@@ -249,8 +249,8 @@ func keep(p string, info fs.FileInfo) (bool, layerfs.Check) {
 // found by zipEndOfFile instead, without writing every file to the tree.
 func sniff(head []byte) layerfs.Check {
 	switch {
-	case bytes.HasPrefix(head, elfMagic):
-		return hasBuildInfo
+	case bytes.HasPrefix(head, elfMagic) && len(head) == layerfs.SniffLen:
+		return hasBuildInfo // (a shorter file cannot hold an ELF header and its program headers)
 	case bytes.HasPrefix(head, []byte("PK\x03\x04")), bytes.HasPrefix(head, []byte("PK\x05\x06")):
 		return zipKept
 	}

@@ -32,7 +32,7 @@ type Limits struct {
 }
 
 // DefaultLimits suit ordinary images and stop bombs early.
-var DefaultLimits = Limits{MaxBytes: 16 << 30, MaxEntries: 2_000_000, MaxFileSize: 1 << 30, MaxPathLen: 4096, Timeout: 10 * time.Minute}
+var DefaultLimits = Limits{MaxBytes: 16 << 30, MaxEntries: 150_000, MaxFileSize: 1 << 30, MaxPathLen: 4096, Timeout: 10 * time.Minute}
 
 // Check decides from a regular file's bytes whether it stays in the tree. It reads what it needs
 // through r (the file as written into the tree, size bytes long) and must bound what it reads:
@@ -71,6 +71,10 @@ type Options struct {
 	// secret later deleted is still in the image's layers).
 	Inspect func(path string, layer digest.Digest, data []byte)
 }
+
+// readOnly hides a reader's other methods (io.WriterTo) from io.CopyBuffer, so that it uses the
+// walker's buffer.
+type readOnly struct{ io.Reader }
 
 // SniffLen is how many of a file's first bytes Options.Sniff is shown.
 const SniffLen = 64
@@ -764,7 +768,8 @@ func (w *walker) regular(l digest.Digest, parent *node, base, p string, h *tar.H
 			delete(parent.kids, base)
 			return err // the layer ends inside the file: the caller reports it as truncated
 		}
-		body = io.MultiReader(bytes.NewReader(head[:k]), body)
+		// only Read: io.MultiReader's WriteTo would copy through a 32 KiB buffer of its own a file
+		body = readOnly{io.MultiReader(bytes.NewReader(head[:k]), body)}
 		check = w.opts.Sniff(head[:k])
 	}
 	inspect := w.opts.Inspect != nil && w.opts.Wants != nil && h.Size <= w.opts.InspectMax && w.opts.Wants(p, h.Size)

@@ -52,7 +52,7 @@ type Scan struct {
 	Workers       int      `yaml:"workers"`         // images scanned at once (default 2)
 	TempDir       string   `yaml:"temp_dir"`        // where layers are flattened while scanned (default <data>/scan-tmp)
 	MaxExpanded   ByteSize `yaml:"max_expanded"`    // expanded layer bytes per image (default 16GiB)
-	MaxEntries    int      `yaml:"max_entries"`     // tar entries per image (default 2000000)
+	MaxEntries    int      `yaml:"max_entries"`     // tar entries per image (default 150000)
 	MaxFileSize   ByteSize `yaml:"max_file_size"`   // larger files are not examined (default 1GiB)
 	MaxPathLength int      `yaml:"max_path_length"` // longer paths are skipped (default 4096)
 	Timeout       Duration `yaml:"timeout"`         // per image, extraction included; a scan still running then fails (default 10m)
@@ -322,7 +322,7 @@ func (c *Config) applyDefaults() {
 		c.Scan.MaxExpanded = 16 << 30
 	}
 	if c.Scan.MaxEntries == 0 {
-		c.Scan.MaxEntries = 2_000_000
+		c.Scan.MaxEntries = 150_000
 	}
 	if c.Scan.MaxFileSize == 0 {
 		c.Scan.MaxFileSize = 1 << 30
