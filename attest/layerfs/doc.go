@@ -1,7 +1,9 @@
 // Package layerfs flattens an image's layers, in order, into one directory tree for the scanners,
 // reading each layer as containerd's unpacking does (pkg/archive/tar.go's Apply): names cleaned
 // and placed under the root before any limit applies, directories resolved through the symlinks
-// the layers made (bounded to the root), later entries replacing earlier ones, whiteouts and
+// the layers made (bounded to the root; an entry named through a lower layer's symlink is placed
+// as the native snapshotter places it and is Ambiguous, since overlay snapshotters, which unpack
+// each layer into an empty directory, hide that symlink instead), later entries replacing earlier ones, whiteouts and
 // opaque directories removing what lower layers wrote. Every path keeps the layer it came from
 // and its SHA-256, and every regular file each layer wrote is listed (Result.Written) even when a
 // later layer removes it: the layer's blob still holds it.
