@@ -459,6 +459,8 @@ func TestJavaArchivesOfAnyName(t *testing.T) {
 		"app/lib/log4j.zip": pom("="),
 		"app/launcher":      append([]byte("#!/bin/sh\nexec java -jar \"$0\" \"$@\"\n"), pom("=")...),
 		"app/colon.jar":     pom(":"),
+		"app/cont.jar": inventorytest.Jar(inventorytest.Entry{Name: "META-INF/maven/org.apache.logging.log4j/log4j-core/pom.properties",
+			Body: strings.NewReader("groupId=org.apache.logging.log4j\nartifactId=log4j-core\nversion=2.14.\\\n  1\n")}),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -474,7 +476,8 @@ func TestJavaArchivesOfAnyName(t *testing.T) {
 			t.Errorf("%s: log4j-core 2.14.1 not listed (found %v)", p, found)
 		}
 	}
-	if len(inv.Unread) != 1 || inv.Unread[0].Path != "app/colon.jar" || !strings.Contains(inv.Unread[0].Reason, `"groupId" separates its value with ":"`) {
-		t.Errorf("unread %+v; want app/colon.jar's pom.properties", inv.Unread)
+	if len(inv.Unread) != 2 || inv.Unread[0].Path != "app/colon.jar" || !strings.Contains(inv.Unread[0].Reason, `"groupId" separates its value with ":"`) ||
+		inv.Unread[1].Path != "app/cont.jar" || !strings.Contains(inv.Unread[1].Reason, "continuation") {
+		t.Errorf("unread %+v; want app/colon.jar's and app/cont.jar's pom.properties", inv.Unread)
 	}
 }

@@ -318,11 +318,18 @@ func checkPomProperties(f *zip.File) error {
 			continue
 		}
 		key := line[:end]
-		if (key == "groupId" || key == "artifactId" || key == "version") && line[end] != '=' {
-			rest := strings.TrimLeft(line[end:], " \t\f")
-			if !strings.HasPrefix(rest, "=") {
+		if key != "groupId" && key != "artifactId" && key != "version" {
+			continue
+		}
+		if line[end] != '=' {
+			if rest := strings.TrimLeft(line[end:], " \t\f"); !strings.HasPrefix(rest, "=") {
 				return fmt.Errorf("%q separates its value with %q, which Maven reads and the Java extractor does not", key, line[end:end+1])
 			}
+		}
+		if strings.Contains(line, "\\") {
+			// a line continued by a trailing backslash, or a \uXXXX escape: java.util.Properties
+			// joins and decodes them, the extractor keeps the characters as they are
+			return fmt.Errorf("%q has a value with a backslash escape or continuation, which Maven decodes and the Java extractor does not", key)
 		}
 	}
 	return nil
