@@ -112,8 +112,10 @@ func TestManyTinyFiles(t *testing.T) {
 				float64(after.TotalAlloc-before.TotalAlloc)/float64(n), after.NumGC-before.NumGC,
 				float64(int64(kept.HeapAlloc)-int64(before.HeapAlloc))/float64(n), len(inv.Secrets))
 			runtime.KeepAlive(tree)
-			if perFile := took / time.Duration(n); perFile > 500*time.Microsecond {
-				t.Errorf("%s a file; want well under 500µs (the engine's 4 MiB buffer a file took 1.4ms)", perFile)
+			// the cost that made the finding: the engine's 4 MiB buffer a file (4.2 MB allocated
+			// an entry); time is printed, not asserted (the race detector runs this too)
+			if perEntry := float64(after.TotalAlloc-before.TotalAlloc) / float64(n); perEntry > 1<<20 {
+				t.Errorf("%.0f bytes allocated an entry; want well under 1 MiB (the engine's buffer a file allocated 4.2 MB)", perEntry)
 			}
 		})
 	}
