@@ -694,6 +694,13 @@ func (w *walker) entry(l digest.Digest, h *tar.Header, body io.Reader) error {
 		w.issue(l, shorten(full), Unsupported, "a tar entry of type %q, which containerd does not extract (it refuses the layer)", h.Typeflag)
 		return nil
 	}
+	if h.Typeflag == tar.TypeXGlobalHeader && parent.kids[base] != nil && !w.unpacked[full] {
+		// containerd removes what is at the header's name, then ignores the header: on the
+		// native snapshotter that is a lower layer's entry; overlay snapshotters unpack into an
+		// empty directory, where there is nothing to remove, and the lower entry stays visible.
+		// Placed as the native snapshotter places it.
+		w.issue(l, shorten(full), Ambiguous, "a PAX global header named %s, where a lower layer wrote an entry: containerd's native snapshotter removes the entry, overlay snapshotters (the default) leave it; what a runtime reads here depends on the snapshotter", shorten(full))
+	}
 	// What is at the path goes, unless both are directories (merged).
 	if old := parent.kids[base]; old != nil && !(old.isDir() && h.Typeflag == tar.TypeDir) {
 		w.detach(parent, base, full)
@@ -726,7 +733,7 @@ func (w *walker) entry(l digest.Digest, h *tar.Header, body io.Reader) error {
 		parent.kids[base] = &node{file: File{Layer: l, Mode: mode}, recorded: true}
 		w.issue(l, shorten(full), Special, "a %s (recorded where containerd makes it; not made in the tree)", typeName(h.Typeflag))
 	case tar.TypeXGlobalHeader:
-		// containerd removes what is at the header's path and makes nothing there
+		return nil // nothing is made at its name (nor is it one this layer unpacked)
 	}
 	w.unpacked[full] = true
 	return nil

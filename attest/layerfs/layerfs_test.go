@@ -367,7 +367,7 @@ func TestReplacements(t *testing.T) {
 			map[string]string{}, map[string]string{"s": "t", "h": "t"}},
 		{"a device over a file", [][]entry{{{name: "dev/null", body: "file"}}, {{name: "dev/null", typ: tar.TypeChar}}},
 			map[string]string{}, nil},
-		{"a PAX global header removes what is at its path", [][]entry{{{name: "pax_global_header", body: "f"}}, {{name: "pax_global_header", typ: tar.TypeXGlobalHeader}}},
+		{"a PAX global header removes what is at its path in its own layer", [][]entry{{{name: "pax_global_header", body: "f"}, {name: "pax_global_header", typ: tar.TypeXGlobalHeader}}},
 			map[string]string{}, nil},
 	}
 	for _, tt := range tests {

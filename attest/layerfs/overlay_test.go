@@ -2,6 +2,9 @@ package layerfs
 
 import (
 	"archive/tar"
+	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -99,5 +102,38 @@ func TestLowerSymlinkAmbiguous(t *testing.T) {
 			}
 			t.Logf("%s", is.Detail)
 		})
+	}
+}
+
+// TestGlobalHeaderOverLowerEntry: a PAX global header named after a lower layer's file (found by
+// an adversarial round: a vulnerable var/lib/dpkg/status erased from the scan, not from an
+// overlay snapshotter's view) makes the result ambiguous; in its own layer it is not.
+func TestGlobalHeaderOverLowerEntry(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		layers [][]entry
+		want   bool // ambiguous
+	}{
+		{"over a lower layer's file", [][]entry{{{name: "var/lib/dpkg/status", body: status}}, {{name: "var/lib/dpkg/status", typ: tar.TypeXGlobalHeader}}}, true},
+		{"over its own layer's file", [][]entry{{{name: "var/lib/dpkg/status", body: status}, {name: "var/lib/dpkg/status", typ: tar.TypeXGlobalHeader}}}, false},
+		{"where nothing is", [][]entry{{{name: "var/lib/dpkg/status", body: status}}, {{name: "pax_global_header", typ: tar.TypeXGlobalHeader}}}, false},
+	} {
+		var ls []Layer
+		for _, es := range tt.layers {
+			ls = append(ls, layer(t, false, es...))
+		}
+		dir := filepath.Join(t.TempDir(), "root")
+		os.Mkdir(dir, 0o755)
+		res, err := Flatten(context.Background(), dir, ls, DefaultLimits, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := false
+		for _, is := range res.Issues {
+			got = got || is.Kind == Ambiguous
+		}
+		if got != tt.want || res.Incomplete != tt.want {
+			t.Errorf("%s: ambiguous %v, incomplete %v (issues %+v); want %v", tt.name, got, res.Incomplete, res.Issues, tt.want)
+		}
 	}
 }
