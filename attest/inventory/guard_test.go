@@ -459,6 +459,10 @@ func TestJavaArchivesOfAnyName(t *testing.T) {
 		"app/lib/log4j.zip": pom("="),
 		"app/launcher":      append([]byte("#!/bin/sh\nexec java -jar \"$0\" \"$@\"\n"), pom("=")...),
 		"app/colon.jar":     pom(":"),
+		"app/rootpom": inventorytest.Jar(inventorytest.Entry{Name: "pom.properties",
+			Body: strings.NewReader("groupId=org.apache.logging.log4j\nartifactId=log4j-core\nversion=2.14.1\n")}),
+		// a false end record after the jar, which the JVM passes over (its directory is not there)
+		"app/fakeend": append(pom("="), []byte("PK\x05\x06\x00\x00\x00\x00\x00\x00\x00\x00\xf0\xff\xff\xff\x00\x00\x00\x00\x00\x00x")...),
 		"app/cont.jar": inventorytest.Jar(inventorytest.Entry{Name: "META-INF/maven/org.apache.logging.log4j/log4j-core/pom.properties",
 			Body: strings.NewReader("groupId=org.apache.logging.log4j\nartifactId=log4j-core\nversion=2.14.\\\n  1\n")}),
 	})
@@ -471,13 +475,19 @@ func TestJavaArchivesOfAnyName(t *testing.T) {
 			found[p.Path] = true
 		}
 	}
-	for _, p := range []string{"app/app", "app/lib/log4j.zip", "app/launcher"} {
+	unread := map[string]string{}
+	for _, u := range inv.Unread {
+		unread[u.Path] = u.Reason
+	}
+	for _, p := range []string{"app/app", "app/lib/log4j.zip", "app/launcher", "app/rootpom"} {
 		if !found[p] {
 			t.Errorf("%s: log4j-core 2.14.1 not listed (found %v)", p, found)
 		}
 	}
-	if len(inv.Unread) != 2 || inv.Unread[0].Path != "app/colon.jar" || !strings.Contains(inv.Unread[0].Reason, `"groupId" separates its value with ":"`) ||
-		inv.Unread[1].Path != "app/cont.jar" || !strings.Contains(inv.Unread[1].Reason, "continuation") {
-		t.Errorf("unread %+v; want app/colon.jar's and app/cont.jar's pom.properties", inv.Unread)
+	if !found["app/fakeend"] && unread["app/fakeend"] == "" {
+		t.Errorf("app/fakeend: neither listed nor unread (found %v, unread %v)", found, unread)
+	}
+	if !strings.Contains(unread["app/colon.jar"], `"groupId" separates its value with ":"`) || !strings.Contains(unread["app/cont.jar"], "continuation") {
+		t.Errorf("unread %+v; want app/colon.jar's and app/cont.jar's pom.properties", unread)
 	}
 }

@@ -3,7 +3,9 @@ package inventory
 import (
 	"archive/zip"
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -336,22 +338,72 @@ func checkPomProperties(f *zip.File) error {
 }
 
 // jarEntry says whether a zip member makes the archive one whose identity the Java extractor
-// reads: its manifest or Maven's pom.properties. The JVM loads a jar of any name (java -jar
-// /app/app, -cp lib.zip).
+// reads: a manifest (the JVM and the extractor find META-INF/MANIFEST.MF in any case) or a
+// pom.properties at any path. The JVM loads a jar of any name (java -jar /app/app, -cp lib.zip).
 func jarEntry(name string) bool {
-	return name == "META-INF/MANIFEST.MF" || strings.HasPrefix(name, "META-INF/maven/") && strings.HasSuffix(name, "/pom.properties")
+	return strings.EqualFold(name, "META-INF/MANIFEST.MF") || path.Base(name) == "pom.properties"
 }
 
 // zipKept is a layerfs check: it keeps a zip archive (data may precede it; it is found from its
-// end, as Python's zipfile and the JVM find it) that Python imports distributions from
-// (pyZipRootInfo) or that is a Java archive (jarEntry), whatever its name.
+// end) that Python imports distributions from (pyZipRootInfo) or that is a Java archive
+// (jarEntry), whatever its name. Python takes the last end record of the file's last 64 KiB; the
+// JVM searches back from the end for one whose directory is where it says, so a false record
+// after the real one hides nothing from it: every such candidate is looked at.
 func zipKept(r io.ReaderAt, size int64) (bool, error) {
 	found := false
-	_, err := zipNames(r, size, func(name string) bool {
+	if _, err := zipNames(r, size, func(name string) bool {
 		found = pyZipRootInfo(name) || jarEntry(name)
 		return !found
-	})
-	return found, err
+	}); err != nil || found {
+		return found, err
+	}
+	return jvmZip(r, size, jarEntry)
+}
+
+// jvmMaxDirectories bounds the end-record candidates whose directories jvmZip reads.
+const jvmMaxDirectories = 8
+
+// jvmZip says whether the central directory of any end-of-central-directory record in the
+// file's last 64 KiB that the JVM could take (its directory in the file, starting with a
+// directory header) lists a member want accepts. Past jvmMaxDirectories candidates it cannot
+// judge the file (an error: the scan is incomplete).
+func jvmZip(r io.ReaderAt, size int64, want func(name string) bool) (bool, error) {
+	if size < zipEndLen {
+		return false, nil
+	}
+	tail := min(size, zipTail)
+	buf := make([]byte, tail)
+	if _, err := r.ReadAt(buf, size-tail); err != nil && !errors.Is(err, io.EOF) {
+		return false, err
+	}
+	read := 0
+	for i := bytes.LastIndex(buf, []byte("PK\x05\x06")); i >= 0; i = bytes.LastIndex(buf[:i], []byte("PK\x05\x06")) {
+		if i+zipEndLen > len(buf) {
+			continue
+		}
+		end := size - tail + int64(i)
+		dirSize := int64(binary.LittleEndian.Uint32(buf[i+12:]))
+		start := end - dirSize
+		var sig [4]byte
+		if start < 0 || dirSize == 0 {
+			continue
+		}
+		if _, err := r.ReadAt(sig[:], start); err != nil || string(sig[:]) != "PK\x01\x02" {
+			continue
+		}
+		if read++; read > jvmMaxDirectories {
+			return false, fmt.Errorf("more than %d zip end records whose directories a Java runtime could read", jvmMaxDirectories)
+		}
+		found := false
+		zipNamesAt(r, start, dirSize, func(name string) bool {
+			found = want(name)
+			return !found
+		})
+		if found {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // isJar says whether the file at p in the tree is a Java archive by its bytes.
@@ -370,9 +422,11 @@ func (g *guard) isJar(p string) bool {
 		return false
 	}
 	found := false
-	zipNames(f, fi.Size(), func(name string) bool {
+	if _, err := zipNames(f, fi.Size(), func(name string) bool {
 		found = jarEntry(name)
 		return !found
-	})
+	}); err == nil && !found {
+		found, _ = jvmZip(f, fi.Size(), jarEntry)
+	}
 	return found
 }

@@ -417,28 +417,34 @@ func zipNames(r io.ReaderAt, size int64, f func(name string) bool) (ok bool, err
 	if !ok || err != nil {
 		return false, err
 	}
+	zipNamesAt(r, start, dirSize, f)
+	return true, nil
+}
+
+// zipNamesAt passes each member name of the central directory at start (dirSize bytes) to f,
+// until f returns false or the directory goes wrong.
+func zipNamesAt(r io.ReaderAt, start, dirSize int64, f func(name string) bool) {
 	br := bufio.NewReaderSize(io.NewSectionReader(r, start, dirSize), 64<<10)
 	var hdr [46]byte
 	name := make([]byte, 0, 256)
 	for total := int64(0); total < dirSize; {
 		if _, err := io.ReadFull(br, hdr[:]); err != nil || string(hdr[:4]) != "PK\x01\x02" {
-			return true, nil
+			return
 		}
 		n := int(binary.LittleEndian.Uint16(hdr[28:]))
 		m := int64(binary.LittleEndian.Uint16(hdr[30:])) + int64(binary.LittleEndian.Uint16(hdr[32:]))
 		name = name[:n]
 		if _, err := io.ReadFull(br, name); err != nil {
-			return true, nil
+			return
 		}
 		if _, err := br.Discard(int(m)); err != nil {
-			return true, nil
+			return
 		}
 		if !f(string(name)) {
-			return true, nil
+			return
 		}
 		total += 46 + int64(n) + m
 	}
-	return true, nil
 }
 
 // pyZipMaxInfo bounds the metadata directories at an archive's root that are read.
