@@ -79,6 +79,11 @@ type readOnly struct{ io.Reader }
 // SniffLen is how many of a file's first bytes Options.Sniff is shown.
 const SniffLen = 64
 
+// maxTails bounds the files Options.Tail accepts in one image: each is read again at the end
+// (real images hold a few zip archives that do not start as one: self-extracting or prefixed
+// archives); past it the result is incomplete.
+const maxTails = 1000
+
 // TailLen is how many of a file's last bytes Options.Tail is shown: a zip archive's
 // end-of-central-directory record and the comment of up to 64 KiB after it.
 const TailLen = 1<<16 + 22
@@ -318,6 +323,7 @@ type walker struct {
 	pending []string // paths of hard links whose bytes are to be made at the end (record lists them)
 	buf     []byte   // copies files (io.Copy would allocate 32 KiB for each)
 	tailBuf tailBuf  // the end of the file being read, for Options.Tail
+	tails   int      // files Options.Tail accepted
 	// unpacked are the paths this layer's entries unpacked (containerd's unpackedPaths): an
 	// opaque directory keeps them.
 	unpacked map[string]bool
@@ -827,8 +833,13 @@ func (w *walker) regular(l digest.Digest, parent *node, base, p string, h *tar.H
 	}
 	n.file.SHA256 = digest.NewDigest(digest.SHA256, hs)
 	w.res.Written = append(w.res.Written, Written{Path: p, Layer: l, Size: size, SHA256: n.file.SHA256})
-	if tail {
-		n.tail = w.opts.Tail(w.tailBuf.bytes())
+	if tail && w.opts.Tail(w.tailBuf.bytes()) {
+		// each is read again at the end and holds a record till then: bounded
+		if w.tails++; w.tails <= maxTails {
+			n.tail = true
+		} else if w.tails == maxTails+1 {
+			w.issue(l, shorten(p), Limit, "more than %d files whose ends Options.Tail wants judged (zip archives after other data): from this one on they are not judged", maxTails)
+		}
 	}
 	if out != nil {
 		if check != nil {

@@ -358,3 +358,30 @@ func TestTailReread(t *testing.T) {
 		t.Errorf("reread %d bytes, incomplete %v", res.Reread, res.Incomplete)
 	}
 }
+
+// TestTailBounded: past maxTails files whose ends Tail accepts, the rest are not judged and the
+// result is incomplete (each would be read again and held till then).
+func TestTailBounded(t *testing.T) {
+	var es []entry
+	for i := range maxTails + 5 {
+		es = append(es, entry{name: fmt.Sprintf("opt/f%d", i), body: "keep END"})
+	}
+	var judged []string
+	dir := filepath.Join(t.TempDir(), "root")
+	os.Mkdir(dir, 0o755)
+	opts := Options{
+		Keep: func(string, os.FileInfo) (bool, Check) { return false, nil },
+		Tail: func(tail []byte) bool { return strings.HasSuffix(string(tail), "END") },
+		TailCheck: func(r io.ReaderAt, size int64) (bool, error) {
+			judged = append(judged, "")
+			return true, nil
+		},
+	}
+	res, err := Flatten(context.Background(), dir, []Layer{layer(t, true, es...)}, DefaultLimits, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(judged) != maxTails || !res.Incomplete {
+		t.Errorf("judged %d, incomplete %v; want %d and incomplete", len(judged), res.Incomplete, maxTails)
+	}
+}
