@@ -409,13 +409,16 @@ func TestDpkgAdminDir(t *testing.T) {
 		"opt/other/status":      []byte(strings.Replace(libc, "libc6", "libother", 1)),
 	}
 	for _, tt := range []struct {
-		env  []string
-		want []string
+		env     []string
+		workDir string
+		want    []string
 	}{
-		{nil, []string{"libc6 2.36-9+deb12u10 var/lib/dpkg/status"}},
-		{[]string{"PATH=/bin", "DPKG_ADMINDIR=/opt/../opt/dpkg/"}, []string{"libc6 2.36-9+deb12u1 opt/dpkg/status", "libc6 2.36-9+deb12u10 var/lib/dpkg/status", "zlib1g 2.36-9+deb12u1 opt/dpkg/updates/0001"}},
+		{nil, "", []string{"libc6 2.36-9+deb12u10 var/lib/dpkg/status"}},
+		// dpkg started in WorkingDir /opt reads DPKG_ADMINDIR=dpkg at /opt/dpkg
+		{[]string{"DPKG_ADMINDIR=dpkg"}, "/opt", []string{"libc6 2.36-9+deb12u1 opt/dpkg/status", "libc6 2.36-9+deb12u10 var/lib/dpkg/status", "zlib1g 2.36-9+deb12u1 opt/dpkg/updates/0001"}},
+		{[]string{"PATH=/bin", "DPKG_ADMINDIR=/opt/../opt/dpkg/"}, "/srv", []string{"libc6 2.36-9+deb12u1 opt/dpkg/status", "libc6 2.36-9+deb12u10 var/lib/dpkg/status", "zlib1g 2.36-9+deb12u1 opt/dpkg/updates/0001"}},
 	} {
-		inv, err := extractWith(t, files, WithEnv(tt.env))
+		inv, err := extractWith(t, files, WithEnv(tt.env, tt.workDir))
 		if err != nil {
 			t.Fatal(err)
 		}

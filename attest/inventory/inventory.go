@@ -135,10 +135,37 @@ func WithLimits(l Limits) Option {
 	}
 }
 
-// WithEnv gives the image config's Env ("K=V"): the tools read some of their paths from it
-// (DPKG_ADMINDIR), so the extraction reads the files there too.
-func WithEnv(env []string) Option {
-	return func(e *Extraction) { e.env = env }
+// WithEnv gives the image config's Env ("K=V") and WorkingDir: the tools read some of their
+// paths from it (DPKG_ADMINDIR, NODE_PATH), so the extraction reads the files there too. A
+// relative path in them is taken from workDir, where the image's processes start.
+func WithEnv(env []string, workDir string) Option {
+	return func(e *Extraction) { e.env = absEnv(env, workDir) }
+}
+
+// absEnv is env with the relative paths of DPKG_ADMINDIR and NODE_PATH made absolute from dir.
+func absEnv(env []string, dir string) []string {
+	abs := func(p string) string {
+		if p == "" || path.IsAbs(p) {
+			return p
+		}
+		return path.Join("/", dir, p)
+	}
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		switch k {
+		case "DPKG_ADMINDIR":
+			kv = k + "=" + abs(v)
+		case "NODE_PATH":
+			parts := strings.Split(v, ":")
+			for i := range parts {
+				parts[i] = abs(parts[i])
+			}
+			kv = k + "=" + strings.Join(parts, ":")
+		}
+		out = append(out, kv)
+	}
+	return out
 }
 
 type secretJob struct {

@@ -139,7 +139,7 @@ func (s *Scanner) Scan(ctx context.Context, img Image) (r *Result, err error) {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	ex, err := inventory.Start(ctx, runtime.GOMAXPROCS(0), fp, inventory.WithLimits(s.Extract), inventory.WithEnv(cfg.Config.Env))
+	ex, err := inventory.Start(ctx, runtime.GOMAXPROCS(0), fp, inventory.WithLimits(s.Extract), inventory.WithEnv(cfg.Config.Env, cfg.Config.WorkingDir))
 	if err != nil {
 		return nil, fmt.Errorf("scan %s: %w", img.Digest, err)
 	}
