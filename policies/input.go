@@ -62,6 +62,7 @@ type Vulnerability struct {
 	Aliases   []string `json:"aliases"`
 	Severity  string   `json:"severity"`
 	Score     float64  `json:"score"`
+	Ecosystem string   `json:"ecosystem"` // OSV's: "Debian:12", "npm", ...
 	Package   string   `json:"package"`
 	Installed string   `json:"installed"`
 	Fixed     string   `json:"fixed"`

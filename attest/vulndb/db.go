@@ -56,6 +56,7 @@ type DB struct {
 	info    Info
 	stat    os.FileInfo
 	checked time.Time
+	covered map[string]bool // release ecosystems the database in place has advisories for (covers)
 }
 
 // Open returns the database at path (it may not exist yet).
@@ -94,8 +95,31 @@ func (d *DB) current() (*sql.DB, Info, error) {
 	if d.db != nil {
 		d.db.Close()
 	}
-	d.db, d.info, d.stat = db, info, fi
+	d.db, d.info, d.stat, d.covered = db, info, fi, map[string]bool{}
 	return db, info, nil
+}
+
+// covers says whether the database in place has an advisory for an ecosystem (remembered per
+// database: the affected table has no index by ecosystem).
+func (d *DB) covers(ctx context.Context, db *sql.DB, eco string) (bool, error) {
+	d.mu.Lock()
+	ok, known := d.covered[eco]
+	d.mu.Unlock()
+	if known {
+		return ok, nil
+	}
+	var one int
+	err := db.QueryRowContext(ctx, `SELECT 1 FROM affected WHERE ecosystem = ? LIMIT 1`, eco).Scan(&one)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return false, err
+	}
+	ok = err == nil
+	d.mu.Lock()
+	if d.db == db {
+		d.covered[eco] = ok
+	}
+	d.mu.Unlock()
+	return ok, nil
 }
 
 // Info describes the database now in place.

@@ -2,6 +2,7 @@ package vulndb
 
 import (
 	"context"
+	"fmt"
 	"sort"
 	"strings"
 
@@ -41,6 +42,18 @@ type Finding struct {
 	Layer     digest.Digest `json:"layer,omitempty"`
 }
 
+// UncoveredID is the id of the finding Match makes for the packages of a distribution release
+// the database has no advisory for (Debian:99, Ubuntu:99.04, or a database imported without
+// that distribution): their vulnerabilities cannot be ruled out, and the policy denies it.
+const UncoveredID = "GH-VULN-UNCOVERED"
+
+// releaseEcosystem is an ecosystem of a distribution release, whose advisories name the release:
+// the image's own os-release chooses it.
+func releaseEcosystem(eco string) bool {
+	distro, release, ok := strings.Cut(eco, ":")
+	return ok && release != "" && (distro == "Debian" || distro == "Ubuntu")
+}
+
 // Match finds the vulnerabilities of each package in the database now in place, returning the
 // findings and the database's version. It reads no layer: only the stored inventory.
 func (d *DB) Match(ctx context.Context, pkgs []inventory.Package) ([]Finding, Info, error) {
@@ -49,9 +62,20 @@ func (d *DB) Match(ctx context.Context, pkgs []inventory.Package) ([]Finding, In
 		return nil, Info{}, err
 	}
 	var out []Finding
+	uncovered := map[string][]inventory.Package{}
 	for _, p := range pkgs {
 		if p.Version == "" {
 			continue
+		}
+		if releaseEcosystem(p.Ecosystem) {
+			ok, err := d.covers(ctx, db, p.Ecosystem)
+			if err != nil {
+				return nil, Info{}, err
+			}
+			if !ok {
+				uncovered[p.Ecosystem] = append(uncovered[p.Ecosystem], p)
+				continue
+			}
 		}
 		recs, err := candidates(ctx, db, p.Name, p.Source)
 		if err != nil {
@@ -80,6 +104,11 @@ func (d *DB) Match(ctx context.Context, pkgs []inventory.Package) ([]Finding, In
 			}
 		}
 		out = append(out, merge(p, hits)...)
+	}
+	for eco, ps := range uncovered {
+		out = append(out, Finding{ID: UncoveredID, Severity: "UNKNOWN", Ecosystem: eco, Package: ps[0].Name, Installed: ps[0].Version, Path: ps[0].Path, Layer: ps[0].Layer,
+			Summary: fmt.Sprintf("the vulnerability database has no advisory for %s, the release of %d packages (%s %s at %s, ...): their vulnerabilities cannot be ruled out (a release advisories are not published for, or a database without that distribution's advisories)",
+				eco, len(ps), ps[0].Name, ps[0].Version, ps[0].Path)})
 	}
 	sort.SliceStable(out, func(a, b int) bool {
 		if ra, rb := severityRank[out[a].Severity], severityRank[out[b].Severity]; ra != rb {

@@ -126,8 +126,9 @@ func TestImportZipReplacesAtomically(t *testing.T) {
 	db := Open(path)
 	defer db.Close()
 	found, first, err := db.Match(ctx, pkgs)
-	if err != nil || len(found) != 1 {
-		t.Fatalf("first database: %d findings, %v", len(found), err)
+	// lodash's, and the Debian:12 packages' release, which this database has no advisory for
+	if err != nil || len(found) != 2 || found[0].ID != UncoveredID && found[1].ID != UncoveredID {
+		t.Fatalf("first database: %d findings %+v, %v", len(found), found, err)
 	}
 	// an all.zip as osv.dev publishes them
 	zp := filepath.Join(dir, "all.zip")
@@ -196,5 +197,34 @@ func TestMatchSourceVersion(t *testing.T) {
 		if len(found) != tt.want {
 			t.Errorf("%+v: %d findings, want %d", tt.p, len(found), tt.want)
 		}
+	}
+}
+
+// TestMatchUncoveredRelease: the packages of a Debian or Ubuntu release the database has no
+// advisory for (the image's os-release chooses it: VERSION_ID="99") make one GH-VULN-UNCOVERED
+// finding per release, instead of matching nothing.
+func TestMatchUncoveredRelease(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "vulndb.sqlite")
+	if _, err := Import(ctx, path, "testdata/osv", nil); err != nil {
+		t.Fatal(err)
+	}
+	db := Open(path)
+	defer db.Close()
+	found, _, err := db.Match(ctx, []inventory.Package{
+		{Ecosystem: "Debian:99", Name: "apt", Version: "2.6.1", Path: "var/lib/dpkg/status"},
+		{Ecosystem: "Debian:99", Name: "libc6", Source: "glibc", Version: "2.36-9+deb12u1", Path: "var/lib/dpkg/status"},
+		{Ecosystem: "Ubuntu:99.04", Name: "apt", Version: "2.6.1", Path: "var/lib/dpkg/status"},
+		{Ecosystem: "Debian:12", Name: "apt", Version: "2.6.1", Path: "var/lib/dpkg/status"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, f := range found {
+		got[f.ID+" "+f.Ecosystem] = true
+	}
+	if len(found) != 3 || !got[UncoveredID+" Debian:99"] || !got[UncoveredID+" Ubuntu:99.04"] || !got["DEBIAN-CVE-2011-3374 Debian:12"] {
+		t.Errorf("findings %v; want one uncovered finding for each of Debian:99 and Ubuntu:99.04, and apt's in Debian:12", got)
 	}
 }

@@ -72,6 +72,13 @@ warn contains reason("GH-POL-SECRET-UNVERIFIED", sprintf("%s in %s (not verified
 	not f.verified
 }
 
+# The image's os-release names a release no advisory of the database covers (Debian:99, or a
+# database imported without that distribution): its packages' vulnerabilities cannot be ruled out.
+deny contains reason("GH-POL-RELEASE-UNCOVERED", sprintf("the vulnerability database has no advisory for %s, the release of %s %s at %s and the image's other packages of it: their vulnerabilities cannot be ruled out", [v.ecosystem, v["package"], v.installed, v.path]), v) if {
+	some v in input.vulnerabilities
+	v.id == "GH-VULN-UNCOVERED"
+}
+
 deny contains reason("GH-POL-CRITICAL-FIXABLE", vuln_message(v), v) if {
 	some v in input.vulnerabilities
 	v.severity == "CRITICAL"

@@ -142,3 +142,10 @@ test_hostile_layer_is_denied if {
 	img := object.union(clean, {"findings": [{"kind": "layer", "id": "GH-LAYER-ESCAPE", "title": "the path climbs out", "path": "../../x"}]})
 	"GH-POL-HOSTILE-LAYER" in rules(gatehouse.deny) with input as img
 }
+
+test_uncovered_release_is_denied if {
+	img := object.union(clean, {"vulnerabilities": [{"id": "GH-VULN-UNCOVERED", "severity": "UNKNOWN", "ecosystem": "Debian:99", "package": "libc6", "installed": "2.36-9+deb12u1", "fixed": "", "path": "var/lib/dpkg/status"}]})
+	some r in gatehouse.deny with input as img
+	r.rule == "GH-POL-RELEASE-UNCOVERED"
+	contains(r.message, "no advisory for Debian:99")
+}

@@ -136,7 +136,7 @@ func (a *Admitter) Input(ctx context.Context, repo string, d digest.Digest) (pol
 			return policies.Input{}, fmt.Errorf("stored vulnerabilities of %s: %w", d, err)
 		}
 		for _, v := range found {
-			in.Vulnerabilities = append(in.Vulnerabilities, policies.Vulnerability{ID: v.ID, Aliases: v.Aliases, Severity: v.Severity, Score: v.Score,
+			in.Vulnerabilities = append(in.Vulnerabilities, policies.Vulnerability{ID: v.ID, Aliases: v.Aliases, Severity: v.Severity, Score: v.Score, Ecosystem: v.Ecosystem,
 				Package: v.Package, Installed: v.Installed, Fixed: v.Fixed, Path: v.Path, Layer: v.Layer.String(), Published: v.Published})
 		}
 	}
