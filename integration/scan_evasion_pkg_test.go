@@ -454,6 +454,9 @@ func debianEvasions() []evasion {
 			db(baseFiles+"\n"+fixed, map[string]string{"var/lib/dpkg/updates/0000": libc6}), check("ii "), want, false},
 		{"Debian: names in capitals (dpkg lower-cases the package)",
 			db(baseFiles+"\n"+strings.NewReplacer("Package: libc6", "Package: LIBC6", "Source: glibc", "Source: GLIBC").Replace(libc6), nil), check("ii "), want, false},
+		{"Debian: os-release naming a release no advisory covers (VERSION_ID 99)",
+			db(baseFiles+"\n"+libc6, map[string]string{"-etc/os-release": "", "etc/os-release": strings.Replace(debianOSRelease, `VERSION_ID="12"`, `VERSION_ID="99"`, 1)}),
+			check("ii "), []string{"no advisory for Debian:99", "cannot be ruled out"}, false},
 		{"Debian: a Version cut by a NUL as dpkg's C strings cut it",
 			db(baseFiles+"\n"+strings.Replace(libc6, "2.36-9+deb12u1", "2.36-9+deb12u1\x00+deb12u10", 1), nil), check("ii "), want, false},
 	}
