@@ -2,7 +2,6 @@ package inventory
 
 import (
 	"archive/zip"
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -14,6 +13,7 @@ import (
 	"path"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/google/osv-scalibr/extractor"
@@ -299,42 +299,136 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 }
 
 // checkPomProperties refuses a pom.properties that java.util.Properties (and so Maven) reads
-// otherwise than osv-scalibr's java/archive: that reads "key=value" lines only, while a
-// properties file may also separate a key with ':' or blanks ("version:2.14.1", "version 2.14.1"),
-// which the extractor reads as no version at all.
+// otherwise than osv-scalibr's java/archive, which takes each "\n"-ended line, trimmed, as
+// key=value (the last one of a key counts). A properties file also separates keys with ':' or
+// blanks, ends lines with "\r" alone, continues a line after a trailing backslash and decodes
+// escapes (\uXXXX) in keys and values: "version:2.14.1", "ver\\\n sion=2.14.1" or a continuation
+// swallowing a second "version=" give Maven one version and the extractor another, or none.
 func checkPomProperties(f *zip.File) error {
 	rc, err := f.Open()
 	if err != nil {
 		return nil // the extractor says what it cannot read
 	}
 	defer rc.Close()
-	sc := bufio.NewScanner(io.LimitReader(rc, maxArchiveMetadata))
-	sc.Buffer(make([]byte, 0, 4096), maxArchiveMetadata)
-	for sc.Scan() {
-		line := strings.TrimLeft(sc.Text(), " \t\f")
-		if line == "" || line[0] == '#' || line[0] == '!' {
-			continue
-		}
-		end := strings.IndexAny(line, "=: \t\f")
-		if end < 0 {
-			continue
-		}
-		key := line[:end]
-		if key != "groupId" && key != "artifactId" && key != "version" {
-			continue
-		}
-		if line[end] != '=' {
-			if rest := strings.TrimLeft(line[end:], " \t\f"); !strings.HasPrefix(rest, "=") {
-				return fmt.Errorf("%q separates its value with %q, which Maven reads and the Java extractor does not", key, line[end:end+1])
-			}
-		}
-		if strings.Contains(line, "\\") {
-			// a line continued by a trailing backslash, or a \uXXXX escape: java.util.Properties
-			// joins and decodes them, the extractor keeps the characters as they are
-			return fmt.Errorf("%q has a value with a backslash escape or continuation, which Maven decodes and the Java extractor does not", key)
+	b, err := io.ReadAll(io.LimitReader(rc, maxArchiveMetadata))
+	if err != nil {
+		return nil
+	}
+	maven, scalibr := javaProperties(b), scalibrProperties(b)
+	for _, k := range []string{"groupId", "artifactId", "version"} {
+		if maven[k] != scalibr[k] {
+			return fmt.Errorf("Maven reads %s %q, the Java extractor %q (the file's separators, line ends, continuations or escapes)", k, maven[k], scalibr[k])
 		}
 	}
 	return nil
+}
+
+// scalibrProperties reads groupId, artifactId and version as osv-scalibr's parsePomProps does.
+func scalibrProperties(b []byte) map[string]string {
+	out := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(strings.TrimSuffix(line, "\r"))
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			continue
+		}
+		if k = strings.TrimSpace(k); k == "groupId" || k == "artifactId" || k == "version" {
+			out[k] = strings.TrimSpace(v)
+		}
+	}
+	return out
+}
+
+// javaProperties reads groupId, artifactId and version as java.util.Properties.load does:
+// logical lines (ended by \n, \r or \r\n; continued after an odd number of trailing
+// backslashes, the next line's leading blanks dropped), comments (# or ! first), the key up to
+// the first unescaped '=', ':' or blank, escapes decoded.
+func javaProperties(b []byte) map[string]string {
+	out := map[string]string{}
+	lines := strings.FieldsFunc(strings.ReplaceAll(string(b), "\r\n", "\n"), func(r rune) bool { return r == '\n' || r == '\r' })
+	blank := func(c byte) bool { return c == ' ' || c == '\t' || c == '\f' }
+	for i := 0; i < len(lines); i++ {
+		line := strings.TrimLeft(lines[i], " \t\f")
+		if line == "" || line[0] == '#' || line[0] == '!' {
+			continue
+		}
+		for trailingBackslashes(line)%2 == 1 && i+1 < len(lines) {
+			i++
+			line = line[:len(line)-1] + strings.TrimLeft(lines[i], " \t\f")
+		}
+		// the key ends at the first unescaped separator
+		end, esc := len(line), false
+		for j := 0; j < len(line); j++ {
+			c := line[j]
+			if esc {
+				esc = false
+				continue
+			}
+			if c == '\\' {
+				esc = true
+				continue
+			}
+			if c == '=' || c == ':' || blank(c) {
+				end = j
+				break
+			}
+		}
+		key, rest := unescapeProperty(line[:end]), line[end:]
+		rest = strings.TrimLeft(rest, " \t\f")
+		if rest != "" && (rest[0] == '=' || rest[0] == ':') {
+			rest = strings.TrimLeft(rest[1:], " \t\f")
+		}
+		if key == "groupId" || key == "artifactId" || key == "version" {
+			out[key] = unescapeProperty(rest)
+		}
+	}
+	return out
+}
+
+func trailingBackslashes(s string) int {
+	n := 0
+	for n < len(s) && s[len(s)-1-n] == '\\' {
+		n++
+	}
+	return n
+}
+
+// unescapeProperty decodes a properties file's escapes: \uXXXX, \t \n \r \f, and \x as x.
+func unescapeProperty(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var out strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c != '\\' || i+1 == len(s) {
+			out.WriteByte(c)
+			continue
+		}
+		i++
+		switch c = s[i]; c {
+		case 't':
+			out.WriteByte('\t')
+		case 'n':
+			out.WriteByte('\n')
+		case 'r':
+			out.WriteByte('\r')
+		case 'f':
+			out.WriteByte('\f')
+		case 'u':
+			if i+4 < len(s) {
+				if r, err := strconv.ParseUint(s[i+1:i+5], 16, 16); err == nil {
+					out.WriteRune(rune(r))
+					i += 4
+					continue
+				}
+			}
+			out.WriteByte('u') // Java refuses a malformed \u: no version that the extractor would read either
+		default:
+			out.WriteByte(c)
+		}
+	}
+	return out.String()
 }
 
 // jarEntry says whether a zip member makes the archive one whose identity the Java extractor
