@@ -3,6 +3,7 @@ package inventory
 import (
 	"archive/tar"
 	"bytes"
+	"compress/zlib"
 	"context"
 	"debug/buildinfo"
 	"debug/elf"
@@ -369,4 +370,39 @@ func FuzzELFBuildInfo(f *testing.F) {
 			t.Fatalf("Go's reader lists %d modules (%s ...) of a file hasBuildInfo says has none", len(bi.Deps), bi.Deps[0].Path)
 		}
 	})
+}
+
+// TestRustProgramsOfAnyName: a cargo-auditable program (its .dep-v0 section, added here with
+// objcopy to a system program) is read whatever its name and mode, as a Go program is.
+func TestRustProgramsOfAnyName(t *testing.T) {
+	objcopy, err := exec.LookPath("objcopy")
+	if err != nil {
+		t.Fatalf("objcopy (binutils) is needed to make a cargo-auditable program: %v", err)
+	}
+	dir := t.TempDir()
+	var dep bytes.Buffer
+	zw := zlib.NewWriter(&dep)
+	zw.Write([]byte(`{"packages":[{"name":"smallvec","version":"1.6.0","source":"crates.io","kind":"runtime","dependencies":[],"root":true}]}`))
+	zw.Close()
+	os.WriteFile(filepath.Join(dir, "dep"), dep.Bytes(), 0o644)
+	if out, err := exec.Command(objcopy, "--add-section", ".dep-v0="+filepath.Join(dir, "dep"), "/bin/true", filepath.Join(dir, "prog")).CombinedOutput(); err != nil {
+		t.Fatalf("objcopy: %v: %s", err, out)
+	}
+	prog, err := os.ReadFile(filepath.Join(dir, "prog"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err := extract(t, DefaultLimits, map[string][]byte{"opt/app/server.json": prog, "usr/lib/librs.so.1.0": prog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := map[string]bool{}
+	for _, p := range inv.Packages {
+		if p.Name == "smallvec" && p.Version == "1.6.0" {
+			found[p.Path] = true
+		}
+	}
+	if !found["opt/app/server.json"] || !found["usr/lib/librs.so.1.0"] {
+		t.Errorf("smallvec 1.6.0 listed at %v; want both files (packages %+v, unread %+v)", found, inv.Packages, inv.Unread)
+	}
 }

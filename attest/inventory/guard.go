@@ -206,13 +206,13 @@ func (x guarded) FileRequired(api filesystem.FileAPI) (ok bool) {
 		return true
 	}
 	// the ELF files sniff had judged by their bytes, whatever their names: in the tree only if
-	// they carry build info or hold a zip Python imports (go/binary lists nothing, and reports
-	// no error, for a file without build info)
+	// they carry Go build info or cargo-auditable data, or hold a zip (go/binary and
+	// cargoauditable list nothing, and report no error, for a file without theirs)
 	if x.g == nil {
 		return false
 	}
 	switch x.Name() {
-	case "go/binary":
+	case "go/binary", "rust/cargoauditable":
 		return x.g.isELF(api.Path())
 	case javaArchiveName:
 		// a Java archive of any name, in the tree because zipKept kept it by its bytes

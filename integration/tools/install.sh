@@ -46,7 +46,7 @@ case $set_name in
     apt_pkgs skopeo ca-certificates nginx-light wrk containerd runc podman
     # the real tools of the scan evasion tests (node/npm, importlib/pip, dpkg-query); this machine's
     # nodejs package (NodeSource's) carries npm
-    apt_pkgs nodejs python3 python3-pip dpkg
+    apt_pkgs nodejs python3 python3-pip dpkg binutils  # binutils: objcopy makes a cargo-auditable program
     go_tool crane github.com/google/go-containerregistry/cmd/crane@v0.22.1
     go_tool oras oras.land/oras/cmd/oras@v1.3.6
     go_tool registry github.com/distribution/distribution/v3/cmd/registry@v3.1.2
