@@ -134,19 +134,25 @@ func (g *guard) failure() *PanicError {
 
 // count keeps the packages within the image's bound, noting the first file past it.
 func (g *guard) count(pkgs []*extractor.Package, name, path string) []*extractor.Package {
+	return pkgs[:g.within(len(pkgs), func(int) Unread { return Unread{Path: path, Extractor: name} })]
+}
+
+// within keeps n more packages within the image's bound and says how many fit; past it, the
+// first of those that do not (first(at), at its index) is noted as where the drop began.
+func (g *guard) within(n int, first func(at int) Unread) int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	room := max(g.lim.MaxPackages-g.packages, 0)
-	if len(pkgs) <= room {
-		g.packages += len(pkgs)
-		return pkgs
+	if n <= room {
+		g.packages += n
+		return n
 	}
 	if g.dropped == 0 {
-		g.firstDropped = Unread{Path: path, Extractor: name}
+		g.firstDropped = first(room)
 	}
-	g.dropped += len(pkgs) - room
+	g.dropped += n - room
 	g.packages += room
-	return pkgs[:room]
+	return room
 }
 
 // pathOf is where a file of the tree is on disk ("" when the tree is not on disk). Files the
@@ -371,15 +377,7 @@ func (g *guard) readMetadata(ctx context.Context, root *os.Root, tree *layerfs.R
 		return err
 	}
 	added := inv.Packages[from:]
-	if room := max(g.lim.MaxPackages-g.packages, 0); len(added) > room {
-		g.mu.Lock()
-		if g.dropped == 0 {
-			g.firstDropped = Unread{Path: added[room].Path, Extractor: added[room].Extractor}
-		}
-		g.dropped += len(added) - room
-		g.mu.Unlock()
-		inv.Packages = inv.Packages[:from+room]
-	}
-	g.packages += len(inv.Packages) - from
+	kept := g.within(len(added), func(at int) Unread { return Unread{Path: added[at].Path, Extractor: added[at].Extractor} })
+	inv.Packages = inv.Packages[:from+kept]
 	return nil
 }
