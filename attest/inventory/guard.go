@@ -229,6 +229,15 @@ func (x guarded) FileRequired(api filesystem.FileAPI) (ok bool) {
 
 // isELF says whether the file at p in the tree begins as an ELF file does.
 func (g *guard) isELF(p string) bool {
+	return g.judge(p, func(f *os.File, _ int64) bool {
+		var head [4]byte
+		_, err := io.ReadFull(f, head[:])
+		return err == nil && bytes.Equal(head[:], elfMagic)
+	})
+}
+
+// judge opens the file at p in the tree and gives it to is (false when it cannot be opened).
+func (g *guard) judge(p string, is func(f *os.File, size int64) bool) bool {
 	disk := g.pathOf(p)
 	if disk == "" {
 		return false
@@ -238,9 +247,8 @@ func (g *guard) isELF(p string) bool {
 		return false
 	}
 	defer f.Close()
-	var head [4]byte
-	_, err = io.ReadFull(f, head[:])
-	return err == nil && bytes.Equal(head[:], elfMagic)
+	fi, err := f.Stat()
+	return err == nil && is(f, fi.Size())
 }
 
 // Extract runs the extractor on one file within the bounds.

@@ -444,14 +444,20 @@ func jarEntry(name string) bool {
 // JVM searches back from the end for one whose directory is where it says, so a false record
 // after the real one hides nothing from it: every such candidate is looked at.
 func zipKept(r io.ReaderAt, size int64) (bool, error) {
+	return zipLists(r, size, func(name string) bool { return pyZipRootInfo(name) || jarEntry(name) }, jarEntry)
+}
+
+// zipLists says whether the zip archive in r lists a member want accepts in the directory
+// Python's zipfile finds, or one jvmWant accepts in any directory the JVM could take.
+func zipLists(r io.ReaderAt, size int64, want, jvmWant func(name string) bool) (bool, error) {
 	found := false
 	if _, err := zipNames(r, size, func(name string) bool {
-		found = pyZipRootInfo(name) || jarEntry(name)
+		found = want(name)
 		return !found
 	}); err != nil || found {
 		return found, err
 	}
-	return jvmZip(r, size, jarEntry)
+	return jvmZip(r, size, jvmWant)
 }
 
 // jvmMaxDirectories bounds the end-record candidates whose directories jvmZip reads.
@@ -502,25 +508,8 @@ func jvmZip(r io.ReaderAt, size int64, want func(name string) bool) (bool, error
 
 // isJar says whether the file at p in the tree is a Java archive by its bytes.
 func (g *guard) isJar(p string) bool {
-	disk := g.pathOf(p)
-	if disk == "" {
-		return false
-	}
-	f, err := os.Open(disk)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return false
-	}
-	found := false
-	if _, err := zipNames(f, fi.Size(), func(name string) bool {
-		found = jarEntry(name)
-		return !found
-	}); err == nil && !found {
-		found, _ = jvmZip(f, fi.Size(), jarEntry)
-	}
-	return found
+	return g.judge(p, func(f *os.File, size int64) bool {
+		found, _ := zipLists(f, size, jarEntry, jarEntry)
+		return found
+	})
 }
