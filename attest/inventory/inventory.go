@@ -115,6 +115,8 @@ type Extraction struct {
 	err     error
 	limits  Limits
 	env     []string // the image config's Env (WithEnv)
+	// dpkgAdmin is the dpkg database DPKG_ADMINDIR in env names, as a path of the tree ("": none)
+	dpkgAdmin string
 }
 
 // Option configures an extraction.
@@ -139,7 +141,10 @@ func WithLimits(l Limits) Option {
 // paths from it (DPKG_ADMINDIR, NODE_PATH), so the extraction reads the files there too. A
 // relative path in them is taken from workDir, where the image's processes start.
 func WithEnv(env []string, workDir string) Option {
-	return func(e *Extraction) { e.env = absEnv(env, workDir) }
+	return func(e *Extraction) {
+		e.env = absEnv(env, workDir)
+		e.dpkgAdmin = dpkgAdminDir(e.env) // once: keep asks about every entry
+	}
 }
 
 // absEnv is env with the relative paths of DPKG_ADMINDIR and NODE_PATH made absolute from dir.
@@ -229,7 +234,7 @@ func (e *Extraction) Options() layerfs.Options {
 
 // keep is keep for this image: it keeps too the files of the dpkg database its Env names.
 func (e *Extraction) keep(p string, info fs.FileInfo) (bool, layerfs.Check) {
-	if e.env != nil && info.Mode().IsRegular() && dpkgAdminFile(e.env, p) {
+	if e.dpkgAdmin != "" && info.Mode().IsRegular() && dpkgAdminFile(e.dpkgAdmin, p) {
 		return true, nil
 	}
 	return keep(p, info)

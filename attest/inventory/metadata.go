@@ -88,11 +88,10 @@ func dpkgAdminDir(env []string) string {
 	return strings.TrimPrefix(path.Clean("/"+v), "/")
 }
 
-// dpkgAdminFile says whether p is a file of the dpkg database DPKG_ADMINDIR names.
-func dpkgAdminFile(env []string, p string) bool {
-	d := dpkgAdminDir(env)
-	rest, ok := strings.CutPrefix(p, d+"/")
-	return d != "" && ok && metadataFile("var/lib/dpkg/"+rest)
+// dpkgAdminFile says whether p is a file of the dpkg database in dir (dpkgAdminDir's).
+func dpkgAdminFile(dir, p string) bool {
+	rest, ok := strings.CutPrefix(p, dir+"/")
+	return dir != "" && ok && metadataFile("var/lib/dpkg/"+rest)
 }
 
 // dpkgJournal is one of dpkg's journal files, var/lib/dpkg/updates/NNNN.
