@@ -125,8 +125,8 @@ func (m *metaReader) npmReal(p string) (string, bool) {
 // names: the targets of symlinks of a module directory's name, the global folders of each Node
 // prefix (npmPrefixes, and that of every bin/node and bin/nodejs of the image), and the
 // directories NODE_PATH names in the image config's Env (every NODE_PATH there: which one a
-// process sees is its environment's; a relative one from the root, the working directory
-// Node has by default).
+// process sees is its environment's; WithEnv made a relative one absolute from the image's
+// WorkingDir, where its processes start).
 func (m *metaReader) npmModuleDirs() map[string]bool {
 	if m.npmDirs != nil {
 		return m.npmDirs
