@@ -512,3 +512,17 @@ func TestJavaArchivesOfAnyName(t *testing.T) {
 		t.Errorf("app/commented.jar, a plain pom.properties with comments and CRLF: found %v, unread %q", found["app/commented.jar"], unread["app/commented.jar"])
 	}
 }
+
+// TestJavaZip64BehindAFalseEndRecord: the JVM's search for the end record behind a false one
+// reads a zip64 archive's record too (its directory size is in the zip64 record).
+func TestJavaZip64BehindAFalseEndRecord(t *testing.T) {
+	es := []inventorytest.Entry{{Name: "META-INF/maven/org.apache.logging.log4j/log4j-core/pom.properties",
+		Body: strings.NewReader("groupId=org.apache.logging.log4j\nartifactId=log4j-core\nversion=2.14.1\n")}}
+	for i := range 1 << 16 { // past 65,535 entries archive/zip writes zip64 records
+		es = append(es, inventorytest.Entry{Name: "c" + strconv.Itoa(i)})
+	}
+	jar := append(inventorytest.Jar(es...), []byte("PK\x05\x06\x00\x00\x00\x00\x00\x00\x00\x00\xf0\xff\xff\xff\x00\x00\x00\x00\x00\x00x")...)
+	if ok, err := zipKept(bytes.NewReader(jar), int64(len(jar))); !ok || err != nil {
+		t.Fatalf("zipKept: %v, %v; want the zip64 jar behind the false record kept", ok, err)
+	}
+}

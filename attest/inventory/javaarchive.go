@@ -4,7 +4,6 @@ import (
 	"archive/zip"
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -468,12 +467,8 @@ const jvmMaxDirectories = 8
 // directory header) lists a member want accepts. Past jvmMaxDirectories candidates it cannot
 // judge the file (an error: the scan is incomplete).
 func jvmZip(r io.ReaderAt, size int64, want func(name string) bool) (bool, error) {
-	if size < zipEndLen {
-		return false, nil
-	}
-	tail := min(size, zipTail)
-	buf := make([]byte, tail)
-	if _, err := r.ReadAt(buf, size-tail); err != nil && !errors.Is(err, io.EOF) {
+	buf, err := zipTailOf(r, size)
+	if buf == nil || err != nil {
 		return false, err
 	}
 	read := 0
@@ -481,11 +476,12 @@ func jvmZip(r io.ReaderAt, size int64, want func(name string) bool) (bool, error
 		if i+zipEndLen > len(buf) {
 			continue
 		}
-		end := size - tail + int64(i)
-		dirSize := int64(binary.LittleEndian.Uint32(buf[i+12:]))
-		start := end - dirSize
+		start, dirSize, ok, err := zipRecordAt(r, size, buf, i)
+		if err != nil {
+			return false, err
+		}
 		var sig [4]byte
-		if start < 0 || dirSize == 0 {
+		if !ok || dirSize == 0 {
 			continue
 		}
 		if _, err := r.ReadAt(sig[:], start); err != nil || string(sig[:]) != "PK\x01\x02" {

@@ -359,12 +359,8 @@ const (
 // zipDirectory finds a zip archive's central directory as Python's zipfile finds it (see above):
 // where it starts in the file, its size, and whether the file has one at all. err is an I/O error.
 func zipDirectory(r io.ReaderAt, size int64) (start, dirSize int64, ok bool, err error) {
-	if size < zipEndLen {
-		return 0, 0, false, nil
-	}
-	tail := min(size, zipTail)
-	buf := make([]byte, tail)
-	if _, err := r.ReadAt(buf, size-tail); err != nil && !errors.Is(err, io.EOF) {
+	buf, err := zipTailOf(r, size)
+	if buf == nil || err != nil {
 		return 0, 0, false, err
 	}
 	i := len(buf) - zipEndLen
@@ -374,9 +370,28 @@ func zipDirectory(r io.ReaderAt, size int64) (start, dirSize int64, ok bool, err
 			return 0, 0, false, nil
 		}
 	}
-	end := size - tail + int64(i) // the record's position in the file
+	return zipRecordAt(r, size, buf, i)
+}
+
+// zipTailOf reads the part of a file's end where a zip end record is looked for (nil when the
+// file is too short to hold one).
+func zipTailOf(r io.ReaderAt, size int64) ([]byte, error) {
+	if size < zipEndLen {
+		return nil, nil
+	}
+	buf := make([]byte, min(size, zipTail))
+	if _, err := r.ReadAt(buf, size-int64(len(buf))); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	return buf, nil
+}
+
+// zipRecordAt reads the end-of-central-directory record at index i of buf (the file's last
+// len(buf) bytes): where the directory it names starts and its size, the zip64 record before a
+// zip64 locator counting instead (_EndRecData64); ok is false when the directory cannot be there.
+func zipRecordAt(r io.ReaderAt, size int64, buf []byte, i int) (start, dirSize int64, ok bool, err error) {
+	end := size - int64(len(buf)) + int64(i) // the record's position in the file
 	dirSize = int64(binary.LittleEndian.Uint32(buf[i+12:]))
-	// _EndRecData64: a zip64 locator just before the record makes the zip64 record before it count
 	var loc [20]byte
 	if end >= 20 {
 		if _, err := r.ReadAt(loc[:], end-20); err != nil && !errors.Is(err, io.EOF) {
