@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -89,20 +88,7 @@ func TestScanEvasionGo(t *testing.T) {
 			if c.small {
 				srv = small
 			}
-			r := do(t, srv, "GET", "/v2/docker.io/"+repo+"/manifests/"+digest, map[string]string{"Accept": acceptAll}, nil)
-			code, msg := r.ociError()
-			if r.status != http.StatusForbidden || code != "DENIED" {
-				t.Fatalf("status %d %s, want 403 DENIED: %.400s\n%s", r.status, code, r.body, tail(srv.log.String(), 10))
-			}
-			for _, w := range c.want {
-				if !strings.Contains(msg, w) {
-					t.Errorf("the refusal does not name %q: %s", w, msg)
-				}
-			}
-			rules := strings.Join(denyRules(t, r), ",")
-			if incomplete := strings.Contains(rules, "GH-POL-SCAN-INCOMPLETE"); incomplete != c.unread {
-				t.Errorf("deny rules %s: the scan incomplete %v, want %v", rules, incomplete, c.unread)
-			}
+			msg, rules := pullRefused(t, srv, repo, digest, c.want, c.unread)
 			t.Logf("refused (%s): %.300s", rules, msg)
 		})
 	}

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -34,9 +33,7 @@ func TestScanEvasionNpmPaths(t *testing.T) {
 	crane := tool(t, "crane")
 	up := startUpstream(t, "")
 	gh := startGatehouse(t, proxyConfig(up.addr, "")+enforcing)
-	osvZip := filepath.Join(t.TempDir(), "all.zip")
-	os.WriteFile(osvZip, zipDir(t, "../attest/vulndb/testdata/osv", "testdata/osv-pkg"), 0o644)
-	run(t, nil, gatehouseBin, "db", "update", "--config", gh.config, "--from", osvZip)
+	pkgDB(t, gh)
 
 	for i, c := range npmPathEvasions(t) {
 		t.Run(c.name, func(t *testing.T) {
@@ -65,20 +62,7 @@ func TestScanEvasionNpmPaths(t *testing.T) {
 				}
 			}
 
-			r := do(t, gh, "GET", fmt.Sprintf("/v2/docker.io/library/npmpaths%d/manifests/%s", i, digest), map[string]string{"Accept": acceptAll}, nil)
-			code, msg := r.ociError()
-			if r.status != http.StatusForbidden || code != "DENIED" {
-				t.Fatalf("status %d %s, want 403 DENIED: %.400s\n%s", r.status, code, r.body, tail(gh.log.String(), 10))
-			}
-			for _, w := range c.want {
-				if !strings.Contains(msg, w) {
-					t.Errorf("the refusal does not name %q: %s", w, msg)
-				}
-			}
-			rules := strings.Join(denyRules(t, r), ",")
-			if strings.Contains(rules, "GH-POL-SCAN-INCOMPLETE") {
-				t.Errorf("deny rules %s: the scan is incomplete; it must read the package as Node does", rules)
-			}
+			msg, rules := pullRefused(t, gh, fmt.Sprintf("library/npmpaths%d", i), digest, c.want, false) // complete: read as Node reads it
 
 			report, _ := waitScan(t, gh, digest, func(r scanReport) bool { return r.Verdict != nil })
 			var listed []string

@@ -63,9 +63,7 @@ func TestScanEvasionPackages(t *testing.T) {
 	crane := tool(t, "crane")
 	up := startUpstream(t, "")
 	gh := startGatehouse(t, proxyConfig(up.addr, "")+enforcing)
-	osvZip := filepath.Join(t.TempDir(), "all.zip")
-	os.WriteFile(osvZip, zipDir(t, "../attest/vulndb/testdata/osv", "testdata/osv-pkg"), 0o644)
-	run(t, nil, gatehouseBin, "db", "update", "--config", gh.config, "--from", osvZip)
+	pkgDB(t, gh)
 
 	var cases []evasion
 	cases = append(cases, npmEvasions(t)...)
@@ -81,24 +79,42 @@ func TestScanEvasionPackages(t *testing.T) {
 				t.Fatal("crane append -f takes a comma-separated list: no comma in a case's name (its temporary directory)")
 			}
 			digest := pushLayer(t, crane, up.addr+"/"+repo+":v1", treeTar(t, dir))
-			r := do(t, gh, "GET", "/v2/docker.io/"+repo+"/manifests/"+digest, map[string]string{"Accept": acceptAll}, nil)
-			code, msg := r.ociError()
-			if r.status != http.StatusForbidden || code != "DENIED" {
-				t.Fatalf("status %d %s, want 403 DENIED: %.400s\n%s", r.status, code, r.body, tail(gh.log.String(), 10))
-			}
-			for _, w := range c.want {
-				if !strings.Contains(msg, w) {
-					t.Errorf("the refusal does not name %q: %s", w, msg)
-				}
-			}
-			rules := strings.Join(denyRules(t, r), ",")
-			if incomplete := strings.Contains(rules, "GH-POL-SCAN-INCOMPLETE"); incomplete != c.unread {
-				t.Errorf("deny rules %s: the scan incomplete %v, want %v", rules, incomplete, c.unread)
-			}
+			msg, rules := pullRefused(t, gh, repo, digest, c.want, c.unread)
 			t.Logf("refused (%s): %.300s", rules, msg)
 		})
 	}
 	gh.healthy(t)
+}
+
+// pkgDB imports into gh's vulnerability database the advisories of the evasion tests: the gate's
+// (attest/vulndb/testdata/osv) and the package ecosystems' (testdata/osv-pkg).
+func pkgDB(t *testing.T, gh *server) {
+	t.Helper()
+	osvZip := filepath.Join(t.TempDir(), "all.zip")
+	os.WriteFile(osvZip, zipDir(t, "../attest/vulndb/testdata/osv", "testdata/osv-pkg"), 0o644)
+	run(t, nil, gatehouseBin, "db", "update", "--config", gh.config, "--from", osvZip)
+}
+
+// pullRefused GETs repo@digest through gh's docker.io pull route and checks the refusal: 403
+// DENIED, its message naming each of want, and the scan incomplete (GH-POL-SCAN-INCOMPLETE among
+// the deny rules) exactly when incomplete says so. It returns the message and the rules.
+func pullRefused(t *testing.T, gh *server, repo, digest string, want []string, incomplete bool) (msg, rules string) {
+	t.Helper()
+	r := do(t, gh, "GET", "/v2/docker.io/"+repo+"/manifests/"+digest, map[string]string{"Accept": acceptAll}, nil)
+	code, msg := r.ociError()
+	if r.status != http.StatusForbidden || code != "DENIED" {
+		t.Fatalf("status %d %s, want 403 DENIED: %.400s\n%s", r.status, code, r.body, tail(gh.log.String(), 10))
+	}
+	for _, w := range want {
+		if !strings.Contains(msg, w) {
+			t.Errorf("the refusal does not name %q: %s", w, msg)
+		}
+	}
+	rules = strings.Join(denyRules(t, r), ",")
+	if got := strings.Contains(rules, "GH-POL-SCAN-INCOMPLETE"); got != incomplete {
+		t.Errorf("deny rules %s: the scan incomplete %v, want %v", rules, got, incomplete)
+	}
+	return msg, rules
 }
 
 // pushLayer pushes a one-layer image for linux/amd64 and returns its digest.
@@ -537,9 +553,7 @@ func TestScanEvasionDpkgAdminDir(t *testing.T) {
 	crane := tool(t, "crane")
 	up := startUpstream(t, "")
 	gh := startGatehouse(t, proxyConfig(up.addr, "")+enforcing)
-	osvZip := filepath.Join(t.TempDir(), "all.zip")
-	os.WriteFile(osvZip, zipDir(t, "../attest/vulndb/testdata/osv", "testdata/osv-pkg"), 0o644)
-	run(t, nil, gatehouseBin, "db", "update", "--config", gh.config, "--from", osvZip)
+	pkgDB(t, gh)
 
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "etc/os-release"), []byte(debianOSRelease))

@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,9 +25,7 @@ func TestScanEvasionPyZip(t *testing.T) {
 	python := tool(t, "python3")
 	up := startUpstream(t, "")
 	gh := startGatehouse(t, proxyConfig(up.addr, "")+enforcing)
-	osvZip := filepath.Join(t.TempDir(), "all.zip")
-	os.WriteFile(osvZip, zipDir(t, "../attest/vulndb/testdata/osv", "testdata/osv-pkg"), 0o644)
-	run(t, nil, gatehouseBin, "db", "update", "--config", gh.config, "--from", osvZip)
+	pkgDB(t, gh)
 
 	const sp = "usr/lib/python3/site-packages"
 	meta := "Metadata-Version: 2.1\nName: requests\nVersion: 2.19.1\n\nRequests is an HTTP library.\n"
@@ -113,20 +110,7 @@ func TestScanEvasionPyZip(t *testing.T) {
 				out := strings.TrimSpace(run(t, nil, crane, "mutate", "--insecure", "--env", e, ref, "-t", ref))
 				_, digest, _ = strings.Cut(out, "@")
 			}
-			r := do(t, gh, "GET", "/v2/docker.io/"+repo+"/manifests/"+digest, map[string]string{"Accept": acceptAll}, nil)
-			code, msg := r.ociError()
-			if r.status != http.StatusForbidden || code != "DENIED" {
-				t.Fatalf("status %d %s, want 403 DENIED: %.400s\n%s", r.status, code, r.body, tail(gh.log.String(), 10))
-			}
-			for _, w := range want {
-				if !strings.Contains(msg, w) {
-					t.Errorf("the refusal does not name %q: %s", w, msg)
-				}
-			}
-			rules := strings.Join(denyRules(t, r), ",")
-			if strings.Contains(rules, "GH-POL-SCAN-INCOMPLETE") {
-				t.Errorf("deny rules %s: the scan is incomplete; the archive's metadata should have been read", rules)
-			}
+			msg, rules := pullRefused(t, gh, repo, digest, want, false) // complete: the archive's metadata is read
 			t.Logf("refused (%s): %.300s", rules, msg)
 		})
 	}
