@@ -49,22 +49,8 @@ func metaLayer(t testing.TB, entries ...metaEntry) layerfs.Layer {
 // readTree flattens layers and reads the metadata.
 func readTree(t testing.TB, layers ...layerfs.Layer) *Inventory {
 	t.Helper()
-	dir := t.TempDir()
 	// every file and symlink in the tree (which of them keep wants is TestMetadataFile's)
-	tree, err := layerfs.Flatten(context.Background(), dir, layers, layerfs.DefaultLimits, layerfs.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	root, err := os.OpenRoot(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer root.Close()
-	inv := &Inventory{}
-	if err := readMetadata(context.Background(), root, tree, inv, nil); err != nil {
-		t.Fatal(err)
-	}
-	return inv
+	return readTreeEnv(t, nil, layerfs.Options{}, layers...)
 }
 
 func TestMetadataFile(t *testing.T) {

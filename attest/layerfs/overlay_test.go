@@ -2,9 +2,6 @@ package layerfs
 
 import (
 	"archive/tar"
-	"context"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -122,12 +119,7 @@ func TestGlobalHeaderOverLowerEntry(t *testing.T) {
 		for _, es := range tt.layers {
 			ls = append(ls, layer(t, false, es...))
 		}
-		dir := filepath.Join(t.TempDir(), "root")
-		os.Mkdir(dir, 0o755)
-		res, err := Flatten(context.Background(), dir, ls, DefaultLimits, Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
+		res, _ := flatten(t, DefaultLimits, ls...)
 		got := false
 		for _, is := range res.Issues {
 			got = got || is.Kind == Ambiguous
