@@ -27,6 +27,16 @@ type entry struct {
 	raw              []byte // written as is into the tar stream instead (hand-made headers)
 }
 
+// layers makes a layer of each list of entries.
+func layers(t *testing.T, gz bool, entries [][]entry) []Layer {
+	t.Helper()
+	ls := make([]Layer, 0, len(entries))
+	for _, es := range entries {
+		ls = append(ls, layer(t, gz, es...))
+	}
+	return ls
+}
+
 func layer(t *testing.T, gz bool, entries ...entry) Layer {
 	t.Helper()
 	var buf bytes.Buffer
@@ -372,11 +382,7 @@ func TestReplacements(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var ls []Layer
-			for _, es := range tt.layers {
-				ls = append(ls, layer(t, false, es...))
-			}
-			res, _ := flatten(t, DefaultLimits, ls...)
+			res, _ := flatten(t, DefaultLimits, layers(t, false, tt.layers)...)
 			want := map[string]digest.Digest{}
 			for p, body := range tt.want {
 				want[p] = digest.FromString(body)

@@ -230,11 +230,7 @@ func TestSymlinksResolveAsTheKernelDoes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var ls []Layer
-			for _, es := range tt.layers {
-				ls = append(ls, layer(t, true, es...))
-			}
-			res, parent := flattenKeep(t, ls...)
+			res, parent := flattenKeep(t, layers(t, true, tt.layers)...)
 			if got := outside(t, parent, res.Root); len(got) != 0 {
 				t.Fatalf("written outside the root: %v", got)
 			}

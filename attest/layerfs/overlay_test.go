@@ -61,10 +61,7 @@ func TestLowerSymlinkAmbiguous(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var ls []Layer
-			for _, es := range tt.layers {
-				ls = append(ls, layer(t, false, es...))
-			}
+			ls := layers(t, false, tt.layers)
 			res, _ := flatten(t, DefaultLimits, ls...)
 			want := map[string]digest.Digest{}
 			for p, body := range tt.want {
@@ -115,11 +112,7 @@ func TestGlobalHeaderOverLowerEntry(t *testing.T) {
 		{"over its own layer's file", [][]entry{{{name: "var/lib/dpkg/status", body: status}, {name: "var/lib/dpkg/status", typ: tar.TypeXGlobalHeader}}}, false},
 		{"where nothing is", [][]entry{{{name: "var/lib/dpkg/status", body: status}}, {{name: "pax_global_header", typ: tar.TypeXGlobalHeader}}}, false},
 	} {
-		var ls []Layer
-		for _, es := range tt.layers {
-			ls = append(ls, layer(t, false, es...))
-		}
-		res, _ := flatten(t, DefaultLimits, ls...)
+		res, _ := flatten(t, DefaultLimits, layers(t, false, tt.layers)...)
 		got := false
 		for _, is := range res.Issues {
 			got = got || is.Kind == Ambiguous
