@@ -27,6 +27,23 @@ func resetHWM(t *testing.T, pid int) {
 	}
 }
 
+// measuredPush pushes a one-layer image to repo:v1 of gh (process pid) and returns the answer to
+// its manifest PUT (which waits for the admission), how long that took and the server's peak RSS
+// during it, printed.
+func measuredPush(t *testing.T, gh *server, pid int, repo, note string, layer []byte) (r response, m []byte, took time.Duration, peak float64) {
+	t.Helper()
+	cfg, m := imageOf(note, layer)
+	pushBlob(t, gh, repo, cfg)
+	pushBlob(t, gh, repo, layer)
+	resetHWM(t, pid)
+	start := time.Now()
+	r = do(t, gh, "PUT", "/v2/"+repo+"/manifests/v1", map[string]string{"Content-Type": ociManifest}, m)
+	took = time.Since(start)
+	peak = vmHWM(t, pid)
+	t.Logf("push answered %d in %s; peak RSS %.0f MiB", r.status, took.Round(time.Millisecond), peak)
+	return r, m, took, peak
+}
+
 // TestScanBombs: extractor bombs pushed as images end within scan.timeout with the server's
 // peak RSS under 256 MiB, and are refused as incomplete scans naming the file: a 1 GiB "jar"
 // of zeros nested in a 1 MB jar (osv-scalibr's java/archive took 2.7 GB), the same one level
@@ -68,15 +85,7 @@ func TestScanBombs(t *testing.T) {
 			layer := hostileLayer(t, lfFile("app/app.jar", string(jar)))
 			t.Logf("the jar: %d KiB; the layer: %d KiB", len(jar)>>10, len(layer)>>10)
 			repo := fmt.Sprintf("ci/bomb%d", i)
-			cfg, m := imageOf(c.name, layer)
-			pushBlob(t, gh, repo, cfg)
-			pushBlob(t, gh, repo, layer)
-			resetHWM(t, pid)
-			start := time.Now()
-			r := do(t, gh, "PUT", "/v2/"+repo+"/manifests/v1", map[string]string{"Content-Type": ociManifest}, m)
-			took := time.Since(start)
-			peak := vmHWM(t, pid)
-			t.Logf("push answered %d in %s; peak RSS %.0f MiB", r.status, took.Round(time.Millisecond), peak)
+			r, m, took, peak := measuredPush(t, gh, pid, repo, c.name, layer)
 			if r.status != http.StatusForbidden || !strings.Contains(string(r.body), `"rule":"GH-POL-SCAN-INCOMPLETE"`) ||
 				!strings.Contains(r.message(), "java/archive") || !strings.Contains(r.message(), c.want) {
 				t.Errorf("push: %d %.800s; want 403, GH-POL-SCAN-INCOMPLETE naming java/archive: %s", r.status, r.body, c.want)
@@ -134,15 +143,7 @@ func TestScanManyPackagesReport(t *testing.T) {
 			gh := startGatehouse(t, fmt.Sprintf("scan: {workers: 1, timeout: %s}\n", scanBombTimeout)+enforcing)
 			gateDB(t, gh)
 			pid := gh.cmd.Process.Pid
-			cfg, m := imageOf(c.name, c.layer)
-			pushBlob(t, gh, c.repo, cfg)
-			pushBlob(t, gh, c.repo, c.layer)
-			resetHWM(t, pid)
-			start := time.Now()
-			r := do(t, gh, "PUT", "/v2/"+c.repo+"/manifests/v1", map[string]string{"Content-Type": ociManifest}, m)
-			took := time.Since(start)
-			peak := vmHWM(t, pid)
-			t.Logf("push answered %d in %s; peak RSS %.0f MiB", r.status, took.Round(time.Millisecond), peak)
+			r, m, _, peak := measuredPush(t, gh, pid, c.repo, c.name, c.layer)
 			if r.status != http.StatusForbidden || !strings.Contains(string(r.body), `"rule":"GH-POL-SCAN-INCOMPLETE"`) || !strings.Contains(r.message(), c.want) {
 				t.Errorf("push: %d %.800s; want 403, GH-POL-SCAN-INCOMPLETE naming %q", r.status, r.body, c.want)
 			}

@@ -67,15 +67,7 @@ func TestScanManyFiles(t *testing.T) {
 			layer := manyFilesGzip(t, n, c.body, "d7/id_ecdsa", keyPEM)
 			t.Logf("%d files of %d bytes: a layer of %d KiB", n, len(c.body), len(layer)>>10)
 			repo := "ci/many" + strings.ReplaceAll(strings.Fields(c.name)[0], "-", "")
-			cfg, m := imageOf(c.name, layer)
-			pushBlob(t, gh, repo, cfg)
-			pushBlob(t, gh, repo, layer)
-			resetHWM(t, pid)
-			start := time.Now()
-			r := do(t, gh, "PUT", "/v2/"+repo+"/manifests/v1", map[string]string{"Content-Type": ociManifest}, m)
-			took := time.Since(start)
-			peak := vmHWM(t, pid)
-			t.Logf("push answered %d in %s; peak RSS %.0f MiB", r.status, took.Round(time.Millisecond), peak)
+			r, m, took, peak := measuredPush(t, gh, pid, repo, c.name, layer)
 			if r.status != http.StatusForbidden || !strings.Contains(string(r.body), `"rule":"GH-POL-SECRET"`) {
 				t.Errorf("push: %d %.800s; want 403 for GH-POL-SECRET (the key in d7/id_ecdsa)", r.status, r.body)
 			}
