@@ -126,19 +126,25 @@ func zipOf(t testing.TB, files map[string]string) []byte {
 	return buf.Bytes()
 }
 
+// zipGot is one metadata member pyZipMetadata reported: its names, version and error.
+type zipGot struct{ member, names, version, err string }
+
+// readPyZip lists what pyZipMetadata reports of the archive b named archive.
+func readPyZip(b []byte, archive string) ([]zipGot, error) {
+	var out []zipGot
+	err := pyZipMetadata(bytes.NewReader(b), int64(len(b)), archive, func(member string, names []string, version string, err error) {
+		g := zipGot{member: member, names: strings.Join(names, ","), version: version}
+		if err != nil {
+			g.err = err.Error()
+		}
+		out = append(out, g)
+	})
+	return out, err
+}
+
 func TestPyZipMetadata(t *testing.T) {
-	type got struct{ member, names, version, err string }
-	read := func(b []byte, archive string) ([]got, error) {
-		var out []got
-		err := pyZipMetadata(bytes.NewReader(b), int64(len(b)), archive, func(member string, names []string, version string, err error) {
-			g := got{member: member, names: strings.Join(names, ","), version: version}
-			if err != nil {
-				g.err = err.Error()
-			}
-			out = append(out, g)
-		})
-		return out, err
-	}
+	type got = zipGot
+	read := readPyZip
 	wheel := zipOf(t, map[string]string{"requests/__init__.py": "", "requests-2.19.1.dist-info/METADATA": "Name: requests\nVersion:\n 2.19.1\n"})
 	if g, err := read(wheel, "requests-2.19.1-py2.py3-none-any.whl"); err != nil || len(g) != 1 || g[0] != (got{"requests-2.19.1.dist-info/METADATA", "requests", "2.19.1", ""}) {
 		t.Errorf("wheel: %+v, %v", g, err)
@@ -212,18 +218,8 @@ func FuzzPyZipMetadata(f *testing.F) {
 // TestPyZipAnyName: a zip archive on sys.path is read by its bytes, whatever its name, as
 // importlib.metadata (FastPath's zip root: its top-level children) and pip read it.
 func TestPyZipAnyName(t *testing.T) {
-	type got struct{ member, names, version, err string }
-	read := func(b []byte, archive string) ([]got, error) {
-		var out []got
-		err := pyZipMetadata(bytes.NewReader(b), int64(len(b)), archive, func(member string, names []string, version string, err error) {
-			g := got{member: member, names: strings.Join(names, ","), version: version}
-			if err != nil {
-				g.err = err.Error()
-			}
-			out = append(out, g)
-		})
-		return out, err
-	}
+	type got = zipGot
+	read := readPyZip
 	meta := "Metadata-Version: 2.1\nName: requests\nVersion: 2.19.1\n"
 	deps := zipOf(t, map[string]string{"requests/__init__.py": "", "requests-2.19.1.dist-info/METADATA": meta})
 	want := got{"requests-2.19.1.dist-info/METADATA", "requests", "2.19.1", ""}
