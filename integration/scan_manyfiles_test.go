@@ -3,9 +3,7 @@
 package integration
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -16,33 +14,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-dev/gatehouse/attest/inventory/inventorytest"
 )
 
 // manyFilesTimeout is TestScanManyFiles' scan.timeout: the scan must end within it.
 const manyFilesTimeout = 40 * time.Second
-
-// manyFilesGzip is a gzipped layer of n files of body, a thousand to a directory (the adversarial
-// round's layer: 500,000 of them in 7 MB), and one more file, extra.
-func manyFilesGzip(t *testing.T, n int, body []byte, extraName string, extra []byte) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	gz, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
-	tw := tar.NewWriter(gz)
-	for d := range n/1000 + 1 {
-		tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("d%d/", d), Typeflag: tar.TypeDir, Mode: 0o755})
-	}
-	for i := range n {
-		tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("d%d/f%d.dat", i/1000, i), Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(body))})
-		tw.Write(body)
-	}
-	tw.WriteHeader(&tar.Header{Name: extraName, Typeflag: tar.TypeReg, Mode: 0o600, Size: int64(len(extra))})
-	tw.Write(extra)
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	gz.Close()
-	return buf.Bytes()
-}
 
 // TestScanManyFiles: an image of one layer of 150,000 tiny files (the secret detectors ran once
 // a file through a 4 MiB buffer: 500,000 took 4m42s and 1.27 GB) is scanned within scan.timeout
@@ -64,7 +41,7 @@ func TestScanManyFiles(t *testing.T) {
 		{"64-byte text files", bytes.Repeat([]byte("y"), 64)},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			layer := manyFilesGzip(t, n, c.body, "d7/id_ecdsa", keyPEM)
+			layer := inventorytest.ManyFiles(n, c.body, "d7/id_ecdsa", keyPEM)
 			t.Logf("%d files of %d bytes: a layer of %d KiB", n, len(c.body), len(layer)>>10)
 			repo := "ci/many" + strings.ReplaceAll(strings.Fields(c.name)[0], "-", "")
 			r, m, took, peak := measuredPush(t, gh, pid, repo, c.name, layer)

@@ -1,9 +1,7 @@
 package inventory
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -23,6 +21,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/gatehouse-dev/gatehouse/attest/inventory/inventorytest"
 	"github.com/gatehouse-dev/gatehouse/attest/layerfs"
 )
 
@@ -30,19 +29,7 @@ import (
 // adversarial round's layer of 500,000 tiny files (7 MB gzipped).
 func manyFilesLayer(tb testing.TB, n int, body []byte) layerfs.Layer {
 	tb.Helper()
-	var buf bytes.Buffer
-	gz, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
-	tw := tar.NewWriter(gz)
-	for d := range n/1000 + 1 {
-		tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("d%d/", d), Typeflag: tar.TypeDir, Mode: 0o755})
-	}
-	for i := range n {
-		tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("d%d/f%d.dat", i/1000, i), Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(body))})
-		tw.Write(body)
-	}
-	tw.Close()
-	gz.Close()
-	b := buf.Bytes()
+	b := inventorytest.ManyFiles(n, body, "", nil)
 	return layerfs.Layer{Digest: digest.FromBytes(b), Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }}
 }
 

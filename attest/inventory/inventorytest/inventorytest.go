@@ -4,8 +4,10 @@
 package inventorytest
 
 import (
+	"archive/tar"
 	"archive/zip"
 	"bytes"
+	"compress/gzip"
 	"database/sql"
 	"encoding/binary"
 	"fmt"
@@ -182,4 +184,26 @@ func NDB(blobLen uint32) []byte {
 	le.PutUint32(out[blob+4:], 1)
 	le.PutUint32(out[blob+12:], blobLen)
 	return out
+}
+
+// ManyFiles is a gzipped tar layer of n files of body, a thousand to a directory (an adversarial
+// round's layer: 500,000 of them in 7 MB), and one more file at extraName ("": none).
+func ManyFiles(n int, body []byte, extraName string, extra []byte) []byte {
+	var buf bytes.Buffer
+	gz, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
+	tw := tar.NewWriter(gz)
+	for d := range n/1000 + 1 {
+		tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("d%d/", d), Typeflag: tar.TypeDir, Mode: 0o755})
+	}
+	for i := range n {
+		tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("d%d/f%d.dat", i/1000, i), Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(body))})
+		tw.Write(body)
+	}
+	if extraName != "" {
+		tw.WriteHeader(&tar.Header{Name: extraName, Typeflag: tar.TypeReg, Mode: 0o600, Size: int64(len(extra))})
+		tw.Write(extra)
+	}
+	tw.Close()
+	gz.Close()
+	return buf.Bytes()
 }
