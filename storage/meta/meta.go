@@ -1,6 +1,7 @@
 package meta
 
 import (
+	"context"
 	"errors"
 	"time"
 
@@ -53,20 +54,31 @@ type Scan struct {
 	Matched   time.Time
 }
 
-// Verdict states (DESIGN.md "Verdict states").
+// State is where a verdict stands (DESIGN.md "Verdict states").
+type State string
+
+// The verdict states. Policy records Admitted or Quarantined; a reviewer Released or Rejected;
+// Pending is a digest sent back to admission (it is admitted again when next asked for).
 const (
-	Pending     = "pending"
-	Admitted    = "admitted"
-	Quarantined = "quarantined"
-	Released    = "released"
-	Rejected    = "rejected"
+	Pending     State = "pending"
+	Admitted    State = "admitted"
+	Quarantined State = "quarantined"
+	Released    State = "released"
+	Rejected    State = "rejected"
 )
+
+// Serves says whether a digest in this state may be served: admitted by policy or released by a
+// reviewer.
+func (s State) Serves() bool { return s == Admitted || s == Released }
+
+// Reviewed says whether a person decided this state (policy never overrides it).
+func (s State) Reviewed() bool { return s == Released || s == Rejected }
 
 // Verdict is the admission decision on one manifest digest in one repository.
 type Verdict struct {
 	Repo         string
 	Digest       digest.Digest
-	State        string
+	State        State
 	Decision     []byte // the policy's decision (JSON: allow, deny, warn)
 	PolicyDigest string // the policy bundle it was decided under
 	DBVersion    string // the vulnerability database it was decided under
@@ -79,7 +91,56 @@ type Audit struct {
 	Repo   string
 	Digest digest.Digest
 	Actor  string // "gatehouse" for policy decisions, a person for reviews
-	From   string // "" for the first verdict
-	To     string
+	From   State  // "" for the first verdict
+	To     State
 	Reason string
 }
+
+// The contract of a metadata store, by concern (storage/meta/sqlite implements it, and
+// storage/meta/metatest checks every method of it). Consumers declare the few methods they use;
+// these name the whole. Upload sessions are not here: their bytes and state live in the content
+// store.
+type (
+	// Manifests indexes repositories, manifests, tags and referrers.
+	Manifests interface {
+		RepositoryPut(ctx context.Context, repo string) error
+		RepositoryExists(ctx context.Context, repo string) (bool, error)
+		Catalog(ctx context.Context, p Page) (repos []string, more bool, err error)
+		ManifestPut(ctx context.Context, m Manifest, tags ...string) error
+		ManifestGet(ctx context.Context, repo string, dgst digest.Digest) (Manifest, error)
+		ManifestDelete(ctx context.Context, repo string, dgst digest.Digest) error
+		TagGet(ctx context.Context, repo, tag string) (digest.Digest, error)
+		TagList(ctx context.Context, repo string, p Page) (tags []string, more bool, err error)
+		TagDelete(ctx context.Context, repo, tag string) error
+		TagInfo(ctx context.Context, repo, tag string) (Tag, error)
+		TagTouch(ctx context.Context, repo, tag string, dgst digest.Digest, at time.Time) error
+		Referrers(ctx context.Context, repo string, subject digest.Digest, artifactType string) ([]Manifest, error)
+	}
+	// Scans keeps scan results (one per image digest) and their matched vulnerabilities.
+	Scans interface {
+		ScanPut(ctx context.Context, sc Scan) error
+		ScanGet(ctx context.Context, d digest.Digest) (Scan, error)
+		ScanVulnsPut(ctx context.Context, d digest.Digest, dbVersion string, vulns []byte, at time.Time) error
+		ScansToMatch(ctx context.Context, dbVersion string, limit int) ([]digest.Digest, error)
+	}
+	// Verdicts keeps verdicts (one per repository and digest), the audit record of their
+	// transitions, and the digest each fallback tag last served admitted.
+	Verdicts interface {
+		VerdictGet(ctx context.Context, repo string, d digest.Digest) (Verdict, error)
+		VerdictSet(ctx context.Context, v Verdict, actor, reason string) error
+		AuditList(ctx context.Context, repo string, d digest.Digest) ([]Audit, error)
+		VerdictsStale(ctx context.Context, policyDigest, dbVersion string, limit int) ([]Verdict, error)
+		VerdictsServed(ctx context.Context, repo string) ([]Verdict, error)
+		VerdictRepos(ctx context.Context, d digest.Digest) ([]string, error)
+		AdmittedTagSet(ctx context.Context, repo, tag string, d digest.Digest) error
+		AdmittedTagGet(ctx context.Context, repo, tag string) (digest.Digest, error)
+	}
+	// Store is all of it.
+	Store interface {
+		Ping(ctx context.Context) error
+		Close() error
+		Manifests
+		Scans
+		Verdicts
+	}
+)

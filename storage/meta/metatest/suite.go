@@ -16,35 +16,8 @@ import (
 	"github.com/gatehouse-dev/gatehouse/storage/meta"
 )
 
-// Store is the full interface of a metadata store as the suite exercises it.
-type Store interface {
-	Ping(ctx context.Context) error
-	RepositoryPut(ctx context.Context, repo string) error
-	RepositoryExists(ctx context.Context, repo string) (bool, error)
-	Catalog(ctx context.Context, p meta.Page) (repos []string, more bool, err error)
-	ManifestPut(ctx context.Context, m meta.Manifest, tags ...string) error
-	ManifestGet(ctx context.Context, repo string, dgst digest.Digest) (meta.Manifest, error)
-	ManifestDelete(ctx context.Context, repo string, dgst digest.Digest) error
-	TagGet(ctx context.Context, repo, tag string) (digest.Digest, error)
-	TagList(ctx context.Context, repo string, p meta.Page) (tags []string, more bool, err error)
-	TagDelete(ctx context.Context, repo, tag string) error
-	TagInfo(ctx context.Context, repo, tag string) (meta.Tag, error)
-	TagTouch(ctx context.Context, repo, tag string, dgst digest.Digest, at time.Time) error
-	ScanPut(ctx context.Context, sc meta.Scan) error
-	ScanGet(ctx context.Context, d digest.Digest) (meta.Scan, error)
-	ScanVulnsPut(ctx context.Context, d digest.Digest, dbVersion string, vulns []byte, at time.Time) error
-	ScansToMatch(ctx context.Context, dbVersion string, limit int) ([]digest.Digest, error)
-	VerdictGet(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error)
-	VerdictSet(ctx context.Context, v meta.Verdict, actor, reason string) error
-	AuditList(ctx context.Context, repo string, d digest.Digest) ([]meta.Audit, error)
-	VerdictsStale(ctx context.Context, policyDigest, dbVersion string, limit int) ([]meta.Verdict, error)
-	AdmittedTagSet(ctx context.Context, repo, tag string, d digest.Digest) error
-	VerdictsServed(ctx context.Context, repo string) ([]meta.Verdict, error)
-	VerdictRepos(ctx context.Context, d digest.Digest) ([]string, error)
-	AdmittedTagGet(ctx context.Context, repo, tag string) (digest.Digest, error)
-	Referrers(ctx context.Context, repo string, subject digest.Digest, artifactType string) ([]meta.Manifest, error)
-	Close() error
-}
+// Store is the whole contract of a metadata store, as the suite exercises it.
+type Store = meta.Store
 
 // Run runs the suite; open returns a new, empty store for each subtest.
 func Run(t *testing.T, open func(t *testing.T) Store) {
@@ -384,7 +357,8 @@ func testVerdicts(t *testing.T, s Store) {
 		t.Fatalf("VerdictGet before any verdict: %v", err)
 	}
 	steps := []struct {
-		state, reason string
+		state  meta.State
+		reason string
 	}{
 		{meta.Pending, "scan queued"},
 		{meta.Admitted, "policy allows"},
@@ -410,7 +384,7 @@ func testVerdicts(t *testing.T, s Store) {
 	}
 	var got []string
 	for _, a := range trail {
-		got = append(got, a.From+">"+a.To+":"+a.Reason)
+		got = append(got, string(a.From)+">"+string(a.To)+":"+a.Reason)
 	}
 	want := []string{">pending:scan queued", "pending>admitted:policy allows", "admitted>quarantined:CVE-2024-45338 (critical, fixed in 0.33.0)"}
 	if !cmp.Equal(got, want) {
@@ -448,7 +422,7 @@ func testAdmittedTags(t *testing.T, s Store) {
 
 func testVerdictsServed(t *testing.T, s Store) {
 	ctx := context.Background()
-	for name, state := range map[string]string{"a": meta.Admitted, "b": meta.Quarantined, "c": meta.Released, "d": meta.Pending} {
+	for name, state := range map[string]meta.State{"a": meta.Admitted, "b": meta.Quarantined, "c": meta.Released, "d": meta.Pending} {
 		v := meta.Verdict{Repo: "r", Digest: dg(name), State: state, Decided: time.Unix(1700000000, 0)}
 		if err := s.VerdictSet(ctx, v, "gatehouse", "test"); err != nil {
 			t.Fatal(err)
@@ -459,7 +433,7 @@ func testVerdictsServed(t *testing.T, s Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[digest.Digest]string{dg("a"): meta.Admitted, dg("c"): meta.Released}
+	want := map[digest.Digest]meta.State{dg("a"): meta.Admitted, dg("c"): meta.Released}
 	if len(got) != len(want) {
 		t.Fatalf("VerdictsServed = %+v, want %v", got, want)
 	}

@@ -415,7 +415,7 @@ func (s *Store) VerdictSet(ctx context.Context, v meta.Verdict, actor, reason st
 			ON CONFLICT (repo, digest) DO UPDATE SET state = excluded.state, decision = excluded.decision,
 				policy_digest = excluded.policy_digest, db_version = excluded.db_version, decided_at = excluded.decided_at`,
 			v.Repo, v.Digest.String(), v.State, v.Decision, v.PolicyDigest, v.DBVersion, v.Decided.UnixNano())
-		if err != nil || from == v.State {
+		if err != nil || from == string(v.State) {
 			return err
 		}
 		_, err = tx.ExecContext(ctx, `INSERT INTO audit (at, repo, digest, actor, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?, ?, ?)`,

@@ -5,10 +5,11 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/gatehouse-dev/gatehouse/storage/meta"
 	"github.com/gatehouse-dev/gatehouse/storage/meta/metatest"
 )
 
-var _ metatest.Store = (*Store)(nil)
+var _ meta.Store = (*Store)(nil)
 
 func TestSuite(t *testing.T) {
 	metatest.Run(t, func(t *testing.T) metatest.Store {
