@@ -3,7 +3,7 @@
 // manifest GET by digest (wrk, requests/s and latency percentiles), blob GET throughput for one
 // large blob (one stream and many at once), and each server's peak RSS.
 //
-//	go run ./integration/bench [-blob-size 512MiB] [-duration 10s] [-connections 32] [-streams 32]
+//	go run ./integration/bench [-blob-size 512MiB] [-duration 10s] [-connections 32] [-streams 32] [-baseline PATH]
 //
 // integration/bench/run.sh installs the servers and load generator first.
 package main
@@ -54,6 +54,7 @@ var (
 	scanOnly     = flag.Bool("scan-only", false, "run only the scanning comparison")
 	scanRounds   = flag.Int("scan-rounds", 3, "rounds of the scanning comparison (the best is reported)")
 	upstreamRate = flag.String("upstream-rate", "200MiB", "bandwidth of the emulated WAN link to the upstream, per second, for the second pull-through round (0: only the unlimited loopback round)")
+	baseline     = flag.String("baseline", "", "a second gatehouse binary (e.g. built from an older commit): the gate table also measures it, enforcing, interleaved with the others")
 )
 
 type target struct {
@@ -80,6 +81,14 @@ func run() error {
 	for _, t := range []string{"registry", "nginx", "wrk"} {
 		if _, err := lookTool(t); err != nil {
 			return fmt.Errorf("%s not found: run integration/bench/run.sh (it installs the tools first)", t)
+		}
+	}
+	if *baseline != "" {
+		if *baseline, err = filepath.Abs(*baseline); err != nil {
+			return err
+		}
+		if !fileExists(*baseline) {
+			return fmt.Errorf("-baseline %s: no such file", *baseline)
 		}
 	}
 	work, err := os.MkdirTemp("", "gatehouse-bench-")
@@ -319,6 +328,11 @@ func startGatehouse(work, name, extra string) (*target, error) {
 	if err != nil {
 		return nil, err
 	}
+	return startGatehouseBin(work, bin, name, extra)
+}
+
+// startGatehouseBin is startGatehouse with a given gatehouse binary (-baseline's).
+func startGatehouseBin(work, bin, name, extra string) (*target, error) {
 	return startServer(work, name, func(port int, cfg string) *exec.Cmd {
 		os.WriteFile(cfg, []byte(fmt.Sprintf("listen: 127.0.0.1:%d\ndata: %s\nlog: {level: warn}\n%s", port, filepath.Join(work, name+"-data"), extra)), 0o644)
 		return exec.Command(bin, "serve", "--config", cfg)
