@@ -79,7 +79,7 @@ type options struct {
 	routes             *route.Table
 	puller             *pull.Puller
 	onManifest         func(repo string, d digest.Digest, mediaType string)
-	management         http.Handler
+	reports            *reports
 	gate               *gate.Gate
 }
 
@@ -146,8 +146,12 @@ func WithManifestHook(fn func(repo string, d digest.Digest, mediaType string)) O
 // and manifest pushes on one wait for their admission (default: no gate).
 func WithGate(g *gate.Gate) Option { return func(o *options) { o.gate = g } }
 
-// WithManagement serves h under /gatehouse/v1/ (Gatehouse's own API: scan results, ...).
-func WithManagement(h http.Handler) Option { return func(o *options) { o.management = h } }
+// WithReports serves Gatehouse's own API under /gatehouse/v1/: the scan reports,
+// GET /gatehouse/v1/scans/<digest>, read from src, with the state of db (stale when older than
+// maxAge). Without it nothing is served under /gatehouse/v1/.
+func WithReports(src ReportSource, db VulnDB, maxAge time.Duration) Option {
+	return func(o *options) { o.reports = &reports{src: src, db: db, maxAge: maxAge} }
+}
 
 // New returns the API handler over a content store and a metadata store.
 func New(c *content.Store, md Metadata, opts ...Option) (*Handler, error) {
@@ -241,8 +245,9 @@ func (h *Handler) newRouter() *mux.Router {
 	r.Handle("/healthz", h.wrap("healthz", h.healthz)).Methods(http.MethodGet, http.MethodHead)
 	r.Handle("/readyz", h.wrap("readyz", h.readyz)).Methods(http.MethodGet, http.MethodHead)
 	r.Handle("/metrics", h.instrument("metrics", promhttp.HandlerFor(h.opts.registry, promhttp.HandlerOpts{}))).Methods(http.MethodGet)
-	if h.opts.management != nil {
-		r.PathPrefix("/gatehouse/v1/").Handler(h.instrument("management", h.opts.management))
+	if h.opts.reports != nil {
+		// one handler for the whole prefix: any other path or method under it is its 404
+		r.PathPrefix("/gatehouse/v1/").Handler(h.wrap("management", h.scanReport))
 	}
 
 	oci := func(kind Kind, fn handlerFunc, methods ...string) {

@@ -1,4 +1,4 @@
-package scanning
+package api
 
 import (
 	"bytes"
@@ -11,11 +11,11 @@ import (
 	"strings"
 )
 
-// page is the page of a report's lists a request asks for.
-type page struct{ number, size int }
+// reportPage is the page of a scan report's lists a request asks for (?page=N&page_size=M).
+type reportPage struct{ number, size int }
 
-func pageOf(q url.Values) (page, error) {
-	p := page{number: 1, size: DefaultPageSize}
+func reportPageOf(q url.Values) (reportPage, error) {
+	p := reportPage{number: 1, size: DefaultPageSize}
 	for key, dst := range map[string]*int{"page": &p.number, "page_size": &p.size} {
 		v := q.Get(key)
 		if v == "" {
@@ -23,20 +23,20 @@ func pageOf(q url.Values) (page, error) {
 		}
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 {
-			return page{}, fmt.Errorf("%s must be a whole number from 1, got %q", key, v)
+			return reportPage{}, fmt.Errorf("%s must be a whole number from 1, got %q", key, v)
 		}
 		*dst = n
 	}
 	if p.size > MaxPageSize {
-		return page{}, fmt.Errorf("page_size must be at most %d, got %d", MaxPageSize, p.size)
+		return reportPage{}, fmt.Errorf("page_size must be at most %d, got %d", MaxPageSize, p.size)
 	}
 	if p.number > (1<<31)/p.size {
-		return page{}, fmt.Errorf("page %d is past any list", p.number)
+		return reportPage{}, fmt.Errorf("page %d is past any list", p.number)
 	}
 	return p, nil
 }
 
-func (p page) pager() *pager { return &pager{skip: (p.number - 1) * p.size, take: p.size} }
+func (p reportPage) pager() *pager { return &pager{skip: (p.number - 1) * p.size, take: p.size} }
 
 // pager cuts one JSON array to the entries [skip, skip+take) and counts them all.
 type pager struct {

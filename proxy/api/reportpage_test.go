@@ -1,4 +1,4 @@
-package scanning
+package api
 
 import (
 	"context"
@@ -60,7 +60,7 @@ func TestPagedJSON(t *testing.T) {
 // next page; a request for more than MaxPageSize is refused. A report of an image of 60,000
 // packages costs its page, not the inventory.
 func TestReportPaged(t *testing.T) {
-	svc, _, md := newService(t, &recordingScanner{}, 1)
+	h, md := reportHandler(t, fakeVulnDB{})
 	ctx := context.Background()
 	const n = 60_000
 	res := scan.Result{Digest: "sha256:x", Complete: true, Inventory: &inventory.Inventory{Secrets: []inventory.Secret{}}, Findings: []scan.Finding{}}
@@ -77,10 +77,8 @@ func TestReportPaged(t *testing.T) {
 	if err := md.ScanVulnsPut(ctx, d, "v1", []byte(vulns), time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	h := svc.Handler(time.Hour)
 	get := func(query string) (*httptest.ResponseRecorder, Report) {
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest("GET", "/gatehouse/v1/scans/"+d.String()+query, nil))
+		rec := request(h, "GET", "/gatehouse/v1/scans/"+d.String()+query)
 		var rep Report
 		if rec.Code == 200 {
 			if err := json.Unmarshal(rec.Body.Bytes(), &rep); err != nil {

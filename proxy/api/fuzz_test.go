@@ -1,4 +1,4 @@
-package scanning
+package api
 
 import (
 	"encoding/json"
