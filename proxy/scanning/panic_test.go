@@ -36,7 +36,8 @@ func TestPanicsFailTheScan(t *testing.T) {
 			var logs bytes.Buffer
 			svc.log = slog.New(slog.NewTextHandler(&logs, nil))
 			d := pushImage(t, cs, md, "team/app", [][]byte{[]byte("layer")}, nil)
-			got, err := svc.ScanNow(context.Background(), "team/app", d)
+			ev, err := svc.Evidence(context.Background(), pushRoute("team/app"), d)
+			got := ev.Scan
 			if err == nil || got.Error == "" || !strings.Contains(got.Error, "panicked") {
 				t.Fatalf("scan %+v, err %v; want a failed scan naming the panic", got, err)
 			}
@@ -47,8 +48,8 @@ func TestPanicsFailTheScan(t *testing.T) {
 			if strings.Contains(stored.Error, "goroutine") {
 				t.Errorf("the stored error holds the stack: %q", stored.Error)
 			}
-			again, err := svc.ScanNow(context.Background(), "team/app", d)
-			if err != nil || again.Error != got.Error {
+			again, err := svc.Evidence(context.Background(), pushRoute("team/app"), d)
+			if err != nil || again.Scan.Error != got.Error {
 				t.Errorf("second request: %+v, %v; want the stored failure", again, err)
 			}
 			if c := strings.Count(logs.String(), "stack="); c != 1 {

@@ -27,7 +27,10 @@ import (
 	"github.com/gatehouse-dev/gatehouse/storage/meta/sqlite"
 )
 
-func TestRematch(t *testing.T) {
+// TestMatch: Match matches a stored inventory against the database in place and stores what it
+// found, marks a result with no inventory as matched, changes nothing without a database, and
+// does not match again with the same database version.
+func TestMatch(t *testing.T) {
 	ctx := context.Background()
 	cs, _ := content.New(ctx, inmemory.New())
 	md, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "meta.db"))
@@ -38,7 +41,7 @@ func TestRematch(t *testing.T) {
 	dbPath := filepath.Join(t.TempDir(), "vulndb.sqlite")
 	db := vulndb.Open(dbPath)
 	defer db.Close()
-	svc := New(cs, md, &scan.Scanner{}, db, nil, nil, slog.New(slog.DiscardHandler), nil, 1)
+	svc := New(cs, md, &scan.Scanner{}, db, nil, slog.New(slog.DiscardHandler), nil, 1)
 
 	withInv, _ := json.Marshal(scan.Result{Inventory: &inventory.Inventory{Packages: []inventory.Package{
 		{Ecosystem: "npm", Name: "lodash", Version: "4.17.15", Path: "app/node_modules/lodash/package.json"},
@@ -49,29 +52,66 @@ func TestRematch(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := svc.Rematch(ctx); err == nil {
-		t.Fatal("Rematch without a database succeeded")
+	stored := func(d digest.Digest) Evidence {
+		t.Helper()
+		sc, err := md.ScanGet(ctx, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return Evidence{Scan: sc}
 	}
+
+	// without a database: nothing changes, and it is no error
+	for _, d := range []digest.Digest{a, b} {
+		ev, err := svc.Match(ctx, stored(d))
+		if err != nil {
+			t.Fatalf("Match without a database: %v", err)
+		}
+		if ev.Scan.DBVersion != "" || ev.Scan.Vulns != nil || !ev.Scan.Matched.IsZero() {
+			t.Errorf("Match without a database changed the evidence: %+v", ev.Scan)
+		}
+		if sc := stored(d).Scan; sc.DBVersion != "" || !sc.Matched.IsZero() {
+			t.Errorf("Match without a database changed the stored scan: %+v", sc)
+		}
+	}
+
 	info, err := vulndb.Import(ctx, dbPath, "../../attest/vulndb/testdata/osv", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- svc.Rematch(ctx) }()
-	select {
-	case err := <-done:
+	ea, err := svc.Match(ctx, stored(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ea.Scan.DBVersion != info.Version || !strings.Contains(string(ea.Scan.Vulns), "CVE-2020-8203") {
+		t.Errorf("scan a after Match: version %s vulns %s", ea.Scan.DBVersion, ea.Scan.Vulns)
+	}
+	if sa := stored(a).Scan; sa.DBVersion != info.Version || !strings.Contains(string(sa.Vulns), "CVE-2020-8203") {
+		t.Errorf("stored scan a after Match: version %s vulns %s", sa.DBVersion, sa.Vulns)
+	}
+	eb, err := svc.Match(ctx, stored(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if eb.Scan.DBVersion != info.Version {
+		t.Errorf("scan b (no inventory) not marked as matched: %+v", eb.Scan)
+	}
+	if sb := stored(b).Scan; sb.DBVersion != info.Version {
+		t.Errorf("stored scan b (no inventory) not marked as matched: %+v", sb)
+	}
+
+	// the same database version again: nothing is written
+	for _, d := range []digest.Digest{a, b} {
+		before := stored(d).Scan
+		time.Sleep(10 * time.Millisecond) // a write now would store a later Matched
+		ev, err := svc.Match(ctx, Evidence{Scan: before})
 		if err != nil {
 			t.Fatal(err)
 		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Rematch did not return (an inventory-less scan kept it looping)")
-	}
-	sa, _ := md.ScanGet(ctx, a)
-	if sa.DBVersion != info.Version || !strings.Contains(string(sa.Vulns), "CVE-2020-8203") {
-		t.Errorf("scan a after rematch: version %s vulns %s", sa.DBVersion, sa.Vulns)
-	}
-	if sb, _ := md.ScanGet(ctx, b); sb.DBVersion != info.Version {
-		t.Errorf("scan b not marked as matched: %+v", sb)
+		after := stored(d).Scan
+		if !after.Matched.Equal(before.Matched) || !ev.Scan.Matched.Equal(before.Matched) || string(after.Vulns) != string(before.Vulns) {
+			t.Errorf("%s was matched again with the same database version: matched %v, then %v", d, before.Matched, after.Matched)
+		}
 	}
 }
 
@@ -87,19 +127,17 @@ func TestExternalScannerPerRoute(t *testing.T) {
 	cs, _ := content.New(ctx, inmemory.New())
 	md, _ := sqlite.Open(ctx, filepath.Join(t.TempDir(), "meta.db"))
 	defer md.Close()
-	routes, err := route.NewTable([]route.Route{{Prefix: "vendor", Kind: route.Push}, {Prefix: "", Kind: route.Push}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc := New(cs, md, &scan.Scanner{}, vulndb.Open(filepath.Join(t.TempDir(), "none.sqlite")), routes, nil, slog.New(slog.DiscardHandler), nil, 1)
+	svc := New(cs, md, &scan.Scanner{}, vulndb.Open(filepath.Join(t.TempDir(), "none.sqlite")), nil, slog.New(slog.DiscardHandler), nil, 1)
+	svc.RegistryURL = "http://gatehouse.internal:5000"
 	ext := &fakeExternal{}
-	svc.UseExternal("vendor", ext, "http://gatehouse.internal:5000")
+	vendor := externalRoute(ext, "vendor/app")
 	d := digest.FromString("manifest")
 	md.ManifestPut(ctx, meta.Manifest{Repo: "vendor/app", Digest: d, MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 10})
-	sc, err := svc.ScanNow(ctx, "vendor/app", d)
+	ev, err := svc.Evidence(ctx, vendor, d)
 	if err != nil {
 		t.Fatal(err)
 	}
+	sc := ev.Scan
 	if ext.got.Repository != "vendor/app" || ext.got.Digest != d || ext.got.RegistryURL != "http://gatehouse.internal:5000" {
 		t.Errorf("the adapter was asked for %+v", ext.got)
 	}
@@ -111,10 +149,20 @@ func TestExternalScannerPerRoute(t *testing.T) {
 	ext.got = harbor.Image{}
 	other := digest.FromString("other")
 	md.ManifestPut(ctx, meta.Manifest{Repo: "team/app", Digest: other, MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 10})
-	svc.ScanNow(ctx, "team/app", other)
+	svc.Evidence(ctx, pushRoute("team/app"), other)
 	if ext.got.Repository != "" {
 		t.Errorf("an image of another route went to the adapter: %+v", ext.got)
 	}
+}
+
+// pushRoute resolves name to a push route scanned by the built-in scanner.
+func pushRoute(name string) route.Resolved {
+	return route.Resolved{Route: &route.Route{Prefix: "", Kind: route.Push}, Name: name}
+}
+
+// externalRoute resolves name to the vendor push route, which ext scans.
+func externalRoute(ext route.ExternalScanner, name string) route.Resolved {
+	return route.Resolved{Route: &route.Route{Prefix: "vendor", Kind: route.Push, Admission: route.Admission{Scanner: ext}}, Name: name}
 }
 
 // pushImage stores an image of the given layers (bytes, and their descriptors' urls) in repo.
@@ -198,8 +246,7 @@ func newService(t *testing.T, sc Scanner, workers int) (*Service, *content.Store
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { md.Close() })
-	routes, _ := route.NewTable([]route.Route{{Prefix: "", Kind: route.Push}})
-	return New(cs, md, sc, vulndb.Open(filepath.Join(t.TempDir(), "none.sqlite")), routes, nil, slog.New(slog.DiscardHandler), nil, workers), cs, md
+	return New(cs, md, sc, vulndb.Open(filepath.Join(t.TempDir(), "none.sqlite")), nil, slog.New(slog.DiscardHandler), nil, workers), cs, md
 }
 
 func TestEveryLayerIsReadAndRecorded(t *testing.T) {
@@ -207,10 +254,11 @@ func TestEveryLayerIsReadAndRecorded(t *testing.T) {
 	svc, cs, md := newService(t, rs, 1)
 	layers := [][]byte{[]byte("layer one"), []byte("layer two, which names urls")}
 	d := pushImage(t, cs, md, "team/app", layers, [][]string{nil, {"https://example.com/layer"}})
-	sc, err := svc.ScanNow(context.Background(), "team/app", d)
+	ev, err := svc.Evidence(context.Background(), pushRoute("team/app"), d)
 	if err != nil {
 		t.Fatal(err)
 	}
+	sc := ev.Scan
 	if len(rs.layers) != 2 || rs.layers[1] != digest.FromBytes(layers[1]) {
 		t.Errorf("layers the scanner saw: %v (a layer with urls was skipped?)", rs.layers)
 	}
@@ -228,11 +276,11 @@ func TestEveryLayerIsReadAndRecorded(t *testing.T) {
 func TestMissingLayerWithURLsFailsTheScan(t *testing.T) {
 	svc, cs, md := newService(t, &recordingScanner{}, 1)
 	d := pushImage(t, cs, md, "team/app", [][]byte{[]byte("a foreign layer")}, [][]string{{"https://example.com/layer"}}, 0)
-	sc, err := svc.ScanNow(context.Background(), "team/app", d)
+	ev, err := svc.Evidence(context.Background(), pushRoute("team/app"), d)
 	if err == nil {
 		t.Fatal("a scan of an image whose layer is missing succeeded")
 	}
-	if got, _ := md.ScanGet(context.Background(), d); !strings.Contains(got.Error, "never fetches one from the urls") || sc.Error == "" {
+	if got, _ := md.ScanGet(context.Background(), d); !strings.Contains(got.Error, "never fetches one from the urls") || ev.Scan.Error == "" {
 		t.Errorf("recorded scan error %q, want one naming the urls", got.Error)
 	}
 }
@@ -247,7 +295,7 @@ func TestScansRunAtMostWorkersAtOnce(t *testing.T) {
 	var wg sync.WaitGroup
 	for _, d := range ds {
 		wg.Add(1)
-		go func() { defer wg.Done(); svc.ScanNow(context.Background(), "team/app", d) }() // as admissions do
+		go func() { defer wg.Done(); svc.Evidence(context.Background(), pushRoute("team/app"), d) }() // as admissions do
 	}
 	wg.Wait()
 	if p := rs.peak.Load(); p != 2 {
@@ -282,42 +330,21 @@ func TestExternalScanNeverStandsForABuiltinRoute(t *testing.T) {
 	cs, _ := content.New(ctx, inmemory.New())
 	md, _ := sqlite.Open(ctx, filepath.Join(t.TempDir(), "meta.db"))
 	defer md.Close()
-	routes, _ := route.NewTable([]route.Route{{Prefix: "vendor", Kind: route.Push}, {Prefix: "", Kind: route.Push}})
-	svc := New(cs, md, rs, vulndb.Open(filepath.Join(t.TempDir(), "none.sqlite")), routes, nil, slog.New(slog.DiscardHandler), nil, 1)
-	svc.UseExternal("vendor", &fakeExternal{}, "http://gatehouse.internal:5000")
+	svc := New(cs, md, rs, vulndb.Open(filepath.Join(t.TempDir(), "none.sqlite")), nil, slog.New(slog.DiscardHandler), nil, 1)
+	svc.RegistryURL = "http://gatehouse.internal:5000"
 	layers := [][]byte{[]byte("the same image in two repositories")}
 	d := pushImage(t, cs, md, "vendor/app", layers, nil)
 	if d2 := pushImage(t, cs, md, "team/app", layers, nil); d2 != d {
 		t.Fatalf("digests differ: %s %s", d, d2)
 	}
-	if sc, err := svc.ScanNow(ctx, "vendor/app", d); err != nil || !strings.HasPrefix(sc.Scanner, "external: ") {
-		t.Fatalf("vendor scan: %+v %v", sc, err)
+	if ev, err := svc.Evidence(ctx, externalRoute(&fakeExternal{}, "vendor/app"), d); err != nil || !strings.HasPrefix(ev.Scan.Scanner, "external: ") {
+		t.Fatalf("vendor scan: %+v %v", ev.Scan, err)
 	}
-	sc, err := svc.ScanNow(ctx, "team/app", d)
+	ev, err := svc.Evidence(ctx, pushRoute("team/app"), d)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.HasPrefix(sc.Scanner, "external: ") || len(rs.layers) != 1 {
+	if sc := ev.Scan; strings.HasPrefix(sc.Scanner, "external: ") || len(rs.layers) != 1 {
 		t.Errorf("the built-in route took the external scanner's result (scanner %q, built-in scans of layers: %d)", sc.Scanner, len(rs.layers))
-	}
-}
-
-func TestEveryRepositoryIsDecidedAgain(t *testing.T) {
-	ctx := context.Background()
-	svc, cs, md := newService(t, &recordingScanner{}, 1)
-	d := pushImage(t, cs, md, "team/a", [][]byte{[]byte("layer")}, nil)
-	for _, r := range []string{"team/a", "team/b", "docker.io/library/c"} {
-		md.VerdictSet(ctx, meta.Verdict{Repo: r, Digest: d, State: meta.Admitted, Decided: time.Now()}, "gatehouse", "")
-	}
-	var mu sync.Mutex
-	got := map[string]int{}
-	svc.DecideWith(func(_ context.Context, repo string, _ digest.Digest) { mu.Lock(); got[repo]++; mu.Unlock() })
-	if _, err := svc.ScanNow(ctx, "team/a", d); err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range []string{"team/a", "team/b", "docker.io/library/c"} {
-		if got[r] != 1 {
-			t.Errorf("after the scan, %s was decided %d times, want 1 (%v)", r, got[r], got)
-		}
 	}
 }
