@@ -39,11 +39,41 @@ type Decision struct {
 	Warn  []Reason `json:"warn"`
 }
 
+// Reasons says why the decision refuses, for a person: the first n deny messages, then how many
+// more there are ("" when nothing is denied).
+func (d Decision) Reasons(n int) string {
+	var msgs []string
+	for i, r := range d.Deny {
+		if i == n {
+			msgs = append(msgs, fmt.Sprintf("and %d more", len(d.Deny)-n))
+			break
+		}
+		msgs = append(msgs, r.Message)
+	}
+	return strings.Join(msgs, "; ")
+}
+
+// ReasonsOf is Reasons of a recorded decision (its JSON); "" when it cannot be read.
+func ReasonsOf(decision []byte, n int) string {
+	var d Decision
+	if json.Unmarshal(decision, &d) != nil {
+		return ""
+	}
+	return d.Reasons(n)
+}
+
 // Engine is a compiled policy bundle.
 type Engine struct {
 	query   rego.PreparedEvalQuery
 	modules map[string]*ast.Module
 	digest  string
+}
+
+// Bundle is a loaded policy, or why it did not load (admission under it then fails closed).
+type Bundle struct {
+	Source string  // where it was loaded from ("embedded default" or a directory)
+	Engine *Engine // nil when Err says why it did not compile
+	Err    error
 }
 
 // Load compiles the .rego files of a bundle (tests included, so Test can run them) and prepares

@@ -10,7 +10,8 @@ const module = "github.com/gatehouse-dev/gatehouse/"
 
 // TestImportDirection pins the import graph that DESIGN.md and STYLE.md §11 describe, so the
 // data flow stays readable from it: storage and signer import no sibling, proxy never imports
-// cmd, and only cmd imports the cloud-provider SDKs (what field libraries such as osv-scalibr
+// cmd, attest never imports proxy, only proxy and cmd use the admission pipeline (and the gate
+// only through its interface), and only cmd imports the cloud-provider SDKs (what field libraries such as osv-scalibr
 // pull in for themselves is theirs).
 func TestImportDirection(t *testing.T) {
 	out, err := exec.Command("go", "list", "-deps", "-f", `{{.ImportPath}}{{range .Imports}} {{.}}{{end}}`, "../../...").Output()
@@ -45,6 +46,12 @@ func TestImportDirection(t *testing.T) {
 				t.Errorf("%s imports %s: nothing imports cmd", pkg, imp)
 			case from == "policies" && to != "policies":
 				t.Errorf("%s imports %s: policies does no I/O and imports no sibling", pkg, imp)
+			case from == "attest" && to == "proxy":
+				t.Errorf("%s imports %s: attest knows images, not how they are served", pkg, imp)
+			case imp == module+"proxy/admission" && from != "proxy" && from != "cmd":
+				t.Errorf("%s imports %s: only proxy and cmd use the admission pipeline", pkg, imp)
+			case imp == module+"proxy/admission" && pkg == module+"proxy/gate":
+				t.Errorf("%s imports %s: the gate knows admission only as its Admitter interface", pkg, imp)
 			}
 		}
 		if from == "cmd" || from == "integration" {

@@ -29,10 +29,6 @@ import (
 	"github.com/gatehouse-dev/gatehouse/attest/vulndb"
 	"github.com/gatehouse-dev/gatehouse/cmd/gatehouse/config"
 	"github.com/gatehouse-dev/gatehouse/policies"
-	"github.com/gatehouse-dev/gatehouse/proxy/admission"
-	"github.com/gatehouse-dev/gatehouse/proxy/pull"
-	"github.com/gatehouse-dev/gatehouse/storage/content"
-	"github.com/gatehouse-dev/gatehouse/storage/meta/sqlite"
 )
 
 func main() {
@@ -248,31 +244,24 @@ func policyEval(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	driver, err := newDriver(ctx, cfg.Storage)
+	p, err := build(ctx, cfg, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return err
 	}
-	store, err := content.New(ctx, driver)
+	defer p.close()
+	rt, err := p.routes.Resolve(*repo, "")
+	if err != nil {
+		return fmt.Errorf("--repo %s: %w", *repo, err)
+	}
+	in, dec, err := p.pipeline.Explain(ctx, rt, d)
 	if err != nil {
 		return err
 	}
-	md, err := sqlite.Open(ctx, cfg.Metadata.SQLite.Path)
-	if err != nil {
-		return err
-	}
-	defer md.Close()
-	def, routePolicies := loadPolicies(ctx, cfg)
-	table, _, err := buildRoutes(cfg, pull.NewMetrics(nil), slog.Default())
-	if err != nil {
-		return err
-	}
-	a := &admission.Admitter{Content: store, Meta: md, DB: vulndb.Open(cfg.VulnDB.Path), Policy: def.Engine, PolicyErr: def.Err, RoutePolicies: routePolicies, Routes: table,
-		Settings: policies.Settings{HighFixGraceDays: cfg.Admission.HighFixGraceDays}, MaxAge: time.Duration(cfg.VulnDB.MaxAge)}
-	in, dec, err := a.Explain(ctx, *repo, d)
-	if err != nil {
-		return err
+	policy := ""
+	if b := rt.Route.Admission.Policy; b != nil && b.Engine != nil {
+		policy = b.Engine.Digest()
 	}
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
-	return enc.Encode(map[string]any{"policy": a.PolicyDigest(*repo), "input": in, "decision": dec})
+	return enc.Encode(map[string]any{"policy": policy, "input": in, "decision": dec})
 }

@@ -99,9 +99,11 @@ func (h *Handler) manifestGet(w http.ResponseWriter, r *http.Request, t Target) 
 		return err
 	}
 	if h.gated(t) {
-		if d, m, err = h.admitted(ctx, w, t, d, m); err != nil {
+		if d, m, err = h.passGate(ctx, w, t, d, m); err != nil {
 			return err
 		}
+	} else if h.gate != nil {
+		h.gate.Submit(t.Route, d, m.mediaType) // audit: admitted and recorded, served whatever it says
 	}
 	hd := w.Header()
 	if stale != "" {
@@ -193,14 +195,13 @@ func (h *Handler) manifestPut(w http.ResponseWriter, r *http.Request, t Target) 
 	if err := h.meta.ManifestPut(ctx, rec, tags...); err != nil {
 		return apierr.Unavailablef(err, "the metadata store did not record the manifest")
 	}
-	if h.opts.onManifest != nil {
-		h.opts.onManifest(t.Name, d, p.MediaType)
-	}
 	if h.gated(t) {
 		// admitted synchronously: a refusal is the push's answer, and the content stays, quarantined, for review
-		if err := h.gate.Manifest(ctx, t.Name, d, body); err != nil {
+		if err := h.gate.Manifest(ctx, t.Route, d, body); err != nil {
 			return err
 		}
+	} else if h.gate != nil {
+		h.gate.Submit(t.Route, d, p.MediaType)
 	}
 	hd := w.Header()
 	hd.Set("Location", "/v2/"+t.Name+"/manifests/"+d.String())
@@ -216,11 +217,11 @@ func (h *Handler) manifestPut(w http.ResponseWriter, r *http.Request, t Target) 
 	return nil
 }
 
-// admitted passes a manifest through the gate. A tag on a route with tag_fallback that now points
+// passGate passes a manifest through the gate. A tag on a route with tag_fallback that now points
 // to a digest under admission or refused serves the digest it last served admitted instead, and
 // says so in Gatehouse-Tag-Fallback.
-func (h *Handler) admitted(ctx context.Context, w http.ResponseWriter, t Target, d digest.Digest, m cachedManifest) (digest.Digest, cachedManifest, error) {
-	byTag := !IsDigest(t.Ref) && h.gate.Fallback(t.Route.Route)
+func (h *Handler) passGate(ctx context.Context, w http.ResponseWriter, t Target, d digest.Digest, m cachedManifest) (digest.Digest, cachedManifest, error) {
+	byTag := !IsDigest(t.Ref) && t.Route.Route != nil && t.Route.Route.Admission.TagFallback
 	var last digest.Digest
 	canFallBack := false
 	if byTag {
@@ -230,9 +231,9 @@ func (h *Handler) admitted(ctx context.Context, w http.ResponseWriter, t Target,
 	var err error
 	if canFallBack {
 		// a known-good digest is at hand: do not keep the client waiting for the new one
-		err = h.gate.ManifestWithin(ctx, t.Name, d, m.body, 0)
+		err = h.gate.ManifestWithin(ctx, t.Route, d, m.body, 0)
 	} else {
-		err = h.gate.Manifest(ctx, t.Name, d, m.body)
+		err = h.gate.Manifest(ctx, t.Route, d, m.body)
 	}
 	if err == nil {
 		if byTag {
@@ -244,7 +245,7 @@ func (h *Handler) admitted(ctx context.Context, w http.ResponseWriter, t Target,
 		return "", cachedManifest{}, err
 	}
 	lm, lerr := h.manifest(ctx, t, last)
-	if lerr != nil || h.gate.Manifest(ctx, t.Name, last, lm.body) != nil {
+	if lerr != nil || h.gate.Manifest(ctx, t.Route, last, lm.body) != nil {
 		return "", cachedManifest{}, err // the fallback is gone or refused too: the new digest's answer stands
 	}
 	why := "refused by policy"
@@ -255,9 +256,10 @@ func (h *Handler) admitted(ctx context.Context, w http.ResponseWriter, t Target,
 	return last, lm, nil
 }
 
-// gated says whether the target's route enforces admission.
+// gated says whether the target's route serves only what is admitted (a route with no mode
+// does: fail closed).
 func (h *Handler) gated(t Target) bool {
-	return h.gate != nil && h.gate.Enforced(t.Route.Route)
+	return h.gate != nil && (t.Route.Route == nil || t.Route.Route.Admission.Enforced())
 }
 
 func tooLarge(n, limit int64) error {

@@ -74,7 +74,7 @@ const (
 	MaxPageSize     = 1000
 )
 
-// Verdict is the admission decision recorded for the image in the repository it was scanned in.
+// Verdict is the verdict recorded on the image in the repository it was scanned in.
 type Verdict struct {
 	State    string          `json:"state"`
 	Decided  time.Time       `json:"decided"`

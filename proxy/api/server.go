@@ -55,7 +55,7 @@ type Handler struct {
 	metrics *metrics
 	routes  *route.Table
 	puller  *pull.Puller
-	gate    *gate.Gate
+	gate    Gate
 
 	sessions *uploadSessions // open upload sessions, counted against the caps
 }
@@ -78,9 +78,8 @@ type options struct {
 	registry           *prometheus.Registry
 	routes             *route.Table
 	puller             *pull.Puller
-	onManifest         func(repo string, d digest.Digest, mediaType string)
 	reports            *reports
-	gate               *gate.Gate
+	gate               Gate
 }
 
 // Option configures a Handler.
@@ -137,14 +136,28 @@ func WithRoutes(t *route.Table) Option { return func(o *options) { o.routes = t 
 // WithPuller fills pull routes from their upstreams (required when the table has pull routes).
 func WithPuller(p *pull.Puller) Option { return func(o *options) { o.puller = p } }
 
-// WithManifestHook is told of every manifest pushed (the scanner queues it).
-func WithManifestHook(fn func(repo string, d digest.Digest, mediaType string)) Option {
-	return func(o *options) { o.onManifest = fn }
+// Gate is what the API asks of the admission gate (proxy/gate).
+type Gate interface {
+	// Manifest and ManifestWithin say whether a manifest may be served (nil) or why not.
+	Manifest(ctx context.Context, rt route.Resolved, d digest.Digest, body []byte) error
+	ManifestWithin(ctx context.Context, rt route.Resolved, d digest.Digest, body []byte, hold time.Duration) error
+	// Blob says whether a blob may be served from a repository.
+	Blob(ctx context.Context, repo string, d digest.Digest) error
+	// Mountable says whether a mount that names no source repository may link a blob.
+	Mountable(d digest.Digest) bool
+	// Submit admits a manifest in the background.
+	Submit(rt route.Resolved, d digest.Digest, mediaType string)
+	// LastAdmitted and TagServed keep the digest a fallback tag last served admitted.
+	LastAdmitted(ctx context.Context, repo, tag string) (digest.Digest, bool)
+	TagServed(ctx context.Context, repo, tag string, d digest.Digest)
 }
 
-// WithGate has every manifest and blob request on an enforcing route pass the admission gate,
-// and manifest pushes on one wait for their admission (default: no gate).
-func WithGate(g *gate.Gate) Option { return func(o *options) { o.gate = g } }
+var _ Gate = (*gate.Gate)(nil)
+
+// WithGate has every image admitted (a push or a first pull starts its admission), every
+// manifest and blob request on an enforcing route pass the gate, and manifest pushes on one
+// wait for their admission (default: no gate, nothing admitted).
+func WithGate(g Gate) Option { return func(o *options) { o.gate = g } }
 
 // WithReports serves Gatehouse's own API under /gatehouse/v1/: the scan reports,
 // GET /gatehouse/v1/scans/<digest>, read from src, with the state of db (stale when older than

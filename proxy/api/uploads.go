@@ -568,3 +568,24 @@ func (s *uploadSessions) later(id string, d time.Duration) {
 		e.timer.Reset(d)
 	}
 }
+
+// PurgeUploads deletes the upload sessions older than the upload expiry, every interval, until
+// ctx ends (a session is refused once expired; this frees its bytes).
+func (h *Handler) PurgeUploads(ctx context.Context, every time.Duration) {
+	if every <= 0 || h.opts.uploadExpiry <= 0 {
+		return
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			n, errs := h.content.PurgeUploads(ctx, time.Now().Add(-h.opts.uploadExpiry))
+			if n > 0 || len(errs) > 0 {
+				h.opts.logger.Info("purged expired upload sessions", "files", n, "errors", len(errs))
+			}
+		}
+	}
+}

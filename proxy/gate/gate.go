@@ -13,9 +13,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
-	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/gatehouse-dev/gatehouse/policies"
@@ -25,52 +23,38 @@ import (
 	"github.com/gatehouse-dev/gatehouse/storage/meta"
 )
 
-// Mode is how a route treats decisions.
-type Mode string
+// Admitter is the one thing the gate asks of admission (proxy/admission.Pipeline): the verdict
+// on a manifest of a route's repository, admitting it if it has none that stands.
+type Admitter interface {
+	Admit(ctx context.Context, rt route.Resolved, d digest.Digest) (meta.Verdict, error)
+}
 
-const (
-	Enforce Mode = "enforce" // serve only what is admitted or released
-	Audit   Mode = "audit"   // decide and record, but serve everything
-)
-
-// Metadata is where verdicts are kept.
+// Metadata is what the gate reads of the metadata store (it writes only fallback tags).
 type Metadata interface {
 	VerdictGet(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error)
-	VerdictSet(ctx context.Context, v meta.Verdict, actor, reason string) error
+	VerdictsServed(ctx context.Context, repo string) ([]meta.Verdict, error)
 	AdmittedTagSet(ctx context.Context, repo, tag string, d digest.Digest) error
 	AdmittedTagGet(ctx context.Context, repo, tag string) (digest.Digest, error)
-	VerdictsServed(ctx context.Context, repo string) ([]meta.Verdict, error)
 	// ScanGet returns an image's stored scan: the gate serves only the blobs it read.
 	ScanGet(ctx context.Context, d digest.Digest) (meta.Scan, error)
 }
-
-// Admit produces the verdict on an image manifest of a repository: it fetches and scans what it
-// must, then decides. It is called at most once at a time per digest.
-type Admit func(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error)
 
 // Manifests reads stored manifest bytes (to learn an index's children and an image's blobs).
 type Manifests interface {
 	ManifestGet(ctx context.Context, d digest.Digest) ([]byte, error)
 }
 
-// Config configures a Gate.
+// Config configures a Gate. Each route's mode and tag fallback are on the route itself
+// (route.Admission).
 type Config struct {
-	Default Mode            // the mode of routes not in Routes
-	Routes  map[string]Mode // by route prefix
-	// Fallback lists the route prefixes whose tags keep serving their last admitted digest while
-	// the tag's new digest is pending or refused (tag_fallback: last-admitted).
-	Fallback map[string]bool
-	Hold     time.Duration // how long a request waits for an admission before 503 (default 60s)
-	Timeout  time.Duration // how long one admission may run in all (default 15m)
-	// RevokeGrace keeps serving a digest this long after a later decision refuses it (a new
+	Hold    time.Duration // how long a request waits for an admission before 503 (default 60s)
+	Timeout time.Duration // how long one admission may run in all (default 15m)
+	// RevokeGrace keeps serving a digest this long after a later verdict refuses it (a new
 	// advisory, a policy change), so teams can roll forward first (0: refuse at once).
 	RevokeGrace time.Duration
-	// Table resolves a repository to its route (nil: every repository is on a push route). On
-	// a pull route an index is served without fetching its children: each child is fetched and
-	// admitted when a client asks for it, so a pull of one platform admits one image.
-	Table *route.Table
-	// MaxIndexChildren refuses larger indexes (default 1024).
-	MaxIndexChildren int
+	// Background bounds the admissions Submit runs at once (default 1024); past it an image is
+	// admitted when it is next asked for.
+	Background int
 }
 
 // Gate is the admission gate. It is safe for concurrent use.
@@ -78,7 +62,7 @@ type Gate struct {
 	cfg       Config
 	meta      Metadata
 	manifests Manifests
-	admit     Admit
+	admitter  Admitter
 	log       *slog.Logger
 	metrics   *metrics
 
@@ -89,7 +73,8 @@ type Gate struct {
 	tags    map[string]digest.Digest // repo:tag -> the digest it last served admitted (fallback routes)
 	repos   map[string]bool          // repositories whose stored served verdicts have been learned
 
-	flights singleflight.Group
+	flights    singleflight.Group
+	background chan struct{} // one per admission Submit runs
 
 	base     context.Context // admissions run under it; Release ends it, and held requests are answered then
 	stop     context.CancelFunc
@@ -113,25 +98,23 @@ func (g *Gate) Release() {
 func (g *Gate) Wait() { g.running.Wait() }
 
 type known struct {
-	state    string
-	refusal  *apierr.Error   // nil when the state serves
+	state    meta.State
+	metadata bool            // a referrer: served as metadata, whatever its verdict
+	refusal  *apierr.Error   // nil when it is served
 	refs     []digest.Digest // blobs counted in Gate.blobs
 	children []digest.Digest // a served index's children: one refused later sends it back to admission
 }
 
 // New returns a gate. reg may be nil.
-func New(cfg Config, md Metadata, manifests Manifests, admit Admit, log *slog.Logger, reg prometheus.Registerer) (*Gate, error) {
-	if cfg.Default == "" {
-		cfg.Default = Enforce
-	}
+func New(cfg Config, md Metadata, manifests Manifests, a Admitter, log *slog.Logger, reg prometheus.Registerer) (*Gate, error) {
 	if cfg.Hold <= 0 {
 		cfg.Hold = 60 * time.Second
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 15 * time.Minute
 	}
-	if cfg.MaxIndexChildren <= 0 {
-		cfg.MaxIndexChildren = 1024
+	if cfg.Background <= 0 {
+		cfg.Background = 1024
 	}
 	if log == nil {
 		log = slog.Default()
@@ -141,22 +124,9 @@ func New(cfg Config, md Metadata, manifests Manifests, admit Admit, log *slog.Lo
 		return nil, err
 	}
 	base, stop := context.WithCancel(context.Background())
-	return &Gate{cfg: cfg, meta: md, manifests: manifests, admit: admit, log: log, metrics: m, base: base, stop: stop,
+	return &Gate{cfg: cfg, meta: md, manifests: manifests, admitter: a, log: log, metrics: m, base: base, stop: stop, background: make(chan struct{}, cfg.Background),
 		known: map[string]known{}, blobs: map[string]int{}, anyBlob: map[digest.Digest]int{}, tags: map[string]digest.Digest{}, repos: map[string]bool{}}, nil
 }
-
-// Enforced says whether requests through a route are gated (nil: the default route).
-func (g *Gate) Enforced(r *route.Route) bool {
-	if r != nil {
-		if m, ok := g.cfg.Routes[r.Prefix]; ok {
-			return m == Enforce
-		}
-	}
-	return g.cfg.Default == Enforce
-}
-
-// Fallback says whether a route's tags fall back to their last admitted digest.
-func (g *Gate) Fallback(r *route.Route) bool { return r != nil && g.cfg.Fallback[r.Prefix] }
 
 // TagServed remembers that a tag served admitted digest d (written through only on change).
 func (g *Gate) TagServed(ctx context.Context, repo, tag string, d digest.Digest) {
@@ -197,23 +167,24 @@ func (g *Gate) LastAdmitted(ctx context.Context, repo, tag string) (digest.Diges
 
 func key(repo string, d digest.Digest) string { return repo + "@" + d.String() }
 
-// Manifest returns nil when manifest d of repo (whose bytes are body) may be served, and the
-// refusal otherwise: 403 DENIED with the reasons, or 503 with Retry-After while it is under
-// admission. The first request for an undecided digest starts its admission.
-func (g *Gate) Manifest(ctx context.Context, repo string, d digest.Digest, body []byte) error {
-	return g.ManifestWithin(ctx, repo, d, body, g.cfg.Hold)
+// Manifest returns nil when manifest d of the route's repository (whose bytes are body) may be
+// served, and the refusal otherwise: 403 DENIED with the reasons, or 503 with Retry-After while
+// it is under admission. The first request for a digest with no verdict starts its admission.
+func (g *Gate) Manifest(ctx context.Context, rt route.Resolved, d digest.Digest, body []byte) error {
+	return g.ManifestWithin(ctx, rt, d, body, g.cfg.Hold)
 }
 
 // ManifestWithin is Manifest with its own hold (0: answer at once; the admission goes on).
-func (g *Gate) ManifestWithin(ctx context.Context, repo string, d digest.Digest, body []byte, hold time.Duration) error {
+func (g *Gate) ManifestWithin(ctx context.Context, rt route.Resolved, d digest.Digest, body []byte, hold time.Duration) error {
+	repo := rt.Name
 	g.mu.RLock()
 	k, ok := g.known[key(repo, d)]
 	g.mu.RUnlock()
 	if ok {
 		return g.refused("manifest", k.refusal)
 	}
-	p := parse(body)
-	if p.metadata() {
+	m, _ := manifest.Read(body) // stored manifests were checked when they entered
+	if m.Metadata() {
 		// A referrer (signature, SBOM, attestation) is metadata about its subject: its manifest is
 		// served, but it never makes the subject pullable and its blobs stay gated.
 		g.referrer(repo, d)
@@ -222,15 +193,64 @@ func (g *Gate) ManifestWithin(ctx context.Context, repo string, d digest.Digest,
 	v, err := g.meta.VerdictGet(ctx, repo, d)
 	switch {
 	case err == nil && v.State != meta.Pending:
-		return g.refused("manifest", g.learn(ctx, v, p).refusal)
+		return g.refused("manifest", g.learn(ctx, rt, v, m).refusal)
 	case err != nil && !errors.Is(err, meta.ErrNotFound):
-		return apierr.Unavailablef(err, "the metadata store did not answer while looking up the verdict on %s; nothing is served undecided", d)
+		return apierr.Unavailablef(err, "the metadata store did not answer while looking up the verdict on %s; nothing is served without a verdict", d)
 	}
-	k, err = g.await(ctx, repo, d, p, hold)
+	k, err = g.await(ctx, rt, d, m, hold)
 	if err != nil {
 		return err
 	}
 	return g.refused("manifest", k.refusal)
+}
+
+// Submit admits an image in the background (a push, a manifest an upstream served), so its
+// verdict is recorded whether or not a request waits for it. At most Config.Background run at
+// once; past that the image is admitted when it is next asked for. Artifacts are not admitted.
+func (g *Gate) Submit(rt route.Resolved, d digest.Digest, mediaType string) {
+	if !manifest.IsImage(mediaType) {
+		return
+	}
+	g.mu.RLock()
+	_, ok := g.known[key(rt.Name, d)]
+	g.mu.RUnlock()
+	if ok {
+		return // admitted already
+	}
+	select {
+	case g.background <- struct{}{}:
+	default:
+		g.log.Warn("too many background admissions; the image is admitted when it is next asked for", "repo", rt.Name, "digest", d)
+		return
+	}
+	go func() {
+		defer func() { <-g.background }()
+		body, err := g.manifests.ManifestGet(g.base, d)
+		if err != nil {
+			return // gone already: nothing to admit
+		}
+		if m, err := manifest.Read(body); err != nil || !m.Image() || m.Metadata() {
+			return
+		}
+		_ = g.Reconsider(g.base, rt, d) // run logs a failure
+	}()
+}
+
+// Reconsider admits manifest d of the route's repository again (its evidence or the policy may
+// have changed) and serves what that answers from then on.
+func (g *Gate) Reconsider(ctx context.Context, rt route.Resolved, d digest.Digest) error {
+	body, err := g.manifests.ManifestGet(ctx, d)
+	if err != nil {
+		g.forget(rt.Name, d) // the next request reads what is stored again
+		return err
+	}
+	m, _ := manifest.Read(body)
+	if m.Metadata() {
+		g.referrer(rt.Name, d)
+		return nil
+	}
+	_, err, _ = g.flights.Do(key(rt.Name, d), func() (any, error) { return g.run(rt, d, m) })
+	return err
 }
 
 func (g *Gate) refused(kind string, e *apierr.Error) error {
@@ -254,7 +274,7 @@ func (g *Gate) Blob(ctx context.Context, repo string, d digest.Digest) error {
 		// the first blob request for this repository since start: learn what its stored
 		// admitted manifests reference (a client may ask for a blob before its manifest)
 		if _, err, _ := g.flights.Do("repo\x00"+repo, func() (any, error) { return nil, g.loadRepo(ctx, repo) }); err != nil {
-			return apierr.Unavailablef(err, "could not read the admitted images of %s to decide on blob %s; nothing is served undecided", repo, d)
+			return apierr.Unavailablef(err, "could not read the admitted images of %s to answer for blob %s; nothing is served without a verdict", repo, d)
 		}
 		g.mu.RLock()
 		n = g.blobs[key(repo, d)]
@@ -285,7 +305,8 @@ func (g *Gate) loadRepo(ctx context.Context, repo string) error {
 		if err != nil {
 			return fmt.Errorf("manifest %s: %w", v.Digest, err)
 		}
-		g.learnUnlessKnown(ctx, v, parse(body))
+		m, _ := manifest.Read(body)
+		g.learnUnlessKnown(ctx, v, m)
 	}
 	g.mu.Lock()
 	g.repos[repo] = true
@@ -293,56 +314,11 @@ func (g *Gate) loadRepo(ctx context.Context, repo string) error {
 	return nil
 }
 
-// Record tells the gate of a decision made elsewhere (a background scan, a re-match, a review), so
-// what it serves follows at once.
-func (g *Gate) Record(ctx context.Context, v meta.Verdict) {
-	if v.State == meta.Pending {
-		g.forget(v.Repo, v.Digest) // undecided again: the next request waits for its admission
-		return
-	}
-	if g.cfg.RevokeGrace > 0 && !serves(v.State) {
-		g.mu.RLock()
-		old, ok := g.known[key(v.Repo, v.Digest)]
-		g.mu.RUnlock()
-		if ok && serves(old.state) {
-			g.log.Warn("a served digest is refused by a later decision; it is served until the grace period ends", "repo", v.Repo, "digest", v.Digest,
-				"verdict", v.State, "grace", g.cfg.RevokeGrace, "reason", firstReasons(v, 1))
-			time.AfterFunc(g.cfg.RevokeGrace, func() {
-				// whatever the stored verdict is by then (it may have been re-admitted meanwhile)
-				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-				defer cancel()
-				cur, err := g.meta.VerdictGet(ctx, v.Repo, v.Digest)
-				if err != nil {
-					g.forget(v.Repo, v.Digest) // the next request asks the store again
-					return
-				}
-				if !serves(cur.State) {
-					g.learn(ctx, cur, parsed{})
-				}
-			})
-			return
-		}
-	}
-	body, err := g.manifests.ManifestGet(ctx, v.Digest)
-	if err != nil {
-		// without its bytes the gate cannot tell its blobs or whether it is a referrer; forget
-		// it so the next request reads the stored verdict again
-		g.forget(v.Repo, v.Digest)
-		return
-	}
-	p := parse(body)
-	if p.metadata() {
-		g.referrer(v.Repo, v.Digest) // served as metadata whatever a scan of it concluded
-		return
-	}
-	g.learn(ctx, v, p)
-}
-
 // referrer remembers that a manifest is a referrer: served as metadata, its blobs not counted.
 func (g *Gate) referrer(repo string, d digest.Digest) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.put(repo, d, &known{state: "referrer"})
+	g.put(repo, d, &known{metadata: true})
 }
 
 func (g *Gate) forget(repo string, d digest.Digest) {
@@ -390,20 +366,18 @@ func (g *Gate) Mountable(d digest.Digest) bool {
 	return g.anyBlob[d] > 0
 }
 
-func serves(state string) bool { return state == meta.Admitted || state == meta.Released }
-
 // knownFor is what the gate keeps of a final verdict: the blobs it makes servable, or its refusal.
 // A serving verdict makes servable only the blobs that the image's scan read: a layer the scan
 // did not read (whatever the reason) is never served on the strength of the image's verdict.
-func (g *Gate) knownFor(ctx context.Context, v meta.Verdict, p parsed) known {
-	if !serves(v.State) {
+func (g *Gate) knownFor(ctx context.Context, v meta.Verdict, m manifest.Stored) known {
+	if !v.State.Serves() {
 		return known{state: v.State, refusal: refusal(v)}
 	}
 	k := known{state: v.State}
-	for _, c := range p.Manifests {
+	for _, c := range m.Manifests {
 		k.children = append(k.children, c.Digest)
 	}
-	want := p.blobs()
+	want := m.Blobs()
 	if len(want) == 0 {
 		return k
 	}
@@ -445,27 +419,24 @@ func (g *Gate) scanned(ctx context.Context, d digest.Digest) (map[digest.Digest]
 	return read, nil
 }
 
-// learn remembers a final verdict and the blobs it makes servable.
-func (g *Gate) learn(ctx context.Context, v meta.Verdict, p parsed) known {
-	k := g.knownFor(ctx, v, p)
+// learn remembers a final verdict and the blobs it makes servable. A refused image sends the
+// served indexes that list it back to admission, so they are judged again with it.
+func (g *Gate) learn(ctx context.Context, rt route.Resolved, v meta.Verdict, m manifest.Stored) known {
+	k := g.knownFor(ctx, v, m)
 	g.mu.Lock()
-	if old, had := g.put(v.Repo, v.Digest, &k); had && serves(old.state) && !serves(v.State) {
-		g.log.Warn("a served digest is now refused", "repo", v.Repo, "digest", v.Digest, "verdict", v.State, "reason", firstReasons(v, 1))
+	if old, had := g.put(v.Repo, v.Digest, &k); had && old.state.Serves() && !v.State.Serves() {
+		g.log.Warn("a served digest is now refused", "repo", v.Repo, "digest", v.Digest, "verdict", v.State, "reason", policies.ReasonsOf(v.Decision, 1))
 	}
 	var indexes []digest.Digest
-	if !serves(v.State) {
+	if !v.State.Serves() {
 		indexes = g.servedIndexesOf(v.Repo, v.Digest)
-		for _, idx := range indexes {
-			g.put(v.Repo, idx, nil)
-		}
 	}
 	g.mu.Unlock()
 	for _, idx := range indexes {
-		// the index was served while this child was not known refused: it goes back to
-		// admission, and is judged again (with this child) on its next request
-		pv := meta.Verdict{Repo: v.Repo, Digest: idx, State: meta.Pending, PolicyDigest: "index: judged by its children", Decided: time.Now().UTC()}
-		if err := g.meta.VerdictSet(ctx, pv, "gatehouse", fmt.Sprintf("its child %s is now %s; the index is judged again", v.Digest, v.State)); err != nil {
-			g.log.Warn("could not send an index back to admission after a child was refused; its stored verdict stands until it is decided again", "repo", v.Repo, "index", idx, "err", err)
+		// the index was served while this child was not known refused: it is judged again (with
+		// this child) before it is served again
+		if err := g.Reconsider(ctx, rt, idx); err != nil {
+			g.log.Warn("could not judge an index again after a child was refused; it is judged when next asked for", "repo", v.Repo, "index", idx, "err", err)
 		}
 	}
 	return k
@@ -476,7 +447,7 @@ func (g *Gate) servedIndexesOf(repo string, child digest.Digest) []digest.Digest
 	var out []digest.Digest
 	prefix := repo + "@"
 	for mk, k := range g.known {
-		if !strings.HasPrefix(mk, prefix) || !serves(k.state) {
+		if !strings.HasPrefix(mk, prefix) || !k.state.Serves() {
 			continue
 		}
 		for _, c := range k.children {
@@ -489,9 +460,9 @@ func (g *Gate) servedIndexesOf(repo string, child digest.Digest) []digest.Digest
 	return out
 }
 
-// learnUnlessKnown learns a listed verdict unless a decision arrived meanwhile (which is newer).
-func (g *Gate) learnUnlessKnown(ctx context.Context, v meta.Verdict, p parsed) {
-	k := g.knownFor(ctx, v, p)
+// learnUnlessKnown learns a listed verdict unless a newer one arrived meanwhile.
+func (g *Gate) learnUnlessKnown(ctx context.Context, v meta.Verdict, m manifest.Stored) {
+	k := g.knownFor(ctx, v, m)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if _, ok := g.known[key(v.Repo, v.Digest)]; !ok {
@@ -500,31 +471,9 @@ func (g *Gate) learnUnlessKnown(ctx context.Context, v meta.Verdict, p parsed) {
 }
 
 // await runs the admission of d once, however many requests ask, and waits for it up to the hold.
-func (g *Gate) await(ctx context.Context, repo string, d digest.Digest, p parsed, hold time.Duration) (known, error) {
-	ch := g.flights.DoChan(key(repo, d), func() (any, error) {
-		// not the request's context: the decision is worth finishing for whoever asks next
-		// (the gate's own, which only a shutdown ends)
-		g.runMu.Lock()
-		if g.released {
-			g.runMu.Unlock()
-			return known{}, apierr.New(apierr.Unavailable, "manifest %s of %s is not admitted while this Gatehouse shuts down; retry in a few seconds", d, repo).
-				WithHeader("Retry-After", "5")
-		}
-		g.running.Add(1)
-		g.runMu.Unlock()
-		defer g.running.Done()
-		actx, cancel := context.WithTimeout(g.base, g.cfg.Timeout)
-		defer cancel()
-		g.metrics.admissions.Inc()
-		start := time.Now()
-		defer func() { g.metrics.admissionSeconds.Observe(time.Since(start).Seconds()) }()
-		v, err := g.decide(actx, repo, d, p)
-		if err != nil {
-			g.log.Error("admission failed", "repo", repo, "digest", d, "err", err)
-			return known{}, err
-		}
-		return g.learn(actx, v, p), nil
-	})
+func (g *Gate) await(ctx context.Context, rt route.Resolved, d digest.Digest, m manifest.Stored, hold time.Duration) (known, error) {
+	repo := rt.Name
+	ch := g.flights.DoChan(key(repo, d), func() (any, error) { return g.run(rt, d, m) })
 	timer := time.NewTimer(hold)
 	defer timer.Stop()
 	select {
@@ -534,7 +483,7 @@ func (g *Gate) await(ctx context.Context, repo string, d digest.Digest, p parsed
 			if errors.As(res.Err, &e) {
 				return known{}, e
 			}
-			return known{}, apierr.Unavailablef(res.Err, "manifest %s of %s could not be admitted: %v; nothing is served undecided, so retry once the cause is fixed", d, repo, res.Err)
+			return known{}, apierr.Unavailablef(res.Err, "manifest %s of %s could not be admitted: %v; nothing is served without a verdict, so retry once the cause is fixed", d, repo, res.Err)
 		}
 		return res.Val.(known), nil
 	case <-timer.C:
@@ -543,161 +492,76 @@ func (g *Gate) await(ctx context.Context, repo string, d digest.Digest, p parsed
 		if retry < 1 {
 			retry = 1
 		}
-		return known{}, apierr.New(apierr.Unavailable, "manifest %s of %s is under admission (being fetched, scanned and decided); retry in %d seconds", d, repo, retry).
+		return known{}, apierr.New(apierr.Unavailable, "manifest %s of %s is under admission (being fetched, scanned and evaluated); retry in %d seconds", d, repo, retry).
 			WithHeader("Retry-After", strconv.Itoa(retry)).
-			WithDetail(map[string]string{"repository": repo, "digest": d.String(), "state": meta.Pending})
+			WithDetail(map[string]string{"repository": repo, "digest": d.String(), "state": string(meta.Pending)})
 	case <-g.base.Done():
 		return known{}, apierr.New(apierr.Unavailable, "manifest %s of %s is under admission and this Gatehouse is shutting down; retry in a few seconds", d, repo).
 			WithHeader("Retry-After", "5").
-			WithDetail(map[string]string{"repository": repo, "digest": d.String(), "state": meta.Pending})
+			WithDetail(map[string]string{"repository": repo, "digest": d.String(), "state": string(meta.Pending)})
 	case <-ctx.Done():
 		return known{}, ctx.Err()
 	}
 }
 
-// decide admits an image through Admit; an index is judged by its children, each on its own.
-func (g *Gate) decide(ctx context.Context, repo string, d digest.Digest, p parsed) (meta.Verdict, error) {
-	if len(p.Manifests) == 0 {
-		return g.admit(ctx, repo, d)
+// run is one admission, under the gate's own context (not a request's: the verdict is worth
+// finishing for whoever asks next; only a shutdown ends it), and what the gate learns of it.
+func (g *Gate) run(rt route.Resolved, d digest.Digest, m manifest.Stored) (known, error) {
+	repo := rt.Name
+	g.runMu.Lock()
+	if g.released {
+		g.runMu.Unlock()
+		return known{}, apierr.New(apierr.Unavailable, "manifest %s of %s is not admitted while this Gatehouse shuts down; retry in a few seconds", d, repo).
+			WithHeader("Retry-After", "5")
 	}
-	type child struct {
-		desc v1.Descriptor
-		v    meta.Verdict
+	g.running.Add(1)
+	g.runMu.Unlock()
+	defer g.running.Done()
+	ctx, cancel := context.WithTimeout(g.base, g.cfg.Timeout)
+	defer cancel()
+	g.metrics.admissions.Inc()
+	start := time.Now()
+	defer func() { g.metrics.admissionSeconds.Observe(time.Since(start).Seconds()) }()
+	v, err := g.admitter.Admit(ctx, rt, d)
+	if err == nil && v.State == meta.Pending {
+		err = fmt.Errorf("admission left it pending")
 	}
-	dec := policies.Decision{Allow: true, Deny: []policies.Reason{}, Warn: []policies.Reason{}}
-	if n := len(p.Manifests); n > g.cfg.MaxIndexChildren {
-		dec.Allow = false
-		dec.Deny = append(dec.Deny, policies.Reason{Rule: "index.children", Message: fmt.Sprintf("the index lists %d manifests; the limit is %d (admission.max_index_children)", n, g.cfg.MaxIndexChildren),
-			Evidence: map[string]int{"children": n, "limit": g.cfg.MaxIndexChildren}})
-		return g.recordIndex(ctx, repo, d, dec, "")
+	if err != nil {
+		g.log.Error("admission failed", "repo", repo, "digest", d, "err", err)
+		g.forget(repo, d) // the next request asks again
+		return known{}, err
 	}
-	lazy := g.onPullRoute(repo)
-	var children []*child
-	for _, c := range p.Manifests {
-		if !lazy && g.attestation(ctx, c) {
-			continue // buildx attestations ride in indexes; they are referrers, not platforms
-		}
-		children = append(children, &child{desc: c})
-	}
-	eg, ectx := errgroup.WithContext(ctx)
-	eg.SetLimit(4)
-	for _, c := range children {
-		eg.Go(func() error {
-			if lazy {
-				// a pull route fetches and admits a child only when a client asks for it: the
-				// index is refused only for children already known to be refused
-				v, err := g.meta.VerdictGet(ectx, repo, c.desc.Digest)
-				if errors.Is(err, meta.ErrNotFound) {
-					v, err = meta.Verdict{State: meta.Pending}, nil
+	return g.settle(ctx, rt, v, m), nil
+}
+
+// settle has what the gate serves follow a verdict. A served digest that a later verdict refuses
+// is served on for the revoke grace, if one is set, then refused if its stored verdict still
+// says so.
+func (g *Gate) settle(ctx context.Context, rt route.Resolved, v meta.Verdict, m manifest.Stored) known {
+	if g.cfg.RevokeGrace > 0 && !v.State.Serves() {
+		g.mu.RLock()
+		old, ok := g.known[key(v.Repo, v.Digest)]
+		g.mu.RUnlock()
+		if ok && old.state.Serves() {
+			g.log.Warn("a served digest is refused by a later verdict; it is served until the grace period ends", "repo", v.Repo, "digest", v.Digest,
+				"verdict", v.State, "grace", g.cfg.RevokeGrace, "reason", policies.ReasonsOf(v.Decision, 1))
+			time.AfterFunc(g.cfg.RevokeGrace, func() {
+				// whatever the stored verdict is by then (it may have been re-admitted meanwhile)
+				ctx, cancel := context.WithTimeout(g.base, time.Minute)
+				defer cancel()
+				cur, err := g.meta.VerdictGet(ctx, v.Repo, v.Digest)
+				if err != nil {
+					g.forget(v.Repo, v.Digest) // the next request asks the store again
+					return
 				}
-				c.v = v
-				return err
-			}
-			v, err := g.child(ectx, repo, c.desc.Digest)
-			c.v = v
-			return err
-		})
-	}
-	if err := eg.Wait(); err != nil {
-		return meta.Verdict{}, err
-	}
-	for _, c := range children {
-		if serves(c.v.State) || (lazy && c.v.State == meta.Pending) {
-			continue
-		}
-		dec.Allow = false
-		plat := "unknown platform"
-		if pl := c.desc.Platform; pl != nil {
-			plat = pl.OS + "/" + pl.Architecture
-			if pl.Variant != "" {
-				plat += "/" + pl.Variant
-			}
-		}
-		dec.Deny = append(dec.Deny, policies.Reason{Rule: "index.child", Message: fmt.Sprintf("%s child %s is %s: %s", plat, c.desc.Digest, c.v.State, firstReasons(c.v, 1)),
-			Evidence: map[string]string{"digest": c.desc.Digest.String(), "platform": plat, "state": c.v.State}})
-	}
-	why := "every platform child is admitted"
-	if lazy {
-		why = "no child is known to be refused; each child is fetched and admitted when it is asked for"
-	}
-	return g.recordIndex(ctx, repo, d, dec, why)
-}
-
-// recordIndex records the verdict on an index from its decision.
-func (g *Gate) recordIndex(ctx context.Context, repo string, d digest.Digest, dec policies.Decision, why string) (meta.Verdict, error) {
-	body, err := json.Marshal(dec)
-	if err != nil {
-		return meta.Verdict{}, err
-	}
-	v := meta.Verdict{Repo: repo, Digest: d, State: meta.Admitted, Decision: body, PolicyDigest: "index: judged by its children", Decided: time.Now().UTC()}
-	if !dec.Allow {
-		v.State, why = meta.Quarantined, dec.Deny[0].Message
-	}
-	if err := g.meta.VerdictSet(ctx, v, "gatehouse", why); err != nil {
-		return meta.Verdict{}, err
-	}
-	return v, nil
-}
-
-// onPullRoute says whether repo is served by a pull route.
-func (g *Gate) onPullRoute(repo string) bool {
-	if g.cfg.Table == nil {
-		return false
-	}
-	rt, err := g.cfg.Table.Resolve(repo, "")
-	return err == nil && rt.Route.Kind == route.Pull
-}
-
-// attestation says whether an index child is an attestation, not a platform: buildx marks them
-// (vnd.docker.reference.type), but only a child whose platform is unknown/unknown and whose
-// layers are all in-toto or DSSE statements is one. Anything else is judged as an image.
-func (g *Gate) attestation(ctx context.Context, c v1.Descriptor) bool {
-	if c.Annotations["vnd.docker.reference.type"] != "attestation-manifest" {
-		return false
-	}
-	if c.Platform == nil || c.Platform.OS != "unknown" || c.Platform.Architecture != "unknown" {
-		return false
-	}
-	body, err := g.manifests.ManifestGet(ctx, c.Digest)
-	if err != nil {
-		return false // not at hand: judged as a child, which fails closed
-	}
-	m := parse(body)
-	if len(m.Layers) == 0 || len(m.Manifests) > 0 {
-		return false
-	}
-	for _, l := range m.Layers {
-		if !statementTypes[l.MediaType] {
-			return false
+				if !cur.State.Serves() {
+					g.learn(ctx, rt, cur, m)
+				}
+			})
+			return old
 		}
 	}
-	return true
-}
-
-// statementTypes are the layer media types of attestations (in-toto statements, DSSE envelopes).
-var statementTypes = map[string]bool{
-	"application/vnd.in-toto+json":                  true,
-	"application/vnd.dsse.envelope.v1+json":         true,
-	"application/vnd.dev.sigstore.bundle.v0.3+json": true,
-}
-
-// child returns the verdict on an index child, admitting it (once) if it is undecided.
-func (g *Gate) child(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error) {
-	if v, err := g.meta.VerdictGet(ctx, repo, d); err == nil && v.State != meta.Pending {
-		return v, nil
-	}
-	res, err, _ := g.flights.Do(key(repo, d)+"#child", func() (any, error) {
-		v, err := g.admit(ctx, repo, d)
-		if err != nil {
-			return nil, err
-		}
-		g.Record(ctx, v)
-		return v, nil
-	})
-	if err != nil {
-		return meta.Verdict{}, err
-	}
-	return res.(meta.Verdict), nil
+	return g.learn(ctx, rt, v, m)
 }
 
 // refusal is the 403 for a verdict that does not serve: the digest, the state and the first
@@ -706,67 +570,11 @@ func refusal(v meta.Verdict) *apierr.Error {
 	var dec policies.Decision
 	_ = json.Unmarshal(v.Decision, &dec)
 	msg := fmt.Sprintf("manifest %s of %s is %s by policy", v.Digest, v.Repo, v.State)
-	if r := firstReasons(v, 3); r != "" {
+	if r := dec.Reasons(3); r != "" {
 		msg += ": " + r
 	}
 	return apierr.New(apierr.Denied, "%s", msg).WithStatus(http.StatusForbidden).WithDetail(map[string]any{
 		"repository": v.Repo, "digest": v.Digest.String(), "state": v.State, "deny": dec.Deny, "warn": dec.Warn,
 		"policy": v.PolicyDigest, "database": v.DBVersion, "decided": v.Decided.Format(time.RFC3339),
 	})
-}
-
-func firstReasons(v meta.Verdict, n int) string {
-	var dec policies.Decision
-	if json.Unmarshal(v.Decision, &dec) != nil || len(dec.Deny) == 0 {
-		return ""
-	}
-	var msgs []string
-	for i, r := range dec.Deny {
-		if i == n {
-			msgs = append(msgs, fmt.Sprintf("and %d more", len(dec.Deny)-n))
-			break
-		}
-		msgs = append(msgs, r.Message)
-	}
-	return strings.Join(msgs, "; ")
-}
-
-// parsed is what the gate needs of a manifest.
-type parsed struct {
-	Config    *v1.Descriptor  `json:"config"`
-	Layers    []v1.Descriptor `json:"layers"`
-	Manifests []v1.Descriptor `json:"manifests"`
-	Subject   *v1.Descriptor  `json:"subject"`
-}
-
-func parse(body []byte) parsed {
-	var p parsed
-	_ = json.Unmarshal(body, &p) // stored manifests were validated when they entered
-	return p
-}
-
-// metadata says whether a manifest is metadata about another (a signature, an SBOM, an
-// attestation): it has a subject and no layer a runtime would unpack. Anything runnable is an
-// image, whatever else it says about itself.
-func (p parsed) metadata() bool {
-	if p.Subject == nil || len(p.Manifests) > 0 {
-		return false
-	}
-	for _, l := range p.Layers {
-		if manifest.Runnable(l.MediaType) {
-			return false
-		}
-	}
-	return true
-}
-
-func (p parsed) blobs() []digest.Digest {
-	var out []digest.Digest
-	if p.Config != nil && p.Config.Digest != "" {
-		out = append(out, p.Config.Digest)
-	}
-	for _, l := range p.Layers {
-		out = append(out, l.Digest)
-	}
-	return out
 }

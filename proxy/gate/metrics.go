@@ -16,7 +16,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		admissions: prometheus.NewCounter(prometheus.CounterOpts{Name: "gatehouse_gate_admissions_total",
 			Help: "Admissions the gate ran for undecided manifests (one per digest, however many requests waited)."}),
 		admissionSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "gatehouse_gate_admission_seconds",
-			Help: "How long an admission took (fetch, scan, decide).", Buckets: prometheus.ExponentialBuckets(0.05, 2, 14)}),
+			Help: "How long an admission took (fetch, scan, match, evaluate, record).", Buckets: prometheus.ExponentialBuckets(0.05, 2, 14)}),
 		held: prometheus.NewCounter(prometheus.CounterOpts{Name: "gatehouse_gate_hold_expired_total",
 			Help: "Requests answered 503 because their admission outlasted admission.hold."}),
 	}

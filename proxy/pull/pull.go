@@ -77,7 +77,6 @@ type options struct {
 	maxBlobSize      int64                     // a blob of unknown size is read no further than this (0: no bound)
 	limits           map[string]UpstreamLimits // by route prefix
 	now              func() time.Time
-	onManifest       func(repo string, d digest.Digest, mediaType string)
 }
 
 // Option configures a Puller.
@@ -112,11 +111,6 @@ func WithMaxBlobSize(n int64) Option { return func(o *options) { o.maxBlobSize =
 // (absent: DefaultUpstreamLimits).
 func WithUpstreamLimits(prefix string, l UpstreamLimits) Option {
 	return func(o *options) { o.limits[prefix] = l }
-}
-
-// WithManifestHook is told of every manifest fetched from an upstream (the scanner queues it).
-func WithManifestHook(fn func(repo string, d digest.Digest, mediaType string)) Option {
-	return func(o *options) { o.onManifest = fn }
 }
 
 // New returns a Puller over the store and the upstream of each pull route.
@@ -257,9 +251,6 @@ func (p *Puller) store(ctx context.Context, rt route.Resolved, d digest.Digest, 
 	}
 	if err := p.meta.ManifestPut(ctx, rec, tags...); err != nil {
 		return apierr.Unavailablef(err, "the metadata store did not record manifest %s", d)
-	}
-	if p.opts.onManifest != nil {
-		p.opts.onManifest(rt.Name, d, parsed.MediaType)
 	}
 	return nil
 }

@@ -1,11 +1,16 @@
 package route
 
 import (
+	"context"
 	"fmt"
 	"regexp"
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/gatehouse-dev/gatehouse/attest/harbor"
+	"github.com/gatehouse-dev/gatehouse/attest/vulndb"
+	"github.com/gatehouse-dev/gatehouse/policies"
 )
 
 // Kind is what a route does with the names it serves.
@@ -30,9 +35,44 @@ type Route struct {
 	Allow, Deny []string
 	TagTTL      time.Duration // how long a cached tag is served before it is revalidated upstream
 	MaxStale    time.Duration // how long a cached tag may be served while the upstream cannot answer
+	// Admission is how the route's images are admitted and served.
+	Admission Admission
 
 	allow, deny []*regexp.Regexp
 }
+
+// Mode is how a route treats verdicts.
+type Mode string
+
+const (
+	Enforce Mode = "enforce" // serve only what is admitted or released (also the zero Mode's meaning)
+	Audit   Mode = "audit"   // admit and record verdicts, but serve everything
+)
+
+// Admission is a route's admission settings, so that one resolution of a name gives them all.
+type Admission struct {
+	Mode Mode
+	// TagFallback: a tag whose new digest is under admission or refused keeps serving the digest
+	// it last served admitted (tag_fallback: last-admitted).
+	TagFallback bool
+	// Policy is the bundle the route's images are evaluated under (the route's own or the
+	// default); nil or one that did not compile admits nothing new.
+	Policy *policies.Bundle
+	// Scanner, when set, scans the route's images instead of the built-in scanner (a Harbor
+	// scanner adapter, which pulls the image through Gatehouse itself).
+	Scanner ExternalScanner
+}
+
+// Enforced says whether requests are served only when admitted (anything but audit: fail closed).
+func (a Admission) Enforced() bool { return a.Mode != Audit }
+
+// ExternalScanner is a scanner outside Gatehouse (attest/harbor's client): it returns the
+// vulnerabilities it found and its own name.
+type ExternalScanner interface {
+	Scan(ctx context.Context, img harbor.Image) ([]vulndb.Finding, string, error)
+}
+
+var _ ExternalScanner = (*harbor.Client)(nil)
 
 // Resolved is a name resolved to its route.
 type Resolved struct {

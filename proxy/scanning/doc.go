@@ -1,7 +1,7 @@
-// Package scanning scans every image manifest that enters Gatehouse, by push or by first pull,
-// once per digest: it reads the config and layers from the store (fetching a pull route's layers
-// through the fill, so the upstream is still read once), runs the scanner, records the result,
-// matches the inventory against the vulnerability database, and attaches a CycloneDX SBOM as an
-// OCI referrer of the image. When the database changes, every stored inventory is re-matched
-// without reading a layer again.
+// Package scanning runs scans and stores their evidence, once per image digest: it reads the
+// config and every layer from the store (fetching a pull route's blobs through the fill, so the
+// upstream is still read once), runs the built-in scanner or the route's external one in a
+// bounded number of slots, records the result (or the failure), and matches the inventory
+// against the vulnerability database in place (Match reads the stored result, never a layer).
+// It returns evidence; what becomes of the image is admission's (proxy/admission).
 package scanning

@@ -127,6 +127,19 @@ func (s *Store) BlobReader(ctx context.Context, canonical v1.Descriptor) (io.Rea
 	return &lazyReader{ctx: ctx, driver: s.driver, path: blobDataPath(canonical.Digest), size: canonical.Size}, nil
 }
 
+// BlobOpen opens the bytes of a blob linked into repo, and says how many there are.
+func (s *Store) BlobOpen(ctx context.Context, repo string, dgst digest.Digest) (io.ReadSeekCloser, int64, error) {
+	desc, err := s.BlobStat(ctx, repo, dgst)
+	if err != nil {
+		return nil, 0, err
+	}
+	rc, err := s.BlobReader(ctx, desc)
+	if err != nil {
+		return nil, 0, err
+	}
+	return rc, desc.Size, nil
+}
+
 // BlobRedirectURL returns a URL the client may fetch the blob from directly, or "" when the
 // driver offers none or redirects are off.
 func (s *Store) BlobRedirectURL(r *http.Request, canonical v1.Descriptor) (string, error) {
