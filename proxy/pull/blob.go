@@ -326,11 +326,7 @@ func (p *Puller) followStore(ctx context.Context, rt route.Resolved, d digest.Di
 	if f.err != nil {
 		return fmt.Errorf("%w: %v", ErrAborted, f.err)
 	}
-	desc, err := p.content.BlobStat(ctx, rt.Name, d)
-	if err != nil {
-		return fmt.Errorf("%w: the committed blob cannot be found: %v", ErrAborted, err)
-	}
-	rc, err := p.content.BlobReader(ctx, desc)
+	rc, size, err := p.content.BlobOpen(ctx, rt.Name, d)
 	if err != nil {
 		return fmt.Errorf("%w: the committed blob cannot be opened: %v", ErrAborted, err)
 	}
@@ -353,8 +349,8 @@ func (p *Puller) followStore(ctx context.Context, rt route.Resolved, d digest.Di
 	if sink.err != nil {
 		return nil // the client left
 	}
-	if off != desc.Size {
-		return fmt.Errorf("%w: the committed blob has %d bytes, not %d", ErrAborted, off, desc.Size)
+	if off != size {
+		return fmt.Errorf("%w: the committed blob has %d bytes, not %d", ErrAborted, off, size)
 	}
 	_ = sink.release()
 	return nil

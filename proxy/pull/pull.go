@@ -2,7 +2,6 @@ package pull
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -231,7 +230,7 @@ func (p *Puller) store(ctx context.Context, rt route.Resolved, d digest.Digest, 
 	if err != nil {
 		return apierr.New(apierr.Unavailable, "the upstream served manifest %s of %s that Gatehouse refuses: %s", d, rt.Remote, apierr.From(err).Message).WithStatus(http.StatusBadGateway)
 	}
-	if parsed.MediaType == manifest.OCIManifest || parsed.MediaType == manifest.DockerManifest {
+	if manifest.IsImage(parsed.MediaType) {
 		// every layer is one upstream request (a scan reads them all): bound them before any
 		if n, most := layerCount(m.Body), p.limits(rt).MaxLayers; n > most {
 			p.opts.log.Warn("manifest from upstream refused: too many layers", "repo", rt.Name, "digest", d, "layers", n, "max", most)
@@ -258,8 +257,7 @@ func (p *Puller) store(ctx context.Context, rt route.Resolved, d digest.Digest, 
 // layerCount is how many layers an image manifest lists (nondistributable ones included: a scan
 // reads those too).
 func layerCount(body []byte) int {
-	var m struct{ Layers []json.RawMessage }
-	_ = json.Unmarshal(body, &m) // Parse has accepted it
+	m, _ := manifest.Read(body) // Parse has accepted it
 	return len(m.Layers)
 }
 
