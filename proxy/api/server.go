@@ -18,6 +18,7 @@ import (
 	"github.com/gorilla/mux"
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -46,7 +47,7 @@ type Metadata interface {
 
 // Handler serves the OCI Distribution API plus /healthz, /readyz and /metrics.
 type Handler struct {
-	content *content.Store
+	content Content
 	meta    Metadata
 	opts    options
 	router  *mux.Router
@@ -54,7 +55,7 @@ type Handler struct {
 	uploads uploadLocks
 	metrics *metrics
 	routes  *route.Table
-	puller  *pull.Puller
+	puller  Fill
 	gate    Gate
 
 	sessions *uploadSessions // open upload sessions, counted against the caps
@@ -77,7 +78,7 @@ type options struct {
 	cacheEntries       int
 	registry           *prometheus.Registry
 	routes             *route.Table
-	puller             *pull.Puller
+	puller             Fill
 	reports            *reports
 	gate               Gate
 }
@@ -134,7 +135,49 @@ func WithMetricsRegistry(r *prometheus.Registry) Option { return func(o *options
 func WithRoutes(t *route.Table) Option { return func(o *options) { o.routes = t } }
 
 // WithPuller fills pull routes from their upstreams (required when the table has pull routes).
-func WithPuller(p *pull.Puller) Option { return func(o *options) { o.puller = p } }
+func WithPuller(p Fill) Option { return func(o *options) { o.puller = p } }
+
+// Fill is what the API asks of the pull-through fill (proxy/pull) on pull routes.
+type Fill interface {
+	// Tag resolves a tag from the upstream (or the cache, stale says why when the upstream
+	// could not be asked); Manifest makes sure a manifest is stored.
+	Tag(ctx context.Context, rt route.Resolved, tag string) (d digest.Digest, stale string, err error)
+	Manifest(ctx context.Context, rt route.Resolved, d digest.Digest) error
+	// Blob serves a blob not stored yet from the upstream; BlobHead is its size there.
+	Blob(ctx context.Context, rt route.Resolved, d digest.Digest, w http.ResponseWriter) (served bool, err error)
+	BlobHead(ctx context.Context, rt route.Resolved, d digest.Digest) (int64, error)
+	// CountServed counts blob bytes served from the store on a pull route.
+	CountServed(rt route.Resolved, n int64)
+	// Tags lists the upstream's tags.
+	Tags(ctx context.Context, rt route.Resolved, pg meta.Page) (tags []string, more bool, stale string, err error)
+}
+
+var _ Fill = (*pull.Puller)(nil)
+
+// Content is what the API asks of the content store (storage/content).
+type Content interface {
+	Ping(ctx context.Context) error
+	// blobs
+	BlobStat(ctx context.Context, repo string, dgst digest.Digest) (v1.Descriptor, error)
+	BlobReader(ctx context.Context, canonical v1.Descriptor) (io.ReadSeekCloser, error)
+	BlobRedirectURL(r *http.Request, canonical v1.Descriptor) (string, error)
+	BlobDelete(ctx context.Context, repo string, dgst digest.Digest) error
+	BlobMount(ctx context.Context, repo, from string, dgst digest.Digest) (v1.Descriptor, error)
+	BlobMountAnywhere(ctx context.Context, repo string, dgst digest.Digest) (v1.Descriptor, error)
+	// uploads
+	UploadCreate(ctx context.Context, repo string) (content.Upload, error)
+	UploadResume(ctx context.Context, repo, id string) (content.Upload, error)
+	BlobCommit(ctx context.Context, u content.Upload, dgst digest.Digest) (v1.Descriptor, error)
+	PurgeUploads(ctx context.Context, olderThan time.Time) (int, []error)
+	UploadList(ctx context.Context) ([]content.UploadInfo, error)
+	UploadStat(ctx context.Context, repo, id string) (content.UploadInfo, error)
+	UploadDelete(ctx context.Context, repo, id string) error
+	// manifests
+	ManifestPut(ctx context.Context, dgst digest.Digest, payload []byte) error
+	ManifestGet(ctx context.Context, dgst digest.Digest) ([]byte, error)
+}
+
+var _ Content = (*content.Store)(nil)
 
 // Gate is what the API asks of the admission gate (proxy/gate).
 type Gate interface {
@@ -167,7 +210,7 @@ func WithReports(src ReportSource, db VulnDB, maxAge time.Duration) Option {
 }
 
 // New returns the API handler over a content store and a metadata store.
-func New(c *content.Store, md Metadata, opts ...Option) (*Handler, error) {
+func New(c Content, md Metadata, opts ...Option) (*Handler, error) {
 	o := options{
 		logger:          slog.Default(),
 		maxManifestSize: 4 << 20,

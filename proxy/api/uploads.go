@@ -366,14 +366,14 @@ func (h *Handler) uploadCancel(w http.ResponseWriter, r *http.Request, t Target)
 	return nil
 }
 
-// sessionStore is what the session count needs of storage (*content.Store).
+// sessionStore is what the session count needs of storage (a part of Content).
 type sessionStore interface {
 	UploadList(ctx context.Context) ([]content.UploadInfo, error)
 	UploadStat(ctx context.Context, repo, id string) (content.UploadInfo, error)
 	UploadDelete(ctx context.Context, repo, id string) error
 }
 
-var _ sessionStore = (*content.Store)(nil)
+var _ sessionStore = Content(nil)
 
 // uploadSessions counts the open upload sessions, in all and per repository, refuses a new one
 // past either cap, and closes a session that sees no PATCH or PUT for the idle timeout (the
