@@ -75,6 +75,7 @@ type Gate struct {
 
 	flights    singleflight.Group
 	background chan struct{} // one per admission Submit runs
+	submitted  sync.Map      // repo@digest: Submit has an admission of it under way
 
 	base     context.Context // admissions run under it; Release ends it, and held requests are answered then
 	stop     context.CancelFunc
@@ -204,32 +205,39 @@ func (g *Gate) ManifestWithin(ctx context.Context, rt route.Resolved, d digest.D
 	return g.refused("manifest", k.refusal)
 }
 
-// Submit admits an image in the background (a push, a manifest an upstream served), so its
-// verdict is recorded whether or not a request waits for it. At most Config.Background run at
-// once; past that the image is admitted when it is next asked for. Artifacts are not admitted.
+// Submit admits an image in the background, once: the API calls it for every manifest pushed or
+// served on a route that does not enforce (audit), so verdicts are recorded there too. At most
+// Config.Background run at once; past that the image is admitted when it is next asked for.
+// Artifacts (signatures, SBOMs, indexes) are not admitted.
 func (g *Gate) Submit(rt route.Resolved, d digest.Digest, mediaType string) {
 	if !manifest.IsImage(mediaType) {
 		return
 	}
+	k := key(rt.Name, d)
 	g.mu.RLock()
-	_, ok := g.known[key(rt.Name, d)]
+	_, ok := g.known[k]
 	g.mu.RUnlock()
 	if ok {
 		return // admitted already
 	}
+	if _, running := g.submitted.LoadOrStore(k, true); running {
+		return
+	}
 	select {
 	case g.background <- struct{}{}:
 	default:
+		g.submitted.Delete(k)
 		g.log.Warn("too many background admissions; the image is admitted when it is next asked for", "repo", rt.Name, "digest", d)
 		return
 	}
 	go func() {
-		defer func() { <-g.background }()
+		defer func() { <-g.background; g.submitted.Delete(k) }()
 		body, err := g.manifests.ManifestGet(g.base, d)
 		if err != nil {
 			return // gone already: nothing to admit
 		}
 		if m, err := manifest.Read(body); err != nil || !m.Image() || m.Metadata() {
+			g.referrer(rt.Name, d) // an artifact: nothing to admit, and nothing to ask again
 			return
 		}
 		_ = g.Reconsider(g.base, rt, d) // run logs a failure

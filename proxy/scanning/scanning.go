@@ -119,6 +119,9 @@ func (s *Service) Evidence(ctx context.Context, rt route.Resolved, d digest.Dige
 		if err == nil && usable(rt, stored) {
 			return Evidence{Scan: stored}, nil
 		}
+		if err != nil && !errors.Is(err, meta.ErrNotFound) {
+			return Evidence{}, fmt.Errorf("reading the stored scan of %s: %w", d, err)
+		}
 		s.mu.Lock()
 		wait, running := s.inflight[d]
 		if !running {
@@ -479,8 +482,12 @@ func (s *Service) Match(ctx context.Context, ev Evidence) (Evidence, error) {
 	if err := s.meta.ScanVulnsPut(ctx, d, info.Version, vulns, time.Now().UTC()); err != nil {
 		return ev, err
 	}
-	ev.Scan, err = s.meta.ScanGet(ctx, d)
-	return ev, err
+	sc, err := s.meta.ScanGet(ctx, d)
+	if err != nil {
+		return ev, err
+	}
+	ev.Scan = sc
+	return ev, nil
 }
 
 // countingReader counts a layer's bytes as the scan reads them; closed, it reads what the scan
