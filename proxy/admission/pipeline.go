@@ -96,6 +96,9 @@ type Pipeline struct {
 // reviewer), else a new one. It runs once at a time per repository and digest however many
 // ask; the gate learns the verdict from its answer, and nothing else tells it.
 func (p *Pipeline) Admit(ctx context.Context, rt route.Resolved, d digest.Digest) (meta.Verdict, error) {
+	if rt.Route == nil {
+		return meta.Verdict{}, fmt.Errorf("%s@%s: no route serves it, so nothing admits it", rt.Name, d)
+	}
 	v, err, _ := p.flights.Do(rt.Name+"@"+d.String(), func() (any, error) { return p.admit(ctx, rt, d) })
 	if err != nil {
 		return meta.Verdict{}, err
@@ -152,7 +155,7 @@ func (p *Pipeline) evaluate(ctx context.Context, rt route.Resolved, d digest.Dig
 	if err != nil {
 		return meta.Verdict{}, err
 	}
-	// Provenance (#10) is verified here: the image's signatures and attestations, checked
+	// Provenance (issue 12) is verified here: the image's signatures and attestations, checked
 	// against the route's trust policy, become in.Provenance. Until then it says "not evaluated".
 
 	// 6. Evaluate.
@@ -171,7 +174,7 @@ func (p *Pipeline) evaluate(ctx context.Context, rt route.Resolved, d digest.Dig
 	if v, err = p.record(ctx, v, dec, reason); err != nil {
 		return meta.Verdict{}, err
 	}
-	// Signing (#11) comes here: an admitted digest gets Gatehouse's signature and its
+	// Signing (issue 13) comes here: an admitted digest gets Gatehouse's signature and its
 	// verification summary attached before the verdict is returned to the gate.
 	return v, nil
 }
