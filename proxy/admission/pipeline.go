@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -99,11 +100,38 @@ func (p *Pipeline) Admit(ctx context.Context, rt route.Resolved, d digest.Digest
 	if rt.Route == nil {
 		return meta.Verdict{}, fmt.Errorf("%s@%s: no route serves it, so nothing admits it", rt.Name, d)
 	}
-	v, err, _ := p.flights.Do(rt.Name+"@"+d.String(), func() (any, error) { return p.admit(ctx, rt, d) })
+	v, err, _ := p.flights.Do(rt.Name+"@"+d.String(), func() (any, error) {
+		v, err := p.admit(ctx, rt, d)
+		if err != nil {
+			p.failClosed(ctx, rt, d, err)
+		}
+		return v, err
+	})
 	if err != nil {
 		return meta.Verdict{}, err
 	}
 	return v.(meta.Verdict), nil
+}
+
+// failClosed sends a stored verdict that no longer stands back to pending when admitting the
+// digest again failed (its manifest or config went away, the store did not answer): a verdict
+// reached on old evidence or under an old policy is not served while a new one cannot be had.
+func (p *Pipeline) failClosed(ctx context.Context, rt route.Resolved, d digest.Digest, cause error) {
+	if ctx.Err() != nil {
+		return // stopped (a shutdown), not failed: admitted again when next asked for
+	}
+	v, err := p.Meta.VerdictGet(ctx, rt.Name, d)
+	if err != nil || !v.State.Serves() || v.State.Reviewed() {
+		return
+	}
+	sc, err := p.Meta.ScanGet(ctx, d)
+	if err == nil && rt.Route.Admission.Stands(v, sc.DBVersion) {
+		return // what is recorded holds: this failure changes nothing about it
+	}
+	pv := meta.Verdict{Repo: rt.Name, Digest: d, State: meta.Pending, PolicyDigest: v.PolicyDigest, DBVersion: v.DBVersion, Decided: p.now().UTC()}
+	if err := p.Meta.VerdictSet(ctx, pv, "gatehouse", "could not be admitted again: "+cause.Error()); err != nil {
+		p.log().Error("could not send a verdict that no longer stands back to pending; it stays served until it is admitted again", "repo", rt.Name, "digest", d, "err", err)
+	}
 }
 
 // admit is admission, in the order its steps run.
@@ -134,7 +162,7 @@ func (p *Pipeline) admit(ctx context.Context, rt route.Resolved, d digest.Digest
 	if ev, err = p.Scans.Match(ctx, ev); err != nil {
 		return meta.Verdict{}, fmt.Errorf("matching %s against the vulnerability database: %w", d, err)
 	}
-	if v, err := p.Meta.VerdictGet(ctx, rt.Name, d); err == nil && stands(v, rt, ev.Scan) {
+	if v, err := p.Meta.VerdictGet(ctx, rt.Name, d); err == nil && rt.Route.Admission.Stands(v, ev.Scan.DBVersion) {
 		return v, nil
 	} else if err != nil && !errors.Is(err, meta.ErrNotFound) {
 		return meta.Verdict{}, err
@@ -212,23 +240,6 @@ func (p *Pipeline) stored(ctx context.Context, d digest.Digest) (manifest.Stored
 	return m, nil
 }
 
-// stands says whether a stored verdict still holds: a reviewer's always does; policy's while it
-// was reached on the scan's current match under the route's current policy (and while that
-// policy does not compile, nothing is evaluated under it: the old verdict stands).
-func stands(v meta.Verdict, rt route.Resolved, sc meta.Scan) bool {
-	switch {
-	case v.State.Reviewed():
-		return true
-	case v.State == meta.Pending:
-		return false
-	}
-	b := rt.Route.Admission.Policy
-	if b == nil || b.Err != nil || b.Engine == nil {
-		return true
-	}
-	return v.PolicyDigest == b.Engine.Digest() && v.DBVersion == sc.DBVersion
-}
-
 // engine is the route's policy; one that did not load admits nothing new (fail closed).
 func engine(rt route.Resolved) (*policies.Engine, error) {
 	b := rt.Route.Admission.Policy
@@ -268,18 +279,71 @@ func (p *Pipeline) record(ctx context.Context, v meta.Verdict, dec policies.Deci
 // and admits a child only when a client asks for it, so there the index is refused only for
 // children already known to be refused.
 func (p *Pipeline) judgeIndex(ctx context.Context, rt route.Resolved, d digest.Digest, m manifest.Stored) (meta.Verdict, error) {
-	dec := policies.Decision{Allow: true, Deny: []policies.Reason{}, Warn: []policies.Reason{}}
 	limit := p.MaxIndexChildren
 	if limit <= 0 {
 		limit = 1024
 	}
-	v := meta.Verdict{Repo: rt.Name, Digest: d, State: meta.Admitted, PolicyDigest: IndexPolicy, Decided: p.now().UTC()}
-	if n := len(m.Manifests); n > limit {
+	return p.judgeTree(ctx, rt, d, m, &tree{seen: map[digest.Digest]*judged{d: {done: make(chan struct{})}}, limit: limit})
+}
+
+// tree bounds the judging of one index and the indexes it lists: each distinct manifest in it is
+// judged once (a manifest listed again waits for that verdict), and at most limit of them are, so
+// an index of indexes cannot multiply the work.
+type tree struct {
+	mu    sync.Mutex
+	seen  map[digest.Digest]*judged
+	limit int
+}
+
+type judged struct {
+	done chan struct{}
+	v    meta.Verdict
+	err  error
+}
+
+// visit returns d's entry and whether the caller judges it (the first to visit it), or false
+// when the tree has grown past its limit.
+func (t *tree) visit(d digest.Digest) (j *judged, first, ok bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if j := t.seen[d]; j != nil {
+		return j, false, true
+	}
+	if len(t.seen) >= t.limit+1 { // the root is in seen too
+		return nil, false, false
+	}
+	j = &judged{done: make(chan struct{})}
+	t.seen[d] = j
+	return j, true, true
+}
+
+// judge returns a child's verdict: an image's admission, or an index's judgment in the same tree.
+func (p *Pipeline) judge(ctx context.Context, rt route.Resolved, d digest.Digest, t *tree) (meta.Verdict, error) {
+	cm, err := p.stored(ctx, d)
+	if err != nil {
+		return meta.Verdict{}, err
+	}
+	if cm.Index() {
+		return p.judgeTree(ctx, rt, d, cm, t)
+	}
+	return p.Admit(ctx, rt, d)
+}
+
+// errTreeTooLarge stops judging a tree that lists more distinct manifests than its limit.
+var errTreeTooLarge = errors.New("the index tree is too large")
+
+func (p *Pipeline) judgeTree(ctx context.Context, rt route.Resolved, d digest.Digest, m manifest.Stored, t *tree) (meta.Verdict, error) {
+	dec := policies.Decision{Allow: true, Deny: []policies.Reason{}, Warn: []policies.Reason{}}
+	v := meta.Verdict{Repo: rt.Name, Digest: d, State: meta.Admitted, PolicyDigest: meta.IndexPolicy, Decided: p.now().UTC()}
+	refuse := func(rule, msg string, evidence any) (meta.Verdict, error) {
 		dec.Allow = false
-		dec.Deny = append(dec.Deny, policies.Reason{Rule: "index.children", Message: fmt.Sprintf("the index lists %d manifests; the limit is %d (admission.max_index_children)", n, limit),
-			Evidence: map[string]int{"children": n, "limit": limit}})
+		dec.Deny = append(dec.Deny, policies.Reason{Rule: rule, Message: msg, Evidence: evidence})
 		v.State = meta.Quarantined
-		return p.record(ctx, v, dec, dec.Deny[0].Message)
+		return p.record(ctx, v, dec, msg)
+	}
+	if n := len(m.Manifests); n > t.limit {
+		return refuse("index.children", fmt.Sprintf("the index lists %d manifests; the limit is %d (admission.max_index_children)", n, t.limit),
+			map[string]int{"children": n, "limit": t.limit})
 	}
 	lazy := rt.Route.Kind == route.Pull
 	type child struct {
@@ -287,7 +351,12 @@ func (p *Pipeline) judgeIndex(ctx context.Context, rt route.Resolved, d digest.D
 		v    meta.Verdict
 	}
 	var children []*child
+	listed := map[digest.Digest]bool{}
 	for _, c := range m.Manifests {
+		if listed[c.Digest] {
+			continue // listed twice: judged once
+		}
+		listed[c.Digest] = true
 		if !lazy && p.attestation(ctx, c) {
 			continue // buildx attestations ride in indexes; they are referrers, not platforms
 		}
@@ -297,19 +366,40 @@ func (p *Pipeline) judgeIndex(ctx context.Context, rt route.Resolved, d digest.D
 	eg.SetLimit(4)
 	for _, c := range children {
 		eg.Go(func() error {
+			if err := ectx.Err(); err != nil {
+				return err // a child failed, or the admission was stopped: no more children are judged
+			}
 			var err error
-			if !lazy {
-				c.v, err = p.Admit(ectx, rt, c.desc.Digest)
+			if lazy {
+				c.v, err = p.Meta.VerdictGet(ectx, rt.Name, c.desc.Digest)
+				if errors.Is(err, meta.ErrNotFound) {
+					c.v, err = meta.Verdict{State: meta.Pending}, nil
+				}
 				return err
 			}
-			c.v, err = p.Meta.VerdictGet(ectx, rt.Name, c.desc.Digest)
-			if errors.Is(err, meta.ErrNotFound) {
-				c.v, err = meta.Verdict{State: meta.Pending}, nil
+			j, first, ok := t.visit(c.desc.Digest)
+			if !ok {
+				return errTreeTooLarge
 			}
-			return err
+			if first {
+				j.v, j.err = p.judge(ectx, rt, c.desc.Digest, t)
+				close(j.done)
+			}
+			select {
+			case <-j.done:
+			case <-ectx.Done():
+				return ectx.Err()
+			}
+			c.v = j.v
+			return j.err
 		})
 	}
-	if err := eg.Wait(); err != nil {
+	err := eg.Wait()
+	if errors.Is(err, errTreeTooLarge) {
+		return refuse("index.children", fmt.Sprintf("the index and the indexes it lists name more than %d distinct manifests (admission.max_index_children)", t.limit),
+			map[string]int{"limit": t.limit})
+	}
+	if err != nil {
 		return meta.Verdict{}, err
 	}
 	for _, c := range children {
@@ -336,9 +426,6 @@ func (p *Pipeline) judgeIndex(ctx context.Context, rt route.Resolved, d digest.D
 	}
 	return p.record(ctx, v, dec, why)
 }
-
-// IndexPolicy is the policy digest recorded on an index's verdict: it follows its children.
-const IndexPolicy = "index: judged by its children"
 
 // attestation says whether an index child is an attestation, not a platform: buildx marks them
 // (vnd.docker.reference.type), but only a child whose platform is unknown/unknown and whose
@@ -384,7 +471,7 @@ func (p *Pipeline) Reevaluate(ctx context.Context) (int, error) {
 		if ctx.Err() != nil {
 			return n, ctx.Err()
 		}
-		if v.State.Reviewed() || v.State == meta.Pending || v.PolicyDigest == IndexPolicy {
+		if v.State.Reviewed() || v.State == meta.Pending || v.PolicyDigest == meta.IndexPolicy {
 			continue
 		}
 		rt, err := p.Routes.Resolve(v.Repo, "")

@@ -353,7 +353,7 @@ func TestIndexWithABadChild(t *testing.T) {
 	if err := f.gate.Manifest(ctx, rt, idx, body); !denied(err, "linux/arm64 child "+bad.digest.String()+" is quarantined") {
 		t.Errorf("index with a vulnerable child: %v", err)
 	}
-	if v := f.verdict(t, repo, idx); v.State != meta.Quarantined || v.PolicyDigest != IndexPolicy || !strings.Contains(string(v.Decision), `"index.child"`) {
+	if v := f.verdict(t, repo, idx); v.State != meta.Quarantined || v.PolicyDigest != meta.IndexPolicy || !strings.Contains(string(v.Decision), `"index.child"`) {
 		t.Errorf("index verdict %+v", v)
 	}
 	if trail := f.audit(t, repo, idx); len(trail) != 1 || !strings.Contains(trail[0], "linux/arm64 child") {
@@ -671,4 +671,113 @@ func TestExplainRecordsNothing(t *testing.T) {
 func mustJSON(v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
+}
+
+// countingMeta counts the verdicts written per digest.
+type countingMeta struct {
+	Metadata
+	mu   sync.Mutex
+	sets map[digest.Digest]int
+}
+
+func (c *countingMeta) VerdictSet(ctx context.Context, v meta.Verdict, actor, reason string) error {
+	c.mu.Lock()
+	c.sets[v.Digest]++
+	c.mu.Unlock()
+	return c.Metadata.VerdictSet(ctx, v, actor, reason)
+}
+
+// TestIndexOfIndexes: an index of indexes is judged with each distinct manifest once, however
+// often the tree lists it, and a tree naming more distinct manifests than the limit is refused
+// without judging them all.
+func TestIndexOfIndexes(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	cm := &countingMeta{Metadata: f.md, sets: map[digest.Digest]int{}}
+	f.p.Meta = cm
+	f.p.MaxIndexChildren = 10
+	repo := "team/nested"
+	var images []string
+	for i := range 5 {
+		img := newImage(t, map[string]string{"etc/motd": fmt.Sprint("image ", i)})
+		f.push(t, repo, img.body, img.blobs)
+		images = append(images, child(img.digest, fmt.Sprint("arch", i)))
+	}
+	var inner []string
+	for i := range 3 {
+		// the same five images, in three indexes told apart by an annotation
+		body := []byte(strings.Replace(string(index(images...)), `"manifests"`, fmt.Sprintf(`"annotations":{"n":"%d"},"manifests"`, i), 1))
+		d := f.push(t, repo, body, nil)
+		inner = append(inner, child(d, "amd64"), child(d, "amd64")) // each listed twice
+	}
+	outer := index(inner...)
+	d := f.push(t, repo, outer, nil)
+	if err := f.gate.Manifest(ctx, f.rt(t, repo), d, outer); err != nil {
+		t.Fatalf("index of indexes: %v", err)
+	}
+	for dg, n := range cm.sets {
+		if n != 1 {
+			t.Errorf("%s was recorded %d times in one admission, want once", dg, n)
+		}
+	}
+	if len(cm.sets) != 1+3+5 {
+		t.Errorf("%d verdicts recorded, want 9 (the index, three indexes, five images)", len(cm.sets))
+	}
+	// an index over eight images and two of the indexes above names 11 distinct manifests: refused
+	for i := range 3 {
+		img := newImage(t, map[string]string{"etc/motd": fmt.Sprint("more ", i)})
+		f.push(t, repo, img.body, img.blobs)
+		images = append(images, child(img.digest, fmt.Sprint("more", i)))
+	}
+	big := index(images...)
+	bigD := f.push(t, repo, big, nil)
+	wide := index(child(bigD, "amd64"), inner[0], inner[2])
+	wideD := f.push(t, repo, wide, nil)
+	if err := f.gate.Manifest(ctx, f.rt(t, repo), wideD, wide); !denied(err, "more than 10 distinct manifests") {
+		t.Errorf("a tree over the limit: %v", err)
+	}
+}
+
+// TestFailedReadmissionFailsClosed: a database update whose re-admission cannot run (the
+// manifest was deleted from the repository meanwhile) sends the verdict back to pending, so a
+// push of the same bytes is admitted again, not served on the old verdict.
+func TestFailedReadmissionFailsClosed(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	older := t.TempDir()
+	b, err := os.ReadFile("../../attest/vulndb/testdata/osv/GO-2024-3333.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(older, "GO-2024-3333.json"), b, 0o644)
+	f.importDB(t, older)
+	img := newImage(t, badFiles)
+	repo := "team/del"
+	f.push(t, repo, img.body, img.blobs)
+	rt := f.rt(t, repo)
+	if err := f.gate.Manifest(ctx, rt, img.digest, img.body); err != nil {
+		t.Fatalf("admitted before the advisory: %v", err)
+	}
+	if err := f.md.ManifestDelete(ctx, repo, img.digest); err != nil {
+		t.Fatal(err)
+	}
+	f.importDB(t, "../../attest/vulndb/testdata/osv")
+	time.Sleep(1100 * time.Millisecond) // the database handle looks for a new import once a second
+	if err := f.p.Rematch(ctx, f.gate); err != nil {
+		t.Fatal(err)
+	}
+	if v := f.verdict(t, repo, img.digest); v.State != meta.Pending {
+		t.Errorf("verdict after a failed re-admission: %s, want pending", v.State)
+	}
+	if trail := f.audit(t, repo, img.digest); len(trail) != 2 || !strings.HasPrefix(trail[1], "admitted>pending:could not be admitted again") {
+		t.Errorf("audit %q", trail)
+	}
+	// the same bytes pushed again are admitted again, under the database in place
+	f.push(t, repo, img.body, img.blobs)
+	if err := f.gate.Manifest(ctx, rt, img.digest, img.body); !denied(err, "lodash") {
+		t.Errorf("re-pushed after the update: %v", err)
+	}
+	if err := f.gate.Blob(ctx, repo, img.layer); err == nil {
+		t.Errorf("its layer is served")
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/gatehouse-dev/gatehouse/attest/harbor"
 	"github.com/gatehouse-dev/gatehouse/attest/vulndb"
 	"github.com/gatehouse-dev/gatehouse/policies"
+	"github.com/gatehouse-dev/gatehouse/storage/meta"
 )
 
 // Kind is what a route does with the names it serves.
@@ -65,6 +66,23 @@ type Admission struct {
 
 // Enforced says whether requests are served only when admitted (anything but audit: fail closed).
 func (a Admission) Enforced() bool { return a.Mode != Audit }
+
+// Stands says whether a stored verdict still holds on this route: a reviewer's always does;
+// policy's while it was reached under the route's current policy on the database the image's
+// stored scan was last matched with (matched). While the policy does not compile nothing can be
+// evaluated again, so what was recorded stands. An index's verdict follows its children and is
+// judged again from them: it never stands on its own.
+func (a Admission) Stands(v meta.Verdict, matched string) bool {
+	switch {
+	case v.State.Reviewed():
+		return true
+	case v.State == meta.Pending || v.PolicyDigest == meta.IndexPolicy:
+		return false
+	case a.Policy == nil || a.Policy.Err != nil || a.Policy.Engine == nil:
+		return true
+	}
+	return v.PolicyDigest == a.Policy.Engine.Digest() && v.DBVersion == matched
+}
 
 // ExternalScanner is a scanner outside Gatehouse (attest/harbor's client): it returns the
 // vulnerabilities it found and its own name.

@@ -80,10 +80,13 @@ type Verdict struct {
 	Digest       digest.Digest
 	State        State
 	Decision     []byte // the policy's decision (JSON: allow, deny, warn)
-	PolicyDigest string // the policy bundle it was decided under
+	PolicyDigest string // the policy bundle it was reached under (IndexPolicy for an index)
 	DBVersion    string // the vulnerability database it was decided under
 	Decided      time.Time
 }
+
+// IndexPolicy is the policy digest recorded on an index's verdict: an index follows its children.
+const IndexPolicy = "index: judged by its children"
 
 // Audit is one recorded transition of a verdict.
 type Audit struct {
