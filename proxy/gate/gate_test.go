@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/policies"
 	"github.com/gatehouse-dev/gatehouse/proxy/apierr"
+	"github.com/gatehouse-dev/gatehouse/proxy/manifest"
 	"github.com/gatehouse-dev/gatehouse/proxy/route"
 	"github.com/gatehouse-dev/gatehouse/storage/meta"
 )
@@ -66,7 +66,7 @@ func (f *fakeMeta) VerdictsServed(_ context.Context, repo string) ([]meta.Verdic
 	defer f.mu.Unlock()
 	var out []meta.Verdict
 	for _, v := range f.v {
-		if v.Repo == repo && serves(v.State) {
+		if v.Repo == repo && v.State.Serves() {
 			out = append(out, v)
 		}
 	}
@@ -89,7 +89,7 @@ const (
 
 var image = []byte(`{"schemaVersion":2,"config":{"digest":"` + string(config) + `"},"layers":[{"digest":"` + string(layer) + `"}]}`)
 
-func verdict(d digest.Digest, state string, deny ...string) meta.Verdict {
+func verdict(d digest.Digest, state meta.State, deny ...string) meta.Verdict {
 	dec := policies.Decision{Allow: len(deny) == 0}
 	for _, m := range deny {
 		dec.Deny = append(dec.Deny, policies.Reason{Rule: "r", Message: m})
@@ -98,20 +98,40 @@ func verdict(d digest.Digest, state string, deny ...string) meta.Verdict {
 	return meta.Verdict{Repo: "r", Digest: d, State: state, Decision: b}
 }
 
+// admitFunc adapts a function of the repository name to an Admitter.
+type admitFunc func(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error)
+
+func (f admitFunc) Admit(ctx context.Context, rt route.Resolved, d digest.Digest) (meta.Verdict, error) {
+	return f(ctx, rt.Name, d)
+}
+
+// push is repository repo of the push route.
+func push(repo string) route.Resolved {
+	return route.Resolved{Route: &route.Route{Prefix: "", Kind: route.Push}, Name: repo}
+}
+
+// storedVerdict is an Admitter that answers the verdict stored in md (as the pipeline does once
+// it has recorded a verdict reached elsewhere).
+func storedVerdict(md *fakeMeta) Admitter {
+	return admitFunc(func(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error) {
+		return md.VerdictGet(ctx, repo, d)
+	})
+}
+
 func TestOneAdmissionManyWaiters(t *testing.T) {
 	d := digest.FromBytes(image)
 	var calls atomic.Int32
 	release := make(chan struct{})
-	g, _ := New(Config{}, &fakeMeta{v: map[string]meta.Verdict{}}, bodies{d: image}, func(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error) {
+	g, _ := New(Config{}, &fakeMeta{v: map[string]meta.Verdict{}}, bodies{d: image}, admitFunc(func(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error) {
 		calls.Add(1)
 		<-release
 		return verdict(d, meta.Quarantined, "CVE-1 (high) in x", "CVE-2"), nil
-	}, nil, nil)
+	}), nil, nil)
 	var wg sync.WaitGroup
 	errs := make([]error, 20)
 	for i := range errs {
 		wg.Add(1)
-		go func() { defer wg.Done(); errs[i] = g.Manifest(context.Background(), "r", d, image) }()
+		go func() { defer wg.Done(); errs[i] = g.Manifest(context.Background(), push("r"), d, image) }()
 	}
 	time.Sleep(50 * time.Millisecond)
 	close(release)
@@ -133,17 +153,17 @@ func TestOneAdmissionManyWaiters(t *testing.T) {
 func TestHoldExpires(t *testing.T) {
 	d := digest.FromBytes(image)
 	release := make(chan struct{})
-	g, _ := New(Config{Hold: 50 * time.Millisecond}, &fakeMeta{v: map[string]meta.Verdict{}}, bodies{d: image}, func(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error) {
+	g, _ := New(Config{Hold: 50 * time.Millisecond}, &fakeMeta{v: map[string]meta.Verdict{}}, bodies{d: image}, admitFunc(func(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error) {
 		<-release
 		return verdict(d, meta.Admitted), nil
-	}, nil, nil)
-	e := apierr.From(g.Manifest(context.Background(), "r", d, image))
+	}), nil, nil)
+	e := apierr.From(g.Manifest(context.Background(), push("r"), d, image))
 	if e.HTTPStatus() != http.StatusServiceUnavailable || e.Header.Get("Retry-After") == "" {
 		t.Fatalf("held request: %v (headers %v)", e, e.Header)
 	}
 	close(release) // the admission goes on; the next request is served
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if err := g.Manifest(context.Background(), "r", d, image); err == nil {
+		if err := g.Manifest(context.Background(), push("r"), d, image); err == nil {
 			break
 		} else if time.Now().After(deadline) {
 			t.Fatalf("still refused after the admission finished: %v", err)
@@ -157,18 +177,21 @@ func TestHoldExpires(t *testing.T) {
 	}
 }
 
-func TestRecordQuarantineRevokesBlobs(t *testing.T) {
+func TestReconsiderQuarantineRevokesBlobs(t *testing.T) {
 	d := digest.FromBytes(image)
 	md := &fakeMeta{v: map[string]meta.Verdict{key("r", d): verdict(d, meta.Admitted)}}
-	g, _ := New(Config{}, md, bodies{d: image}, nil, nil, nil)
-	if err := g.Manifest(context.Background(), "r", d, image); err != nil {
+	g, _ := New(Config{}, md, bodies{d: image}, storedVerdict(md), nil, nil)
+	if err := g.Manifest(context.Background(), push("r"), d, image); err != nil {
 		t.Fatal(err)
 	}
 	if err := g.Blob(context.Background(), "r", config); err != nil {
 		t.Fatal(err)
 	}
-	g.Record(context.Background(), verdict(d, meta.Quarantined, "a new advisory"))
-	if err := g.Manifest(context.Background(), "r", d, image); apierr.From(err).Code != apierr.Denied {
+	md.VerdictSet(context.Background(), verdict(d, meta.Quarantined, "a new advisory"), "gatehouse", "")
+	if err := g.Reconsider(context.Background(), push("r"), d); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Manifest(context.Background(), push("r"), d, image); apierr.From(err).Code != apierr.Denied {
 		t.Errorf("manifest after quarantine: %v", err)
 	}
 	if err := g.Blob(context.Background(), "r", config); err == nil {
@@ -178,29 +201,54 @@ func TestRecordQuarantineRevokesBlobs(t *testing.T) {
 
 func TestAdmissionErrorFailsClosed(t *testing.T) {
 	d := digest.FromBytes(image)
-	g, _ := New(Config{}, &fakeMeta{v: map[string]meta.Verdict{}}, bodies{d: image}, func(context.Context, string, digest.Digest) (meta.Verdict, error) {
-		return meta.Verdict{}, errors.New("upstream went away")
-	}, nil, nil)
-	if e := apierr.From(g.Manifest(context.Background(), "r", d, image)); e.HTTPStatus() != http.StatusServiceUnavailable {
+	var calls atomic.Int32
+	g, _ := New(Config{}, &fakeMeta{v: map[string]meta.Verdict{}}, bodies{d: image}, admitFunc(func(_ context.Context, _ string, d digest.Digest) (meta.Verdict, error) {
+		switch calls.Add(1) {
+		case 1:
+			return meta.Verdict{}, errors.New("upstream went away")
+		case 2:
+			return verdict(d, meta.Pending), nil // no verdict is no admission either
+		}
+		return verdict(d, meta.Admitted), nil
+	}), nil, nil)
+	if e := apierr.From(g.Manifest(context.Background(), push("r"), d, image)); e.HTTPStatus() != http.StatusServiceUnavailable {
 		t.Errorf("admission error: %v", e)
+	}
+	if err := g.Blob(context.Background(), "r", layer); apierr.From(err).Code != apierr.Denied {
+		t.Errorf("a layer was served after its image's admission failed: %v", err)
+	}
+	// the failure is not remembered: the next request asks again
+	if e := apierr.From(g.Manifest(context.Background(), push("r"), d, image)); e.HTTPStatus() != http.StatusServiceUnavailable {
+		t.Errorf("admission that left it pending: %v", e)
+	}
+	if err := g.Manifest(context.Background(), push("r"), d, image); err != nil {
+		t.Errorf("refused once admission worked: %v", err)
+	}
+	if n := calls.Load(); n != 3 {
+		t.Errorf("%d admissions, want 3 (each request after a failure asks again)", n)
+	}
+	if err := g.Blob(context.Background(), "r", layer); err != nil {
+		t.Errorf("layer of the admitted image: %v", err)
 	}
 }
 
 func TestRevokeGrace(t *testing.T) {
 	d := digest.FromBytes(image)
 	md := &fakeMeta{v: map[string]meta.Verdict{key("r", d): verdict(d, meta.Admitted)}}
-	g, _ := New(Config{RevokeGrace: 200 * time.Millisecond}, md, bodies{d: image}, nil, nil, nil)
-	if err := g.Manifest(context.Background(), "r", d, image); err != nil {
+	g, _ := New(Config{RevokeGrace: 200 * time.Millisecond}, md, bodies{d: image}, storedVerdict(md), nil, nil)
+	if err := g.Manifest(context.Background(), push("r"), d, image); err != nil {
 		t.Fatal(err)
 	}
 	q := verdict(d, meta.Quarantined, "a new advisory")
 	md.VerdictSet(context.Background(), q, "gatehouse", "")
-	g.Record(context.Background(), q)
-	if err := g.Manifest(context.Background(), "r", d, image); err != nil {
+	if err := g.Reconsider(context.Background(), push("r"), d); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Manifest(context.Background(), push("r"), d, image); err != nil {
 		t.Fatalf("refused within the grace period: %v", err)
 	}
 	time.Sleep(400 * time.Millisecond)
-	if err := g.Manifest(context.Background(), "r", d, image); apierr.From(err).Code != apierr.Denied {
+	if err := g.Manifest(context.Background(), push("r"), d, image); apierr.From(err).Code != apierr.Denied {
 		t.Errorf("after the grace period: %v", err)
 	}
 	if err := g.Blob(context.Background(), "r", layer); err == nil {
@@ -225,10 +273,13 @@ func TestReferrerServedAsMetadata(t *testing.T) {
 	sig := []byte(`{"schemaVersion":2,"config":{"digest":"` + string(config) + `"},"layers":[{"digest":"` + string(layer) + `"}],"subject":{"digest":"` + string(sub) + `"}}`)
 	d := digest.FromBytes(sig)
 	md := &fakeMeta{v: map[string]meta.Verdict{}}
-	g, _ := New(Config{}, md, bodies{d: sig, sub: image}, nil, nil, nil)
+	g, _ := New(Config{}, md, bodies{d: sig, sub: image}, storedVerdict(md), nil, nil)
 	// a scan of the referrer concluded it is no admissible image
-	g.Record(context.Background(), verdict(d, meta.Quarantined, "not a tar layer"))
-	if err := g.Manifest(context.Background(), "r", d, sig); err != nil {
+	md.VerdictSet(context.Background(), verdict(d, meta.Quarantined, "not a tar layer"), "gatehouse", "")
+	if err := g.Reconsider(context.Background(), push("r"), d); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Manifest(context.Background(), push("r"), d, sig); err != nil {
 		t.Errorf("referrer manifest: %v", err)
 	}
 	if err := g.Blob(context.Background(), "r", layer); err == nil {
@@ -241,7 +292,7 @@ func TestBlobsTheScanDidNotReadAreNotServed(t *testing.T) {
 	md := &fakeMeta{v: map[string]meta.Verdict{key("r", d): verdict(d, meta.Admitted)},
 		read: map[digest.Digest][]digest.Digest{d: {config}}} // the layer was skipped
 	g, _ := New(Config{}, md, bodies{d: image}, nil, nil, nil)
-	if err := g.Manifest(context.Background(), "r", d, image); err != nil {
+	if err := g.Manifest(context.Background(), push("r"), d, image); err != nil {
 		t.Fatal(err)
 	}
 	if err := g.Blob(context.Background(), "r", config); err != nil {
@@ -261,16 +312,22 @@ func TestBlobsTheScanDidNotReadAreNotServed(t *testing.T) {
 func TestMountableOnlyWhatAnAdmittedImageReferences(t *testing.T) {
 	d := digest.FromBytes(image)
 	md := &fakeMeta{v: map[string]meta.Verdict{key("r", d): verdict(d, meta.Quarantined, "EICAR")}}
-	g, _ := New(Config{}, md, bodies{d: image}, nil, nil, nil)
-	g.Manifest(context.Background(), "r", d, image)
+	g, _ := New(Config{}, md, bodies{d: image}, storedVerdict(md), nil, nil)
+	g.Manifest(context.Background(), push("r"), d, image)
 	if g.Mountable(layer) || g.Mountable(config) {
 		t.Fatalf("a quarantined image's blobs are mountable")
 	}
-	g.Record(context.Background(), verdict(d, meta.Admitted))
+	md.VerdictSet(context.Background(), verdict(d, meta.Admitted), "gatehouse", "")
+	if err := g.Reconsider(context.Background(), push("r"), d); err != nil {
+		t.Fatal(err)
+	}
 	if !g.Mountable(layer) {
 		t.Errorf("an admitted image's layer is not mountable")
 	}
-	g.Record(context.Background(), verdict(d, meta.Quarantined, "a new advisory"))
+	md.VerdictSet(context.Background(), verdict(d, meta.Quarantined, "a new advisory"), "gatehouse", "")
+	if err := g.Reconsider(context.Background(), push("r"), d); err != nil {
+		t.Fatal(err)
+	}
 	if g.Mountable(layer) {
 		t.Errorf("still mountable after the image was quarantined")
 	}
@@ -284,11 +341,11 @@ func TestRunnableImageWithASubjectIsGated(t *testing.T) {
 			body := []byte(`{"schemaVersion":2,"config":{"digest":"` + string(config) + `"},"layers":[{"mediaType":"` + mt + `","digest":"` + string(layer) + `"}],"subject":{"digest":"` + string(sub) + `"}}`)
 			d := digest.FromBytes(body)
 			var calls atomic.Int32
-			g, _ := New(Config{}, &fakeMeta{v: map[string]meta.Verdict{}}, bodies{d: body, sub: image}, func(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error) {
+			g, _ := New(Config{}, &fakeMeta{v: map[string]meta.Verdict{}}, bodies{d: body, sub: image}, admitFunc(func(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error) {
 				calls.Add(1)
 				return verdict(d, meta.Quarantined, "EICAR test file"), nil
-			}, nil, nil)
-			if err := g.Manifest(context.Background(), "r", d, body); apierr.From(err).Code != apierr.Denied {
+			}), nil, nil)
+			if err := g.Manifest(context.Background(), push("r"), d, body); apierr.From(err).Code != apierr.Denied {
 				t.Errorf("a runnable image with a subject was served as metadata: %v", err)
 			}
 			if calls.Load() != 1 {
@@ -298,107 +355,114 @@ func TestRunnableImageWithASubjectIsGated(t *testing.T) {
 	}
 }
 
-func TestAttestationChildOnlyWhenItIsOne(t *testing.T) {
-	att := []byte(`{"schemaVersion":2,"config":{"digest":"` + string(config) + `"},"layers":[{"mediaType":"application/vnd.in-toto+json","digest":"` + string(layer) + `"}]}`)
-	dAtt, dImg := digest.FromBytes(att), digest.FromBytes(image)
-	index := func(plat string, child digest.Digest) []byte {
-		os, arch, _ := strings.Cut(plat, "/")
-		return []byte(`{"schemaVersion":2,"manifests":[{"digest":"` + string(child) + `","platform":{"os":"` + os + `","architecture":"` + arch + `"},"annotations":{"vnd.docker.reference.type":"attestation-manifest"}}]}`)
-	}
-	for _, tc := range []struct {
-		name     string
-		plat     string
-		child    digest.Digest
-		admitted bool
-	}{
-		{"a real attestation is skipped", "unknown/unknown", dAtt, true},
-		{"an image dressed as an attestation", "unknown/unknown", dImg, false},
-		{"an attestation with a real platform", "linux/amd64", dAtt, false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			idx := index(tc.plat, tc.child)
-			d := digest.FromBytes(idx)
-			g, _ := New(Config{}, &fakeMeta{v: map[string]meta.Verdict{}}, bodies{d: idx, dAtt: att, dImg: image}, func(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error) {
-				return verdict(d, meta.Quarantined, "EICAR test file"), nil
-			}, nil, nil)
-			err := g.Manifest(context.Background(), "r", d, idx)
-			if tc.admitted && err != nil {
-				t.Errorf("index refused: %v", err)
-			}
-			if !tc.admitted && apierr.From(err).Code != apierr.Denied {
-				t.Errorf("index served though its child is refused: %v", err)
-			}
-		})
-	}
-}
-
-func TestPullRouteIndexAdmitsOnlyWhatIsAskedFor(t *testing.T) {
-	table, err := route.NewTable([]route.Route{{Prefix: "docker.io", Kind: route.Pull, Upstream: "http://up"}, {Prefix: "", Kind: route.Push}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var children []string
-	var bad digest.Digest
-	for i := range 300 {
-		c := digest.FromString(fmt.Sprint(i))
-		if i == 7 {
-			bad = c
-		}
-		children = append(children, `{"digest":"`+string(c)+`","platform":{"os":"linux","architecture":"arch`+fmt.Sprint(i)+`"}}`)
-	}
-	idx := []byte(`{"schemaVersion":2,"manifests":[` + strings.Join(children, ",") + `]}`)
-	d := digest.FromBytes(idx)
-	var calls atomic.Int32
-	admit := func(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error) {
-		calls.Add(1)
-		return verdict(d, meta.Admitted), nil
-	}
-	md := &fakeMeta{v: map[string]meta.Verdict{}}
-	g, _ := New(Config{Table: table}, md, bodies{d: idx}, admit, nil, nil)
-	if err := g.Manifest(context.Background(), "docker.io/library/x", d, idx); err != nil {
-		t.Fatalf("index: %v", err)
-	}
-	if n := calls.Load(); n != 0 {
-		t.Errorf("serving the index admitted %d children, want none", n)
-	}
-	// a child already known to be refused refuses the index
-	q := verdict(bad, meta.Quarantined, "EICAR test file")
-	q.Repo = "docker.io/library/y"
-	md.VerdictSet(context.Background(), q, "", "")
-	if err := g.Manifest(context.Background(), "docker.io/library/y", d, idx); apierr.From(err).Code != apierr.Denied || !strings.Contains(err.Error(), "EICAR") {
-		t.Errorf("index with a known refused child: %v", err)
-	}
-	// a push route judges an index by all its children, and caps their number
-	g, _ = New(Config{Table: table, MaxIndexChildren: 100}, &fakeMeta{v: map[string]meta.Verdict{}}, bodies{d: idx}, admit, nil, nil)
-	calls.Store(0)
-	if err := g.Manifest(context.Background(), "team/x", d, idx); apierr.From(err).Code != apierr.Denied || !strings.Contains(err.Error(), "limit is 100") {
-		t.Errorf("index over the cap: %v", err)
-	}
-	if calls.Load() != 0 {
-		t.Errorf("an index over the cap admitted children")
-	}
-}
-
 func TestServedIndexGoesBackToAdmissionWhenAChildIsRefused(t *testing.T) {
 	child := digest.FromBytes(image)
 	idx := []byte(`{"schemaVersion":2,"manifests":[{"digest":"` + string(child) + `","platform":{"os":"linux","architecture":"amd64"}}]}`)
 	d := digest.FromBytes(idx)
 	md := &fakeMeta{v: map[string]meta.Verdict{key("r", child): verdict(child, meta.Admitted)}}
-	g, _ := New(Config{}, md, bodies{d: idx, child: image}, func(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error) {
-		return md.VerdictGet(ctx, repo, d)
-	}, nil, nil)
-	if err := g.Manifest(context.Background(), "r", d, idx); err != nil {
+	var indexCalls atomic.Int32
+	// the index is judged by its child's stored verdict; an image answers its stored verdict
+	g, _ := New(Config{}, md, bodies{d: idx, child: image}, admitFunc(func(ctx context.Context, repo string, dd digest.Digest) (meta.Verdict, error) {
+		if dd != d {
+			return md.VerdictGet(ctx, repo, dd)
+		}
+		indexCalls.Add(1)
+		cv, err := md.VerdictGet(ctx, repo, child)
+		if err != nil {
+			return meta.Verdict{}, err
+		}
+		if cv.State.Serves() {
+			return verdict(d, meta.Admitted), nil
+		}
+		var dec policies.Decision
+		_ = json.Unmarshal(cv.Decision, &dec)
+		return verdict(d, meta.Quarantined, "child "+child.String()+" is "+string(cv.State)+": "+dec.Reasons(3)), nil
+	}), nil, nil)
+	if err := g.Manifest(context.Background(), push("r"), d, idx); err != nil {
 		t.Fatalf("index with an admitted child: %v", err)
 	}
-	// a database update quarantines the child
-	q := verdict(child, meta.Quarantined, "CVE-2021-23337 (high)")
-	md.VerdictSet(context.Background(), q, "gatehouse", "")
-	g.Record(context.Background(), q)
-	if v, _ := md.VerdictGet(context.Background(), "r", d); v.State != meta.Pending {
-		t.Errorf("the index's stored verdict is %q, want pending (judged again)", v.State)
+	if n := indexCalls.Load(); n != 1 {
+		t.Fatalf("the index was admitted %d times, want 1", n)
 	}
-	if err := g.Manifest(context.Background(), "r", d, idx); apierr.From(err).Code != apierr.Denied || !strings.Contains(err.Error(), "CVE-2021-23337") {
+	// a database update quarantines the child
+	md.VerdictSet(context.Background(), verdict(child, meta.Quarantined, "CVE-2021-23337 (high)"), "gatehouse", "")
+	if err := g.Reconsider(context.Background(), push("r"), child); err != nil {
+		t.Fatal(err)
+	}
+	if n := indexCalls.Load(); n != 2 {
+		t.Errorf("the index was admitted %d times, want 2 (judged again once its child was refused)", n)
+	}
+	err := g.Manifest(context.Background(), push("r"), d, idx)
+	if e := apierr.From(err); e.Code != apierr.Denied || e.HTTPStatus() != http.StatusForbidden || !strings.Contains(err.Error(), "CVE-2021-23337") {
 		t.Errorf("index after its child was quarantined: %v", err)
+	}
+}
+
+// drained waits until no admission Submit started is still running.
+func drained(t *testing.T, g *Gate) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); len(g.background) > 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("background admissions did not end")
+		}
+	}
+}
+
+func TestSubmitAdmitsAnImageOnce(t *testing.T) {
+	img := []byte(`{"schemaVersion":2,"mediaType":"` + manifest.OCIManifest + `","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"` + string(config) +
+		`"},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"` + string(layer) + `"}]}`)
+	// a cosign signature: an artifact, no image config and no layer a runtime unpacks
+	sig := []byte(`{"schemaVersion":2,"mediaType":"` + manifest.OCIManifest + `","config":{"mediaType":"application/vnd.dev.cosign.artifact.sig.v1+json","digest":"` + string(config) +
+		`"},"layers":[{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json","digest":"` + string(layer) + `"}]}`)
+	idx := []byte(`{"schemaVersion":2,"mediaType":"` + manifest.OCIIndex + `","manifests":[{"mediaType":"` + manifest.OCIManifest + `","digest":"` + digest.FromBytes(img).String() + `"}]}`)
+	dImg, dSig, dIdx := digest.FromBytes(img), digest.FromBytes(sig), digest.FromBytes(idx)
+	var mu sync.Mutex
+	calls := map[digest.Digest]int{}
+	count := func(d digest.Digest) int { mu.Lock(); defer mu.Unlock(); return calls[d] }
+	g, _ := New(Config{}, &fakeMeta{v: map[string]meta.Verdict{}}, bodies{dImg: img, dSig: sig, dIdx: idx}, admitFunc(func(_ context.Context, _ string, d digest.Digest) (meta.Verdict, error) {
+		mu.Lock()
+		calls[d]++
+		mu.Unlock()
+		return verdict(d, meta.Admitted), nil
+	}), nil, nil)
+
+	if err := g.Blob(context.Background(), "r", layer); apierr.From(err).Code != apierr.Denied {
+		t.Fatalf("a layer was served before its image was admitted: %v", err)
+	}
+	g.Submit(push("r"), dImg, manifest.OCIManifest)
+	drained(t, g)
+	if n := count(dImg); n != 1 {
+		t.Fatalf("%d admissions after Submit, want 1", n)
+	}
+	if err := g.Blob(context.Background(), "r", layer); err != nil {
+		t.Errorf("layer of the image Submit admitted: %v", err)
+	}
+	if err := g.Manifest(context.Background(), push("r"), dImg, img); err != nil {
+		t.Errorf("the image Submit admitted: %v", err)
+	}
+	for range 20 {
+		g.Submit(push("r"), dImg, manifest.OCIManifest)
+	}
+	drained(t, g)
+	if n := count(dImg); n != 1 {
+		t.Errorf("%d admissions after submitting an admitted image again, want 1", n)
+	}
+
+	g.Submit(push("r"), dIdx, manifest.OCIIndex)
+	g.Submit(push("other"), dImg, manifest.OCIIndex) // the media type decides, not the bytes
+	g.Submit(push("r"), dSig, manifest.OCIManifest)
+	drained(t, g)
+	if n := count(dIdx); n != 0 {
+		t.Errorf("an index was admitted %d times by Submit, want none", n)
+	}
+	if n := count(dImg); n != 1 {
+		t.Errorf("%d admissions of the image, want 1 (a non-image media type is not admitted)", n)
+	}
+	if n := count(dSig); n != 0 {
+		t.Errorf("an artifact (a cosign signature) was admitted %d times by Submit, want none", n)
+	}
+	if err := g.Blob(context.Background(), "other", layer); apierr.From(err).Code != apierr.Denied {
+		t.Errorf("the layer was served from a repository where nothing was admitted: %v", err)
 	}
 }
 
@@ -406,16 +470,16 @@ func TestReleaseAnswersHeldRequests(t *testing.T) {
 	d := digest.FromBytes(image)
 	release := make(chan struct{})
 	defer close(release)
-	g, _ := New(Config{Hold: time.Hour}, &fakeMeta{v: map[string]meta.Verdict{}}, bodies{d: image}, func(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error) {
+	g, _ := New(Config{Hold: time.Hour}, &fakeMeta{v: map[string]meta.Verdict{}}, bodies{d: image}, admitFunc(func(ctx context.Context, repo string, d digest.Digest) (meta.Verdict, error) {
 		select {
 		case <-release:
 			return verdict(d, meta.Admitted), nil
 		case <-ctx.Done(): // the shutdown stops it
 			return meta.Verdict{}, ctx.Err()
 		}
-	}, nil, nil)
+	}), nil, nil)
 	errc := make(chan error, 1)
-	go func() { errc <- g.Manifest(context.Background(), "r", d, image) }()
+	go func() { errc <- g.Manifest(context.Background(), push("r"), d, image) }()
 	time.Sleep(50 * time.Millisecond)
 	g.Release()
 	select {
@@ -433,7 +497,7 @@ func TestReleaseAnswersHeldRequests(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the admission under way did not end after Release")
 	}
-	if e := apierr.From(g.Manifest(context.Background(), "r", d, image)); e.HTTPStatus() != http.StatusServiceUnavailable {
+	if e := apierr.From(g.Manifest(context.Background(), push("r"), d, image)); e.HTTPStatus() != http.StatusServiceUnavailable {
 		t.Errorf("a request after Release: %v", e)
 	}
 }
