@@ -319,7 +319,7 @@ func TestFirstPull(t *testing.T) {
 			if f.up.fetches(img.digest) != 1 || f.up.fetches(img.layer) != 1 {
 				t.Errorf("upstream reads: manifest %d, layer %d; want each once", f.up.fetches(img.digest), f.up.fetches(img.layer))
 			}
-			blobErr := f.gate.Blob(ctx, rt.Name, img.layer)
+			blobErr := f.gate.Blob(ctx, rt, img.layer)
 			if tc.state == meta.Admitted {
 				if err != nil || blobErr != nil {
 					t.Errorf("clean image not served: manifest %v, layer %v", err, blobErr)
@@ -369,7 +369,7 @@ func TestIndexWithABadChild(t *testing.T) {
 	if err := f.gate.Manifest(ctx, rt, bad.digest, bad.body); !denied(err, "lodash") {
 		t.Errorf("bad child: %v", err)
 	}
-	if err := f.gate.Blob(ctx, repo, bad.layer); err == nil {
+	if err := f.gate.Blob(ctx, f.rt(t, repo), bad.layer); err == nil {
 		t.Errorf("the bad child's layer is served")
 	}
 }
@@ -477,7 +477,7 @@ func TestDatabaseChange(t *testing.T) {
 		if err := f.gate.Manifest(ctx, f.rt(t, repo), img.digest, img.body); err != nil {
 			t.Fatalf("%s: admitted under a database without the advisory: %v", repo, err)
 		}
-		if err := f.gate.Blob(ctx, repo, img.layer); err != nil {
+		if err := f.gate.Blob(ctx, f.rt(t, repo), img.layer); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -505,7 +505,7 @@ func TestDatabaseChange(t *testing.T) {
 		if err := f.gate.Manifest(ctx, f.rt(t, repo), img.digest, img.body); !denied(err, "lodash") {
 			t.Errorf("%s: still served after the update: %v", repo, err)
 		}
-		if err := f.gate.Blob(ctx, repo, img.layer); err == nil {
+		if err := f.gate.Blob(ctx, f.rt(t, repo), img.layer); err == nil {
 			t.Errorf("%s: its layer is still served", repo)
 		}
 	}
@@ -605,7 +605,7 @@ func TestPolicyThatDoesNotCompile(t *testing.T) {
 	if _, err := f.md.VerdictGet(ctx, "team/app", img.digest); !errors.Is(err, meta.ErrNotFound) {
 		t.Errorf("a verdict was recorded under a broken policy: %v", err)
 	}
-	if err := g.Blob(ctx, "team/app", img.layer); err == nil {
+	if err := g.Blob(ctx, f.rt(t, "team/app"), img.layer); err == nil {
 		t.Errorf("a layer of an image that could not be admitted is served")
 	}
 }
@@ -633,7 +633,7 @@ func TestScanThatFails(t *testing.T) {
 	if trail := f.audit(t, "team/app", img.digest); len(trail) != 1 || !strings.Contains(trail[0], "could not be scanned") {
 		t.Errorf("audit %q", trail)
 	}
-	if err := f.gate.Blob(ctx, "team/app", img.layer); err == nil {
+	if err := f.gate.Blob(ctx, f.rt(t, "team/app"), img.layer); err == nil {
 		t.Errorf("the unscannable layer is served")
 	}
 	// another repository holding the same digest is refused from the recorded scan
@@ -777,7 +777,41 @@ func TestFailedReadmissionFailsClosed(t *testing.T) {
 	if err := f.gate.Manifest(ctx, rt, img.digest, img.body); !denied(err, "lodash") {
 		t.Errorf("re-pushed after the update: %v", err)
 	}
-	if err := f.gate.Blob(ctx, repo, img.layer); err == nil {
+	if err := f.gate.Blob(ctx, f.rt(t, repo), img.layer); err == nil {
 		t.Errorf("its layer is served")
+	}
+}
+
+// TestIndexAfterRestart: an index the gate has not met since a restart is judged again when
+// first asked for, so a child refused meanwhile (a database update) refuses it.
+func TestIndexAfterRestart(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	older := t.TempDir()
+	b, err := os.ReadFile("../../attest/vulndb/testdata/osv/GO-2024-3333.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(older, "GO-2024-3333.json"), b, 0o644)
+	f.importDB(t, older)
+	repo := "team/multi"
+	img := newImage(t, badFiles)
+	f.push(t, repo, img.body, img.blobs)
+	body := index(child(img.digest, "amd64"))
+	idx := f.push(t, repo, body, nil)
+	if err := f.gate.Manifest(ctx, f.rt(t, repo), idx, body); err != nil {
+		t.Fatalf("index before the update: %v", err)
+	}
+	restarted, _ := gate.New(gate.Config{}, f.md, f.cs, f.p, nil, nil)
+	f.importDB(t, "../../attest/vulndb/testdata/osv")
+	time.Sleep(1100 * time.Millisecond) // the database handle looks for a new import once a second
+	if err := f.p.Rematch(ctx, restarted); err != nil {
+		t.Fatal(err)
+	}
+	if v := f.verdict(t, repo, idx); v.State != meta.Admitted {
+		t.Fatalf("the index's stored verdict changed without being asked for: %+v", v)
+	}
+	if err := restarted.Manifest(ctx, f.rt(t, repo), idx, body); !denied(err, "amd64 child") {
+		t.Errorf("the index after a restart and an update: %v", err)
 	}
 }

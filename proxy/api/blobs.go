@@ -36,7 +36,7 @@ func (h *Handler) blobGet(w http.ResponseWriter, r *http.Request, t Target) erro
 	// Pushers HEAD blobs to skip uploads, so HEAD on a push route is not gated; it says only
 	// that a blob exists, never its bytes.
 	if h.gated(t) && (r.Method == http.MethodGet || pullRoute) {
-		if err := h.gate.Blob(r.Context(), t.Name, d); err != nil {
+		if err := h.gate.Blob(r.Context(), t.Route, d); err != nil {
 			return err
 		}
 	}

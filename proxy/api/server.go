@@ -185,7 +185,7 @@ type Gate interface {
 	Manifest(ctx context.Context, rt route.Resolved, d digest.Digest, body []byte) error
 	ManifestWithin(ctx context.Context, rt route.Resolved, d digest.Digest, body []byte, hold time.Duration) error
 	// Blob says whether a blob may be served from a repository.
-	Blob(ctx context.Context, repo string, d digest.Digest) error
+	Blob(ctx context.Context, rt route.Resolved, d digest.Digest) error
 	// Mountable says whether a mount that names no source repository may link a blob.
 	Mountable(d digest.Digest) bool
 	// Submit admits a manifest in the background.

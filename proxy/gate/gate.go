@@ -193,7 +193,7 @@ func (g *Gate) ManifestWithin(ctx context.Context, rt route.Resolved, d digest.D
 	}
 	v, err := g.meta.VerdictGet(ctx, repo, d)
 	switch {
-	case err == nil && v.State != meta.Pending:
+	case err == nil && g.stands(ctx, rt, v):
 		return g.refused("manifest", g.learn(ctx, rt, v, m).refusal)
 	case err != nil && !errors.Is(err, meta.ErrNotFound):
 		return apierr.Unavailablef(err, "the metadata store did not answer while looking up the verdict on %s; nothing is served without a verdict", d)
@@ -203,6 +203,25 @@ func (g *Gate) ManifestWithin(ctx context.Context, rt route.Resolved, d digest.D
 		return err
 	}
 	return g.refused("manifest", k.refusal)
+}
+
+// stands says whether a stored verdict may be served as it is, the first time this process meets
+// it: a refusal may (it serves nothing); a serving verdict only while it still stands on its
+// route (route.Admission.Stands: the policy and the scan's match it was reached on are current;
+// an index's never does). Anything else is admitted again first, so a verdict left behind by a
+// crash, a failed re-admission or a restart under a new policy is never served.
+func (g *Gate) stands(ctx context.Context, rt route.Resolved, v meta.Verdict) bool {
+	if v.State == meta.Pending {
+		return false
+	}
+	if !v.State.Serves() || v.State.Reviewed() {
+		return true
+	}
+	if rt.Route == nil || v.PolicyDigest == meta.IndexPolicy {
+		return false
+	}
+	sc, err := g.meta.ScanGet(ctx, v.Digest)
+	return err == nil && rt.Route.Admission.Stands(v, sc.DBVersion)
 }
 
 // Submit admits an image in the background, once: the API calls it for every manifest pushed or
@@ -257,7 +276,11 @@ func (g *Gate) Reconsider(ctx context.Context, rt route.Resolved, d digest.Diges
 		g.referrer(rt.Name, d)
 		return nil
 	}
-	_, err, _ = g.flights.Do(key(rt.Name, d), func() (any, error) { return g.run(rt, d, m) })
+	_, err, shared := g.flights.Do(key(rt.Name, d), func() (any, error) { return g.run(rt, d, m) })
+	if shared {
+		// it joined an admission that began before whatever changed: admit once more, after it
+		_, err, _ = g.flights.Do(key(rt.Name, d), func() (any, error) { return g.run(rt, d, m) })
+	}
 	return err
 }
 
@@ -271,7 +294,8 @@ func (g *Gate) refused(kind string, e *apierr.Error) error {
 
 // Blob returns nil when blob d may be served from repo: it must be referenced by a manifest of
 // repo that is admitted or released.
-func (g *Gate) Blob(ctx context.Context, repo string, d digest.Digest) error {
+func (g *Gate) Blob(ctx context.Context, rt route.Resolved, d digest.Digest) error {
+	repo := rt.Name
 	g.mu.RLock()
 	n, loaded := g.blobs[key(repo, d)], g.repos[repo]
 	g.mu.RUnlock()
@@ -281,7 +305,7 @@ func (g *Gate) Blob(ctx context.Context, repo string, d digest.Digest) error {
 	if !loaded {
 		// the first blob request for this repository since start: learn what its stored
 		// admitted manifests reference (a client may ask for a blob before its manifest)
-		if _, err, _ := g.flights.Do("repo\x00"+repo, func() (any, error) { return nil, g.loadRepo(ctx, repo) }); err != nil {
+		if _, err, _ := g.flights.Do("repo\x00"+repo, func() (any, error) { return nil, g.loadRepo(ctx, rt) }); err != nil {
 			return apierr.Unavailablef(err, "could not read the admitted images of %s to answer for blob %s; nothing is served without a verdict", repo, d)
 		}
 		g.mu.RLock()
@@ -297,7 +321,8 @@ func (g *Gate) Blob(ctx context.Context, repo string, d digest.Digest) error {
 }
 
 // loadRepo learns the stored served verdicts of a repository and the blobs they reference.
-func (g *Gate) loadRepo(ctx context.Context, repo string) error {
+func (g *Gate) loadRepo(ctx context.Context, rt route.Resolved) error {
+	repo := rt.Name
 	vs, err := g.meta.VerdictsServed(ctx, repo)
 	if err != nil {
 		return err
@@ -306,8 +331,8 @@ func (g *Gate) loadRepo(ctx context.Context, repo string) error {
 		g.mu.RLock()
 		_, ok := g.known[key(repo, v.Digest)]
 		g.mu.RUnlock()
-		if ok {
-			continue // learned already, perhaps more recently than this listing
+		if ok || !g.stands(ctx, rt, v) {
+			continue // learned already (perhaps more recently than this listing), or admitted again when its manifest is asked for
 		}
 		body, err := g.manifests.ManifestGet(ctx, v.Digest)
 		if err != nil {
@@ -435,19 +460,47 @@ func (g *Gate) learn(ctx context.Context, rt route.Resolved, v meta.Verdict, m m
 	if old, had := g.put(v.Repo, v.Digest, &k); had && old.state.Serves() && !v.State.Serves() {
 		g.log.Warn("a served digest is now refused", "repo", v.Repo, "digest", v.Digest, "verdict", v.State, "reason", policies.ReasonsOf(v.Decision, 1))
 	}
-	var indexes []digest.Digest
+	var indexes, refusedChildren []digest.Digest
 	if !v.State.Serves() {
 		indexes = g.servedIndexesOf(v.Repo, v.Digest)
 	}
+	for _, c := range k.children {
+		if ck, ok := g.known[key(v.Repo, c)]; ok && !ck.metadata && !ck.state.Serves() {
+			refusedChildren = append(refusedChildren, c)
+		}
+	}
 	g.mu.Unlock()
+	if len(refusedChildren) > 0 && g.childRefused(ctx, v.Repo, refusedChildren) {
+		// the index was judged while a child's refusal was being recorded: it is judged again,
+		// with it, before it is served (within its own admission, so not through its flight)
+		nv, err := g.admitter.Admit(ctx, rt, v.Digest)
+		if err != nil {
+			g.log.Warn("could not judge an index again after a child was refused; it is judged when next asked for", "repo", v.Repo, "index", v.Digest, "err", err)
+			g.forget(v.Repo, v.Digest)
+			return known{state: meta.Pending, refusal: apierr.Unavailablef(err, "index %s of %s is judged again after a child was refused; retry in a few seconds", v.Digest, v.Repo)}
+		}
+		return g.learn(ctx, rt, nv, m)
+	}
 	for _, idx := range indexes {
 		// the index was served while this child was not known refused: it is judged again (with
 		// this child) before it is served again
 		if err := g.Reconsider(ctx, rt, idx); err != nil {
 			g.log.Warn("could not judge an index again after a child was refused; it is judged when next asked for", "repo", v.Repo, "index", idx, "err", err)
+			g.forget(v.Repo, idx)
 		}
 	}
 	return k
+}
+
+// childRefused says whether the store, too, holds a refusal of any of these children (the
+// gate's memory alone may be behind it, or ahead of it).
+func (g *Gate) childRefused(ctx context.Context, repo string, children []digest.Digest) bool {
+	for _, c := range children {
+		if cv, err := g.meta.VerdictGet(ctx, repo, c); err == nil && cv.State != meta.Pending && !cv.State.Serves() {
+			return true
+		}
+	}
+	return false
 }
 
 // servedIndexesOf lists the indexes of repo being served that list child. g.mu must be held.
@@ -496,7 +549,7 @@ func (g *Gate) await(ctx context.Context, rt route.Resolved, d digest.Digest, m 
 		return res.Val.(known), nil
 	case <-timer.C:
 		g.metrics.held.Inc()
-		retry := int(g.cfg.Hold.Seconds() / 4)
+		retry := int(g.cfg.Hold.Seconds() / 4) // the hold a client waits on its next try
 		if retry < 1 {
 			retry = 1
 		}

@@ -145,7 +145,7 @@ func TestOneAdmissionManyWaiters(t *testing.T) {
 			t.Fatalf("refusal = %v", err)
 		}
 	}
-	if err := g.Blob(context.Background(), "r", layer); apierr.From(err).Code != apierr.Denied {
+	if err := g.Blob(context.Background(), push("r"), layer); apierr.From(err).Code != apierr.Denied {
 		t.Errorf("blob of a quarantined image: %v", err)
 	}
 }
@@ -169,10 +169,10 @@ func TestHoldExpires(t *testing.T) {
 			t.Fatalf("still refused after the admission finished: %v", err)
 		}
 	}
-	if err := g.Blob(context.Background(), "r", layer); err != nil {
+	if err := g.Blob(context.Background(), push("r"), layer); err != nil {
 		t.Errorf("layer of an admitted image: %v", err)
 	}
-	if err := g.Blob(context.Background(), "other", layer); err == nil {
+	if err := g.Blob(context.Background(), push("other"), layer); err == nil {
 		t.Errorf("the layer was served from a repository whose images do not reference it")
 	}
 }
@@ -184,7 +184,7 @@ func TestReconsiderQuarantineRevokesBlobs(t *testing.T) {
 	if err := g.Manifest(context.Background(), push("r"), d, image); err != nil {
 		t.Fatal(err)
 	}
-	if err := g.Blob(context.Background(), "r", config); err != nil {
+	if err := g.Blob(context.Background(), push("r"), config); err != nil {
 		t.Fatal(err)
 	}
 	md.VerdictSet(context.Background(), verdict(d, meta.Quarantined, "a new advisory"), "gatehouse", "")
@@ -194,7 +194,7 @@ func TestReconsiderQuarantineRevokesBlobs(t *testing.T) {
 	if err := g.Manifest(context.Background(), push("r"), d, image); apierr.From(err).Code != apierr.Denied {
 		t.Errorf("manifest after quarantine: %v", err)
 	}
-	if err := g.Blob(context.Background(), "r", config); err == nil {
+	if err := g.Blob(context.Background(), push("r"), config); err == nil {
 		t.Errorf("blob still served after its image was quarantined")
 	}
 }
@@ -214,7 +214,7 @@ func TestAdmissionErrorFailsClosed(t *testing.T) {
 	if e := apierr.From(g.Manifest(context.Background(), push("r"), d, image)); e.HTTPStatus() != http.StatusServiceUnavailable {
 		t.Errorf("admission error: %v", e)
 	}
-	if err := g.Blob(context.Background(), "r", layer); apierr.From(err).Code != apierr.Denied {
+	if err := g.Blob(context.Background(), push("r"), layer); apierr.From(err).Code != apierr.Denied {
 		t.Errorf("a layer was served after its image's admission failed: %v", err)
 	}
 	// the failure is not remembered: the next request asks again
@@ -227,7 +227,7 @@ func TestAdmissionErrorFailsClosed(t *testing.T) {
 	if n := calls.Load(); n != 3 {
 		t.Errorf("%d admissions, want 3 (each request after a failure asks again)", n)
 	}
-	if err := g.Blob(context.Background(), "r", layer); err != nil {
+	if err := g.Blob(context.Background(), push("r"), layer); err != nil {
 		t.Errorf("layer of the admitted image: %v", err)
 	}
 }
@@ -251,7 +251,7 @@ func TestRevokeGrace(t *testing.T) {
 	if err := g.Manifest(context.Background(), push("r"), d, image); apierr.From(err).Code != apierr.Denied {
 		t.Errorf("after the grace period: %v", err)
 	}
-	if err := g.Blob(context.Background(), "r", layer); err == nil {
+	if err := g.Blob(context.Background(), push("r"), layer); err == nil {
 		t.Errorf("its layer is still served after the grace period")
 	}
 }
@@ -260,10 +260,10 @@ func TestBlobBeforeManifestAfterRestart(t *testing.T) {
 	d := digest.FromBytes(image)
 	md := &fakeMeta{v: map[string]meta.Verdict{key("r", d): verdict(d, meta.Admitted)}}
 	g, _ := New(Config{}, md, bodies{d: image}, nil, nil, nil) // a fresh gate: nothing learned yet
-	if err := g.Blob(context.Background(), "r", layer); err != nil {
+	if err := g.Blob(context.Background(), push("r"), layer); err != nil {
 		t.Errorf("layer of a stored admitted image, asked for before its manifest: %v", err)
 	}
-	if err := g.Blob(context.Background(), "r", "sha256:3333333333333333333333333333333333333333333333333333333333333333"); apierr.From(err).Code != apierr.Denied {
+	if err := g.Blob(context.Background(), push("r"), "sha256:3333333333333333333333333333333333333333333333333333333333333333"); apierr.From(err).Code != apierr.Denied {
 		t.Errorf("a blob no admitted image references: %v", err)
 	}
 }
@@ -282,7 +282,7 @@ func TestReferrerServedAsMetadata(t *testing.T) {
 	if err := g.Manifest(context.Background(), push("r"), d, sig); err != nil {
 		t.Errorf("referrer manifest: %v", err)
 	}
-	if err := g.Blob(context.Background(), "r", layer); err == nil {
+	if err := g.Blob(context.Background(), push("r"), layer); err == nil {
 		t.Errorf("a referrer made its blobs pullable")
 	}
 }
@@ -295,10 +295,10 @@ func TestBlobsTheScanDidNotReadAreNotServed(t *testing.T) {
 	if err := g.Manifest(context.Background(), push("r"), d, image); err != nil {
 		t.Fatal(err)
 	}
-	if err := g.Blob(context.Background(), "r", config); err != nil {
+	if err := g.Blob(context.Background(), push("r"), config); err != nil {
 		t.Errorf("config the scan read: %v", err)
 	}
-	if err := g.Blob(context.Background(), "r", layer); apierr.From(err).Code != apierr.Denied {
+	if err := g.Blob(context.Background(), push("r"), layer); apierr.From(err).Code != apierr.Denied {
 		t.Errorf("a layer the scan did not read was served: %v", err)
 	}
 	if g.Mountable(layer) {
@@ -426,7 +426,7 @@ func TestSubmitAdmitsAnImageOnce(t *testing.T) {
 		return verdict(d, meta.Admitted), nil
 	}), nil, nil)
 
-	if err := g.Blob(context.Background(), "r", layer); apierr.From(err).Code != apierr.Denied {
+	if err := g.Blob(context.Background(), push("r"), layer); apierr.From(err).Code != apierr.Denied {
 		t.Fatalf("a layer was served before its image was admitted: %v", err)
 	}
 	g.Submit(push("r"), dImg, manifest.OCIManifest)
@@ -434,7 +434,7 @@ func TestSubmitAdmitsAnImageOnce(t *testing.T) {
 	if n := count(dImg); n != 1 {
 		t.Fatalf("%d admissions after Submit, want 1", n)
 	}
-	if err := g.Blob(context.Background(), "r", layer); err != nil {
+	if err := g.Blob(context.Background(), push("r"), layer); err != nil {
 		t.Errorf("layer of the image Submit admitted: %v", err)
 	}
 	if err := g.Manifest(context.Background(), push("r"), dImg, img); err != nil {
@@ -461,7 +461,7 @@ func TestSubmitAdmitsAnImageOnce(t *testing.T) {
 	if n := count(dSig); n != 0 {
 		t.Errorf("an artifact (a cosign signature) was admitted %d times by Submit, want none", n)
 	}
-	if err := g.Blob(context.Background(), "other", layer); apierr.From(err).Code != apierr.Denied {
+	if err := g.Blob(context.Background(), push("other"), layer); apierr.From(err).Code != apierr.Denied {
 		t.Errorf("the layer was served from a repository where nothing was admitted: %v", err)
 	}
 }
@@ -499,5 +499,97 @@ func TestReleaseAnswersHeldRequests(t *testing.T) {
 	}
 	if e := apierr.From(g.Manifest(context.Background(), push("r"), d, image)); e.HTTPStatus() != http.StatusServiceUnavailable {
 		t.Errorf("a request after Release: %v", e)
+	}
+}
+
+func TestIndexJudgedWhileItsChildIsRefused(t *testing.T) {
+	child := digest.FromBytes(image)
+	idx := []byte(`{"schemaVersion":2,"manifests":[{"digest":"` + string(child) + `","platform":{"os":"linux","architecture":"amd64"}}]}`)
+	d := digest.FromBytes(idx)
+	md := &fakeMeta{v: map[string]meta.Verdict{key("r", child): verdict(child, meta.Admitted)}}
+	judged, release := make(chan struct{}, 1), make(chan struct{})
+	var first atomic.Bool
+	g, _ := New(Config{}, md, bodies{d: idx, child: image}, admitFunc(func(ctx context.Context, repo string, dd digest.Digest) (meta.Verdict, error) {
+		if dd != d {
+			return md.VerdictGet(ctx, repo, dd)
+		}
+		cv, _ := md.VerdictGet(ctx, repo, child)
+		ok := cv.State.Serves()
+		if first.CompareAndSwap(false, true) {
+			judged <- struct{}{}
+			<-release
+		}
+		if ok {
+			return verdict(d, meta.Admitted), nil
+		}
+		return verdict(d, meta.Quarantined, "child refused"), nil
+	}), nil, nil)
+	errc := make(chan error, 1)
+	go func() { errc <- g.Manifest(context.Background(), push("r"), d, idx) }()
+	<-judged // the index's admission has read its child's verdict: admitted
+	md.VerdictSet(context.Background(), verdict(child, meta.Quarantined, "CVE-2021-23337 (high)"), "gatehouse", "")
+	if err := g.Reconsider(context.Background(), push("r"), child); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if err := <-errc; apierr.From(err).Code != apierr.Denied {
+		t.Errorf("the first request for the index: %v", err)
+	}
+	if err := g.Manifest(context.Background(), push("r"), d, idx); apierr.From(err).Code != apierr.Denied {
+		t.Errorf("the index is served though its child was refused while the index was under admission: %v", err)
+	}
+}
+
+// A stored verdict is served as it is only while it stands: one reached under another policy,
+// on an older match of its scan, or on an index, is admitted again the first time it is met.
+func TestStoredVerdictThatNoLongerStandsIsAdmittedAgain(t *testing.T) {
+	ctx := context.Background()
+	eng, err := policies.Load(ctx, policies.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := route.Resolved{Route: &route.Route{Kind: route.Push, Admission: route.Admission{Policy: &policies.Bundle{Engine: eng}}}, Name: "r"}
+	d := digest.FromBytes(image)
+	idx := []byte(`{"schemaVersion":2,"manifests":[{"digest":"` + string(d) + `","platform":{"os":"linux","architecture":"amd64"}}]}`)
+	dIdx := digest.FromBytes(idx)
+	for _, tc := range []struct {
+		name   string
+		d      digest.Digest
+		body   []byte
+		stored meta.Verdict
+	}{
+		{"another policy", d, image, meta.Verdict{Repo: "r", Digest: d, State: meta.Admitted, PolicyDigest: "sha256:old", DBVersion: ""}},
+		{"an older match", d, image, meta.Verdict{Repo: "r", Digest: d, State: meta.Admitted, PolicyDigest: eng.Digest(), DBVersion: "v0"}},
+		{"an index", dIdx, idx, meta.Verdict{Repo: "r", Digest: dIdx, State: meta.Admitted, PolicyDigest: meta.IndexPolicy}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			md := &fakeMeta{v: map[string]meta.Verdict{key("r", tc.d): tc.stored}}
+			var calls atomic.Int32
+			g, _ := New(Config{}, md, bodies{d: image, dIdx: idx}, admitFunc(func(ctx context.Context, repo string, dd digest.Digest) (meta.Verdict, error) {
+				calls.Add(1)
+				return verdict(dd, meta.Quarantined, "CVE-2024-45338 (critical)"), nil
+			}), nil, nil)
+			if tc.d == d {
+				// blobs asked for first (after a restart) are not served on it either
+				if err := g.Blob(ctx, rt, layer); apierr.From(err).Code != apierr.Denied {
+					t.Errorf("a layer served on a verdict that no longer stands: %v", err)
+				}
+			}
+			if err := g.Manifest(ctx, rt, tc.d, tc.body); apierr.From(err).Code != apierr.Denied || calls.Load() != 1 {
+				t.Errorf("served on a verdict that no longer stands: %v (%d admissions)", err, calls.Load())
+			}
+		})
+	}
+	// one that stands is served without an admission
+	md := &fakeMeta{v: map[string]meta.Verdict{key("r", d): {Repo: "r", Digest: d, State: meta.Admitted, PolicyDigest: eng.Digest()}}}
+	g, _ := New(Config{}, md, bodies{d: image}, admitFunc(func(context.Context, string, digest.Digest) (meta.Verdict, error) {
+		t.Error("a verdict that stands was admitted again")
+		return meta.Verdict{}, errors.New("no")
+	}), nil, nil)
+	if err := g.Blob(ctx, rt, layer); err != nil {
+		t.Errorf("layer of a verdict that stands: %v", err)
+	}
+	if err := g.Manifest(ctx, rt, d, image); err != nil {
+		t.Errorf("manifest of a verdict that stands: %v", err)
 	}
 }
