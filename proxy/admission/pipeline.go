@@ -283,13 +283,14 @@ func (p *Pipeline) judgeIndex(ctx context.Context, rt route.Resolved, d digest.D
 	if limit <= 0 {
 		limit = 1024
 	}
-	return p.judgeTree(ctx, rt, d, m, &tree{seen: map[digest.Digest]*judged{d: {done: make(chan struct{})}}, limit: limit})
+	return p.judgeTree(ctx, rt, d, m, &tree{root: d, seen: map[digest.Digest]*judged{d: {done: make(chan struct{})}}, limit: limit})
 }
 
 // tree bounds the judging of one index and the indexes it lists: each distinct manifest in it is
 // judged once (a manifest listed again waits for that verdict), and at most limit of them are, so
 // an index of indexes cannot multiply the work.
 type tree struct {
+	root  digest.Digest
 	mu    sync.Mutex
 	seen  map[digest.Digest]*judged
 	limit int
@@ -395,7 +396,8 @@ func (p *Pipeline) judgeTree(ctx context.Context, rt route.Resolved, d digest.Di
 		})
 	}
 	err := eg.Wait()
-	if errors.Is(err, errTreeTooLarge) {
+	if errors.Is(err, errTreeTooLarge) && t.root == d {
+		// refused at the root only: an index inside the tree is not at fault for its parent's size
 		return refuse("index.children", fmt.Sprintf("the index and the indexes it lists name more than %d distinct manifests (admission.max_index_children)", t.limit),
 			map[string]int{"limit": t.limit})
 	}
@@ -553,7 +555,7 @@ func (p *Pipeline) reconsider(ctx context.Context, g Gate, scannedIn string, d d
 			continue
 		}
 		if err := g.Reconsider(ctx, rt, d); err != nil && ctx.Err() == nil {
-			p.log().Error("admitting a re-matched image again failed; its verdict stands until it is admitted again", "repo", repo, "digest", d, "err", err)
+			p.log().Error("admitting a re-matched image again failed; unless its verdict still stands it is pending, and admitted again when next asked for", "repo", repo, "digest", d, "err", err)
 		}
 	}
 }

@@ -815,3 +815,88 @@ func TestIndexAfterRestart(t *testing.T) {
 		t.Errorf("the index after a restart and an update: %v", err)
 	}
 }
+
+// TestIndexWithARefusedAttestation: a buildx-style index whose attestation child is itself
+// refused (it is no image) is admitted, and judged a bounded number of times, however its
+// children are asked for (a re-judging loop once overflowed the stack).
+func TestIndexWithARefusedAttestation(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	cm := &countingMeta{Metadata: f.md, sets: map[digest.Digest]int{}}
+	f.p.Meta = cm
+	repo := "team/buildx"
+	rt := f.rt(t, repo)
+	img := newImage(t, cleanFiles)
+	f.push(t, repo, img.body, img.blobs)
+	statement := []byte(`{"_type":"https://in-toto.io/Statement/v1"}`)
+	cfg := []byte(`{"architecture":"unknown","os":"unknown","rootfs":{"type":"layers","diff_ids":[]}}`)
+	att := []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":%d},"layers":[{"mediaType":"application/vnd.in-toto+json","digest":%q,"size":%d}]}`,
+		digest.FromBytes(cfg), len(cfg), digest.FromBytes(statement), len(statement)))
+	dAtt := f.push(t, repo, att, map[digest.Digest][]byte{digest.FromBytes(cfg): cfg, digest.FromBytes(statement): statement})
+	if err := f.gate.Manifest(ctx, rt, dAtt, att); apierr.From(err).Code != apierr.Denied {
+		t.Fatalf("the attestation on its own: %v (it is no image a runtime could run, and is refused as one)", err)
+	}
+	body := index(child(img.digest, "amd64"), fmt.Sprintf(`{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":%q,"size":1,"platform":{"os":"unknown","architecture":"unknown"},"annotations":{"vnd.docker.reference.type":"attestation-manifest","vnd.docker.reference.digest":%q}}`, dAtt, img.digest))
+	idx := f.push(t, repo, body, nil)
+	done := make(chan error, 1)
+	go func() { done <- f.gate.Manifest(ctx, rt, idx, body) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("buildx-style index: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the index's admission did not end")
+	}
+	// after a restart, its attestation asked for first, then the index
+	restarted, _ := gate.New(gate.Config{}, f.md, f.cs, f.p, nil, nil)
+	if err := restarted.Manifest(ctx, rt, idx, body); err != nil {
+		t.Fatalf("index after a restart: %v", err)
+	}
+	if err := restarted.Manifest(ctx, rt, dAtt, att); apierr.From(err).Code != apierr.Denied {
+		t.Errorf("attestation after a restart: %v", err)
+	}
+	if err := restarted.Manifest(ctx, rt, idx, body); err != nil {
+		t.Errorf("index after its attestation was asked for: %v", err)
+	}
+	cm.mu.Lock()
+	n := cm.sets[idx]
+	cm.mu.Unlock()
+	if n > 6 {
+		t.Errorf("the index was recorded %d times, want a handful", n)
+	}
+}
+
+// TestTreeLimitRefusesOnlyTheRoot: an index that makes a tree too large is refused; an index it
+// lists keeps its own verdict (it is not at fault for its parent's size).
+func TestTreeLimitRefusesOnlyTheRoot(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	f.p.MaxIndexChildren = 3
+	repo := "team/victim"
+	rt := f.rt(t, repo)
+	var imgs []image
+	for i := range 3 {
+		img := newImage(t, map[string]string{"etc/motd": fmt.Sprint("image ", i)})
+		f.push(t, repo, img.body, img.blobs)
+		imgs = append(imgs, img)
+	}
+	victim := index(child(imgs[0].digest, "amd64"), child(imgs[1].digest, "arm64"))
+	dv := f.push(t, repo, victim, nil)
+	if err := f.gate.Manifest(ctx, rt, dv, victim); err != nil {
+		t.Fatalf("victim index: %v", err)
+	}
+	// the parent names four distinct manifests: the limit is reached inside the victim's children
+	parent := index(child(imgs[2].digest, "amd64"), child(dv, "amd64"))
+	dp := f.push(t, repo, parent, nil)
+	if err := f.gate.Manifest(ctx, rt, dp, parent); !denied(err, "more than 3 distinct manifests") {
+		t.Errorf("the parent over the limit: %v", err)
+	}
+	if v := f.verdict(t, repo, dv); v.State != meta.Admitted {
+		t.Errorf("the victim index's verdict: %+v", v)
+	}
+	restarted, _ := gate.New(gate.Config{}, f.md, f.cs, f.p, nil, nil)
+	if err := restarted.Manifest(ctx, rt, dv, victim); err != nil {
+		t.Errorf("the victim index after a restart: %v", err)
+	}
+}

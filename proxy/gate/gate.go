@@ -455,6 +455,13 @@ func (g *Gate) scanned(ctx context.Context, d digest.Digest) (map[digest.Digest]
 // learn remembers a final verdict and the blobs it makes servable. A refused image sends the
 // served indexes that list it back to admission, so they are judged again with it.
 func (g *Gate) learn(ctx context.Context, rt route.Resolved, v meta.Verdict, m manifest.Stored) known {
+	return g.learnOnce(ctx, rt, v, m, true)
+}
+
+// learnOnce is learn; recheck says whether a served index whose children include one known
+// refused is judged again (once: an index may rightly be served with a refused child it does not
+// count, such as a buildx attestation).
+func (g *Gate) learnOnce(ctx context.Context, rt route.Resolved, v meta.Verdict, m manifest.Stored, recheck bool) known {
 	k := g.knownFor(ctx, v, m)
 	g.mu.Lock()
 	if old, had := g.put(v.Repo, v.Digest, &k); had && old.state.Serves() && !v.State.Serves() {
@@ -465,7 +472,7 @@ func (g *Gate) learn(ctx context.Context, rt route.Resolved, v meta.Verdict, m m
 		indexes = g.servedIndexesOf(v.Repo, v.Digest)
 	}
 	for _, c := range k.children {
-		if ck, ok := g.known[key(v.Repo, c)]; ok && !ck.metadata && !ck.state.Serves() {
+		if ck, ok := g.known[key(v.Repo, c)]; recheck && ok && !ck.metadata && !ck.state.Serves() {
 			refusedChildren = append(refusedChildren, c)
 		}
 	}
@@ -479,7 +486,7 @@ func (g *Gate) learn(ctx context.Context, rt route.Resolved, v meta.Verdict, m m
 			g.forget(v.Repo, v.Digest)
 			return known{state: meta.Pending, refusal: apierr.Unavailablef(err, "index %s of %s is judged again after a child was refused; retry in a few seconds", v.Digest, v.Repo)}
 		}
-		return g.learn(ctx, rt, nv, m)
+		return g.learnOnce(ctx, rt, nv, m, false)
 	}
 	for _, idx := range indexes {
 		// the index was served while this child was not known refused: it is judged again (with
