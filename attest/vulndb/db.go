@@ -27,7 +27,7 @@ import (
 
 // ErrNoDatabase means no database has been imported: nothing can be matched, and the gate must
 // fail closed.
-var ErrNoDatabase = errors.New("no vulnerability database has been imported (run `gatehouse db update --from URL|FILE|DIR`)")
+var ErrNoDatabase = errors.New("no vulnerability database is in place yet (the server fetches one from vulndb.sources; or run `gatehouse db update`)")
 
 // Info describes an imported database.
 type Info struct {
@@ -220,70 +220,131 @@ func Import(ctx context.Context, path, from string, progress io.Writer) (Info, e
 		defer os.Remove(f)
 		src = f
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return Info{}, err
-	}
-	tmp := fmt.Sprintf("%s.import-%d", path, time.Now().UnixNano())
-	defer os.Remove(tmp)
-	db, err := sql.Open("sqlite", "file:"+tmp+"?_pragma=journal_mode(OFF)&_pragma=synchronous(OFF)")
+	b, err := newBuilder(ctx, path, progress)
 	if err != nil {
 		return Info{}, err
 	}
-	defer db.Close()
+	defer b.abort()
+	if _, err := b.add(src); err != nil {
+		return Info{}, fmt.Errorf("importing %s: %w", from, err)
+	}
+	return b.finish(from)
+}
+
+// builder writes a new database beside path, one source at a time, and moves it into place.
+type builder struct {
+	ctx      context.Context
+	path     string
+	tmp      string
+	db       *sql.DB
+	tx       *sql.Tx
+	ins      *inserter
+	progress io.Writer
+}
+
+func newBuilder(ctx context.Context, path string, progress io.Writer) (*builder, error) {
+	if progress == nil {
+		progress = io.Discard
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, err
+	}
+	b := &builder{ctx: ctx, path: path, tmp: fmt.Sprintf("%s.import-%d", path, time.Now().UnixNano()), progress: progress}
+	db, err := sql.Open("sqlite", "file:"+b.tmp+"?_pragma=journal_mode(OFF)&_pragma=synchronous(OFF)")
+	if err != nil {
+		return nil, err
+	}
+	b.db = db
 	if _, err := db.ExecContext(ctx, `CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 		CREATE TABLE records (id TEXT PRIMARY KEY, modified TEXT NOT NULL, body BLOB NOT NULL);
 		CREATE TABLE affected (name TEXT NOT NULL, ecosystem TEXT NOT NULL, id TEXT NOT NULL);`); err != nil {
-		return Info{}, err
+		b.abort()
+		return nil, err
 	}
-	tx, err := db.BeginTx(ctx, nil)
-	if err != nil {
-		return Info{}, err
+	if b.tx, err = db.BeginTx(ctx, nil); err != nil {
+		b.abort()
+		return nil, err
 	}
-	defer tx.Rollback()
-	ins := &inserter{tx: tx, ctx: ctx, hash: sha256.New()}
-	bar := progressbar.NewOptions(-1, progressbar.OptionSetWriter(progress), progressbar.OptionSetDescription("importing OSV records"),
+	b.ins = &inserter{tx: b.tx, ctx: ctx, hash: sha256.New()}
+	b.ins.bar = progressbar.NewOptions(-1, progressbar.OptionSetWriter(progress), progressbar.OptionSetDescription("importing OSV records"),
 		progressbar.OptionShowCount(), progressbar.OptionThrottle(200*time.Millisecond), progressbar.OptionClearOnFinish())
-	ins.bar = bar
-	if err := walkSource(src, ins); err != nil {
-		return Info{}, fmt.Errorf("importing %s: %w", from, err)
+	return b, nil
+}
+
+// add imports every record of src (a zip, a JSON file or a directory of them) and says how many
+// there were. A source that fails part-way leaves nothing of itself in the database.
+func (b *builder) add(src string) (int, error) {
+	if _, err := b.tx.ExecContext(b.ctx, `SAVEPOINT source`); err != nil {
+		return 0, err
 	}
-	bar.Finish()
-	if ins.count == 0 {
-		return Info{}, fmt.Errorf("importing %s: no OSV records found", from)
+	before, newest := b.ins.count, b.ins.newest
+	hashBefore := b.ins.hashed
+	if err := walkSource(src, b.ins); err != nil {
+		b.ins.count, b.ins.newest, b.ins.hashed = before, newest, hashBefore
+		if _, rerr := b.tx.ExecContext(b.ctx, `ROLLBACK TO source`); rerr != nil {
+			return 0, rerr
+		}
+		return 0, err
 	}
-	if _, err := tx.ExecContext(ctx, `CREATE INDEX affected_by_name ON affected (name)`); err != nil {
+	_, err := b.tx.ExecContext(b.ctx, `RELEASE source`)
+	return b.ins.count - before, err
+}
+
+// finish indexes the database, records what it holds, and moves it into place.
+func (b *builder) finish(source string) (Info, error) {
+	b.ins.bar.Finish()
+	if b.ins.count == 0 {
+		return Info{}, fmt.Errorf("importing %s: no OSV records found", source)
+	}
+	if _, err := b.tx.ExecContext(b.ctx, `CREATE INDEX affected_by_name ON affected (name)`); err != nil {
 		return Info{}, err
+	}
+	sum := sha256.New()
+	for _, h := range b.ins.hashed {
+		sum.Write(h[:])
 	}
 	info := Info{
-		Version:  time.Now().UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(ins.hash.Sum(nil))[:12],
+		Version:  time.Now().UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(sum.Sum(nil))[:12],
 		Imported: time.Now().UTC(),
-		Newest:   ins.newest,
-		Records:  ins.count,
-		Source:   from,
+		Newest:   b.ins.newest,
+		Records:  b.ins.count,
+		Source:   source,
 	}
 	for k, v := range map[string]string{"version": info.Version, "imported": info.Imported.Format(time.RFC3339),
 		"newest": info.Newest.Format(time.RFC3339), "records": fmt.Sprint(info.Records), "source": info.Source} {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO info (key, value) VALUES (?, ?)`, k, v); err != nil {
+		if _, err := b.tx.ExecContext(b.ctx, `INSERT INTO info (key, value) VALUES (?, ?)`, k, v); err != nil {
 			return Info{}, err
 		}
 	}
-	if err := tx.Commit(); err != nil {
+	if err := b.tx.Commit(); err != nil {
 		return Info{}, err
 	}
-	if err := db.Close(); err != nil {
+	if err := b.db.Close(); err != nil {
 		return Info{}, err
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := os.Rename(b.tmp, b.path); err != nil {
 		return Info{}, err
 	}
-	fmt.Fprintf(progress, "imported %d OSV records from %s: version %s\n", info.Records, from, info.Version)
+	fmt.Fprintf(b.progress, "imported %d OSV records from %s: version %s\n", info.Records, source, info.Version)
 	return info, nil
+}
+
+// abort discards the database being built (after finish, nothing is left to discard).
+func (b *builder) abort() {
+	if b.tx != nil {
+		b.tx.Rollback()
+	}
+	if b.db != nil {
+		b.db.Close()
+	}
+	os.Remove(b.tmp)
 }
 
 type inserter struct {
 	tx     *sql.Tx
 	ctx    context.Context
 	hash   hash.Hash
+	hashed [][sha256.Size]byte // one per record, in import order: the database version's content part
 	count  int
 	newest time.Time
 	bar    *progressbar.ProgressBar
@@ -326,7 +387,11 @@ func (in *inserter) add(name string, body []byte) error {
 	if t, err := time.Parse(time.RFC3339, r.Modified); err == nil && t.After(in.newest) {
 		in.newest = t.UTC()
 	}
+	in.hash.Reset()
 	fmt.Fprintf(in.hash, "%s\x00%s\x00%x\n", r.ID, r.Modified, sha256.Sum256(body))
+	var h [sha256.Size]byte
+	in.hash.Sum(h[:0])
+	in.hashed = append(in.hashed, h)
 	in.count++
 	in.bar.Add(1)
 	return nil
