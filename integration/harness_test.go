@@ -94,6 +94,15 @@ func startGatehouse(t *testing.T, extraYAML string) *server {
 	if !strings.Contains(extraYAML, "admission:") {
 		extraYAML = "admission: {mode: audit}\n" + extraYAML
 	}
+	// a test's server fetches no vulnerability database itself (there is no network here, and
+	// each test imports the one it needs); a test of the feed sets its own update_interval
+	if !strings.Contains(extraYAML, "update_interval") {
+		if strings.Contains(extraYAML, "vulndb: {") {
+			extraYAML = strings.Replace(extraYAML, "vulndb: {", "vulndb: {update_interval: 0, ", 1)
+		} else {
+			extraYAML += "vulndb: {update_interval: 0}\n"
+		}
+	}
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "gatehouse.yaml")
 	body := fmt.Sprintf("listen: 127.0.0.1:0\ndata: %s\nlog: {format: json, level: debug}\n%s", filepath.Join(dir, "data"), extraYAML)

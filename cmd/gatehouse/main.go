@@ -3,7 +3,7 @@
 //
 //	gatehouse serve [--config FILE] [--listen ADDR] [--data DIR] [--log-format text|json] [--log-level LEVEL]
 //	gatehouse config check FILE
-//	gatehouse db update --from URL|FILE|DIR [--config FILE] [--data DIR]
+//	gatehouse db update [--from URL|FILE|DIR] [--config FILE] [--data DIR]
 //	gatehouse db info [--config FILE] [--data DIR]
 //	gatehouse policy test [--dir DIR]
 //	gatehouse policy eval --repo REPO --digest DIGEST [--config FILE] [--data DIR]
@@ -50,7 +50,7 @@ func main() {
 const usage = `usage:
   gatehouse serve [--config FILE] [--listen ADDR] [--data DIR] [--log-format text|json] [--log-level debug|info|warn|error]
   gatehouse config check FILE
-  gatehouse db update --from URL|FILE|DIR [--config FILE] [--data DIR]
+  gatehouse db update [--from URL|FILE|DIR] [--config FILE] [--data DIR]
   gatehouse db info [--config FILE] [--data DIR]
   gatehouse policy test [--dir DIR]
   gatehouse policy eval --repo REPO --digest DIGEST [--config FILE] [--data DIR]
@@ -144,13 +144,13 @@ func loadConfig(path string, o config.Overrides) (config.Config, error) {
 // dbCmd imports a vulnerability database or describes the one in place.
 func dbCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || (args[0] != "update" && args[0] != "info") {
-		return usageError{"db takes: update --from URL|FILE|DIR, or info"}
+		return usageError{"db takes: update [--from URL|FILE|DIR], or info"}
 	}
 	fs := flag.NewFlagSet("db "+args[0], flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", "", "configuration file (for vulndb.path)")
 	data := fs.String("data", "", "data directory, overrides data:")
-	from := fs.String("from", "", "OSV source: an http(s) URL of a zip, a zip or JSON file, or a directory of them")
+	from := fs.String("from", "", "a one-off OSV source: an http(s) URL of a zip, a zip or JSON file, or a directory of them (default: update from vulndb.sources)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return usageError{err.Error()}
 	}
@@ -159,6 +159,7 @@ func dbCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if args[0] == "info" {
+		printSources(stdout, newFeed(cfg, nil).State())
 		info, err := vulndb.Open(cfg.VulnDB.Path).Info()
 		if err != nil {
 			return err
@@ -170,7 +171,18 @@ func dbCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	if *from == "" {
-		return usageError{"db update needs --from URL|FILE|DIR"}
+		// from the configured sources, each fetched only if it changed
+		info, changed, status, err := newFeed(cfg, stderr).Update(ctx)
+		printSources(stdout, status)
+		if err != nil {
+			return err
+		}
+		what := "unchanged"
+		if changed {
+			what = "updated"
+		}
+		fmt.Fprintf(stdout, "%s: %s, version %s, %d records\n", cfg.VulnDB.Path, what, info.Version, info.Records)
+		return nil
 	}
 	info, err := vulndb.Import(ctx, cfg.VulnDB.Path, *from, stderr)
 	if err != nil {
@@ -178,6 +190,26 @@ func dbCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "%s: version %s, %d records\n", cfg.VulnDB.Path, info.Version, info.Records)
 	return nil
+}
+
+// newFeed is the database's feed from the configured sources (progress: where bars go; nil: none).
+func newFeed(cfg config.Config, progress io.Writer) *vulndb.Feed {
+	return &vulndb.Feed{Path: cfg.VulnDB.Path, Cache: cfg.VulnDB.Cache, Sources: vulndb.Sources(cfg.VulnDB.Sources, cfg.VulnDB.Ecosystems),
+		Stall: time.Duration(cfg.VulnDB.Stall), Progress: progress}
+}
+
+// printSources lists each source's state, one line each.
+func printSources(w io.Writer, status []vulndb.SourceStatus) {
+	for _, st := range status {
+		line := fmt.Sprintf("source   %s  %s  records %d", st.Name, st.URL, st.Records)
+		if !st.LastSuccess.IsZero() {
+			line += "  last success " + st.LastSuccess.Format(time.RFC3339)
+		}
+		if st.LastError != "" {
+			line += "  last error: " + st.LastError
+		}
+		fmt.Fprintln(w, line)
+	}
 }
 
 // policyCmd runs a policy bundle's Rego tests: the embedded default, or the .rego files of --dir.

@@ -113,6 +113,11 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 	}
 	bg, stopBackground := context.WithCancel(ctx)
 	defer stopBackground()
+	if every := time.Duration(*cfg.VulnDB.UpdateInterval); every > 0 {
+		feed := newFeed(cfg, nil)
+		p.pipeline.Feed, p.pipeline.DBWait = feed, time.Duration(cfg.Admission.Hold)/2
+		feed.Start(bg, every, log)
+	}
 	go p.pipeline.Watch(bg, gt, time.Duration(cfg.VulnDB.Recheck))
 	go handler.PurgeUploads(bg, time.Duration(cfg.Uploads.PurgeInterval))
 
@@ -227,7 +232,7 @@ func (p *parts) admission(ctx context.Context, cfg config.Config, reg prometheus
 		Settings: policies.Settings{HighFixGraceDays: cfg.Admission.HighFixGraceDays}, MaxAge: time.Duration(cfg.VulnDB.MaxAge),
 		MaxIndexChildren: cfg.Admission.MaxIndexChildren, Revoked: revoked, Log: log}
 	if info, err := p.vulndb.Info(); err != nil {
-		log.Warn("no vulnerability database: images are scanned but not matched until `gatehouse db update --from ...` imports one", "path", cfg.VulnDB.Path)
+		log.Warn("no vulnerability database yet: images are scanned but not matched (and refused) until one is in place; it is fetched from vulndb.sources at start unless vulndb.update_interval is 0, or `gatehouse db update` fetches it", "path", cfg.VulnDB.Path)
 	} else {
 		log.Info("vulnerability database", "version", info.Version, "records", info.Records, "age", info.Age(time.Now()).Round(time.Minute))
 	}

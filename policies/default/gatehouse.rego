@@ -12,11 +12,11 @@ decision := {"allow": allow, "deny": deny, "warn": warn}
 
 # --- fail closed: no verdict without complete evidence ---
 
-deny contains reason("GH-POL-DB-MISSING", "no vulnerability database has been imported, so vulnerabilities cannot be ruled out (gatehouse db update --from ...)", input.database) if {
+deny contains reason("GH-POL-DB-MISSING", "no vulnerability database has been imported, so vulnerabilities cannot be ruled out (the server updates it from vulndb.sources; or run gatehouse db update)", input.database) if {
 	not input.database.present
 }
 
-deny contains reason("GH-POL-DB-STALE", sprintf("the vulnerability database is %v hours old; the limit is %v (gatehouse db update --from ...)", [round(input.database.age_hours), round(input.database.max_age_hours)]), input.database) if {
+deny contains reason("GH-POL-DB-STALE", sprintf("the vulnerability database is %v hours old; the limit is %v (the server updates it from vulndb.sources; or run gatehouse db update)", [round(input.database.age_hours), round(input.database.max_age_hours)]), input.database) if {
 	input.database.present
 	input.database.age_hours > input.database.max_age_hours
 }

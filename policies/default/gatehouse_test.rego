@@ -30,7 +30,7 @@ test_missing_database_fails_closed if {
 test_stale_database_fails_closed if {
 	some r in gatehouse.deny with input as object.union(clean, {"database": {"present": true, "age_hours": 100.4, "max_age_hours": 72}})
 	r.rule == "GH-POL-DB-STALE"
-	r.message == "the vulnerability database is 100 hours old; the limit is 72 (gatehouse db update --from ...)"
+	r.message == "the vulnerability database is 100 hours old; the limit is 72 (the server updates it from vulndb.sources; or run gatehouse db update)"
 }
 
 test_incomplete_scan_is_denied if {

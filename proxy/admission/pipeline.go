@@ -18,6 +18,7 @@ import (
 
 	"github.com/gatehouse-dev/gatehouse/attest/vulndb"
 	"github.com/gatehouse-dev/gatehouse/policies"
+	"github.com/gatehouse-dev/gatehouse/proxy/apierr"
 	"github.com/gatehouse-dev/gatehouse/proxy/manifest"
 	"github.com/gatehouse-dev/gatehouse/proxy/route"
 	"github.com/gatehouse-dev/gatehouse/proxy/scanning"
@@ -65,6 +66,12 @@ type Database interface {
 	Info() (vulndb.Info, error)
 }
 
+// Feed is what keeps the vulnerability database current (attest/vulndb.Feed): while it fetches
+// the first one, admissions wait for it instead of refusing images for lack of it.
+type Feed interface {
+	Fetching() (fetching bool, why string)
+}
+
 // Gate is where a verdict reached outside a request (a database update) is admitted again, so
 // that what is served follows it (proxy/gate).
 type Gate interface {
@@ -84,6 +91,10 @@ type Pipeline struct {
 	MaxAge   time.Duration // of the vulnerability database: older is stale to the policy
 	// MaxIndexChildren refuses larger indexes (0: 1024).
 	MaxIndexChildren int
+	// Feed, when set, is fetching the database; an admission with none in place waits for it up
+	// to DBWait (0: 30s), then answers 503 saying so (nil: it is refused for lack of one).
+	Feed   Feed
+	DBWait time.Duration
 	// Revoked counts admitted digests that a later verdict refuses (may be nil).
 	Revoked prometheus.Counter
 	Log     *slog.Logger // nil: slog.Default()
@@ -158,7 +169,11 @@ func (p *Pipeline) admit(ctx context.Context, rt route.Resolved, d digest.Digest
 			p.log().Error("could not attach the SBOM", "repo", rt.Name, "digest", d, "err", err)
 		}
 	}
-	// 4. Match the inventory against the vulnerability database in place (once per version).
+	// 4. Match the inventory against the vulnerability database in place (once per version);
+	//    while a first database is being fetched, wait for it rather than refuse for lack of it.
+	if err := p.awaitDatabase(ctx, ev); err != nil {
+		return meta.Verdict{}, err
+	}
 	if ev, err = p.Scans.Match(ctx, ev); err != nil {
 		return meta.Verdict{}, fmt.Errorf("matching %s against the vulnerability database: %w", d, err)
 	}
@@ -205,6 +220,34 @@ func (p *Pipeline) evaluate(ctx context.Context, rt route.Resolved, d digest.Dig
 	// Signing (issue 13) comes here: an admitted digest gets Gatehouse's signature and its
 	// verification summary attached before the verdict is returned to the gate.
 	return v, nil
+}
+
+// awaitDatabase waits, while the feed fetches a first database, until one is in place (or
+// DBWait passes: then 503, saying why, and the admission is tried again when next asked for).
+// An image whose scan failed needs no database to be refused.
+func (p *Pipeline) awaitDatabase(ctx context.Context, ev scanning.Evidence) error {
+	if p.Feed == nil || ev.Scan.Error != "" {
+		return nil
+	}
+	wait := p.DBWait
+	if wait <= 0 {
+		wait = 30 * time.Second
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		fetching, why := p.Feed.Fetching()
+		if !fetching {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return apierr.New(apierr.Unavailable, "%s; nothing is admitted without it, so retry in a few seconds", why).WithHeader("Retry-After", "10")
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
 
 // obtain reads the manifest, fetching it first on a pull route (with the config of an image, so

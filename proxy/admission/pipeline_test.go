@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/fstest"
 	"time"
@@ -898,5 +899,52 @@ func TestTreeLimitRefusesOnlyTheRoot(t *testing.T) {
 	restarted, _ := gate.New(gate.Config{}, f.md, f.cs, f.p, nil, nil)
 	if err := restarted.Manifest(ctx, rt, dv, victim); err != nil {
 		t.Errorf("the victim index after a restart: %v", err)
+	}
+}
+
+// fetchingFeed is the feed of a first database: fetching until told it is in place.
+type fetchingFeed struct{ fetching atomic.Bool }
+
+func (f *fetchingFeed) Fetching() (bool, string) {
+	if f.fetching.Load() {
+		return true, "the vulnerability database is being fetched from 3 sources"
+	}
+	return false, ""
+}
+
+// TestAdmissionWaitsForAFirstDatabase: while the feed fetches a first database, an admission
+// waits for it and then answers 503 saying so, recording nothing; once it is in place the image
+// is admitted on it (not refused for lack of it).
+func TestAdmissionWaitsForAFirstDatabase(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	if err := os.Remove(f.dbPath); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond) // the database handle looks again once a second
+	feed := &fetchingFeed{}
+	feed.fetching.Store(true)
+	f.p.Feed, f.p.DBWait = feed, 300*time.Millisecond
+	img := newImage(t, cleanFiles)
+	f.push(t, "team/app", img.body, img.blobs)
+	rt := f.rt(t, "team/app")
+	err := f.gate.Manifest(ctx, rt, img.digest, img.body)
+	if e := apierr.From(err); e.HTTPStatus() != http.StatusServiceUnavailable || e.Header.Get("Retry-After") == "" || !strings.Contains(e.Message, "being fetched") {
+		t.Fatalf("admission without a database while one is fetched: %v", err)
+	}
+	if _, err := f.md.VerdictGet(ctx, "team/app", img.digest); !errors.Is(err, meta.ErrNotFound) {
+		t.Errorf("a verdict was recorded without a database: %v", err)
+	}
+	// the database arrives while a request is held: it is admitted on it
+	done := make(chan error, 1)
+	go func() { done <- f.gate.Manifest(ctx, rt, img.digest, img.body) }()
+	time.Sleep(100 * time.Millisecond)
+	f.importDB(t, "../../attest/vulndb/testdata/osv")
+	feed.fetching.Store(false)
+	if err := <-done; err != nil {
+		t.Fatalf("after the database arrived: %v", err)
+	}
+	if v := f.verdict(t, "team/app", img.digest); v.State != meta.Admitted || v.DBVersion == "" {
+		t.Errorf("verdict %+v, want admitted on the database", v)
 	}
 }

@@ -7,12 +7,14 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/gatehouse-dev/gatehouse/attest/vulndb"
 	"github.com/gatehouse-dev/gatehouse/proxy/upstream"
 )
 
@@ -88,6 +90,17 @@ type VulnDB struct {
 	Path    string   `yaml:"path"`    // default <data>/vulndb.sqlite
 	MaxAge  Duration `yaml:"max_age"` // older than this, the database is reported stale (default 72h)
 	Recheck Duration `yaml:"recheck"` // how often the server looks for a newly imported database (default 30s)
+	// Sources are where the database is built from, in order: an http(s) URL of an archive
+	// (ending .zip or .json), an http(s) base URL in OSV's bucket layout (<base>/<Ecosystem>/all.zip
+	// for each of Ecosystems), or a local zip, JSON file or directory. Default: OSV's public bucket.
+	Sources    []string `yaml:"sources"`
+	Ecosystems []string `yaml:"ecosystems"` // the ecosystems of bucket sources (default: every one the built-in scanner inventories)
+	Cache      string   `yaml:"cache"`      // where the sources' archives and their state are kept (default <data>/vulndb-sources)
+	// UpdateInterval is how often the server updates the database from its sources (default 6h;
+	// 0: never, only `gatehouse db update`). A server that starts with no database updates at once.
+	UpdateInterval *Duration `yaml:"update_interval"`
+	// Stall cuts a source download that brings no byte for this long (default 1m).
+	Stall Duration `yaml:"stall"`
 }
 
 // Route is one route: a path prefix (also the containerd ?ns= value of a pull route) and what
@@ -363,6 +376,20 @@ func (c *Config) applyDefaults() {
 	if c.VulnDB.Recheck == 0 {
 		c.VulnDB.Recheck = Duration(30 * time.Second)
 	}
+	if c.VulnDB.Sources == nil {
+		c.VulnDB.Sources = []string{vulndb.OSVBucket}
+	}
+	if c.VulnDB.Ecosystems == nil {
+		c.VulnDB.Ecosystems = slices.Clone(vulndb.Ecosystems)
+	}
+	def(&c.VulnDB.Cache, filepath.Join(c.Data, "vulndb-sources"))
+	if c.VulnDB.UpdateInterval == nil {
+		d := Duration(6 * time.Hour)
+		c.VulnDB.UpdateInterval = &d
+	}
+	if c.VulnDB.Stall == 0 {
+		c.VulnDB.Stall = Duration(time.Minute)
+	}
 	if c.Routes == nil {
 		c.Routes = DefaultRoutes()
 	}
@@ -490,6 +517,14 @@ func (c *Config) Validate() error {
 	}
 	if c.VulnDB.Recheck < Duration(100*time.Millisecond) {
 		bad("vulndb.recheck", "must be at least 100ms")
+	}
+	if i := *c.VulnDB.UpdateInterval; i != 0 && i < Duration(time.Minute) {
+		bad("vulndb.update_interval", "must be 0 (off) or at least 1m")
+	}
+	for i, src := range c.VulnDB.Sources {
+		if strings.TrimSpace(src) == "" {
+			bad(fmt.Sprintf("vulndb.sources[%d]", i), "must not be empty")
+		}
 	}
 	prefixes := map[string]int{}
 	for i, r := range c.Routes {
