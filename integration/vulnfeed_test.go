@@ -3,6 +3,7 @@
 package integration
 
 import (
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -103,6 +104,28 @@ func TestVulnFeed(t *testing.T) {
 	if !strings.Contains(gh.log.String(), "vulnerability database updated") {
 		t.Errorf("the server did not log its update")
 	}
+	var st struct {
+		Database struct{ Version string }
+		Records  int
+		Sources  []struct {
+			Name, URL   string
+			LastError   string `json:"last_error"`
+			LastSuccess string `json:"last_success"`
+			Records     int
+		}
+	}
+	if r := do(t, gh, "GET", "/gatehouse/v1/vulndb", nil, nil); r.status != 200 || json.Unmarshal(r.body, &st) != nil {
+		t.Errorf("GET /gatehouse/v1/vulndb: %d %s", r.status, r.body)
+	}
+	if st.Database.Version == "" || st.Records != 4 || len(st.Sources) != 2 || st.Sources[0].Name != "npm" || st.Sources[0].LastSuccess == "" || st.Sources[0].LastError != "" || st.Sources[0].Records != 4 {
+		t.Errorf("the database's status: %+v", st)
+	}
+	if v := metricValue(t, gh, "gatehouse_vulndb_last_update_success"); v != 1 {
+		t.Errorf("gatehouse_vulndb_last_update_success = %v", v)
+	}
+	if v := metricValue(t, gh, "gatehouse_vulndb_records"); v != 4 {
+		t.Errorf("gatehouse_vulndb_records = %v, want 4 (the same four records in both archives)", v)
+	}
 
 	// an update with nothing changed sends no archive body; a changed archive is fetched
 	sentBefore := bucket.sent("/npm/all.zip") + bucket.sent("/Go/all.zip")
@@ -135,5 +158,26 @@ func TestVulnFeed(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(gh.dataDir, "vulndb-sources", "sources.json")); err != nil {
 		t.Errorf("the feed's state is not kept: %v", err)
+	}
+
+	// an air-gapped site: the export, imported on another data directory, is the same database
+	export := filepath.Join(t.TempDir(), "osv-export.zip")
+	run(t, nil, gatehouseBin, "db", "export", "--config", gh.config, export)
+	elsewhere := t.TempDir()
+	run(t, nil, gatehouseBin, "db", "update", "--data", elsewhere, "--from", export)
+	database := func(info string) string { // the database's lines (not its sources, nor its age, which moves)
+		var keep []string
+		for _, l := range strings.Split(info, "\n") {
+			for _, k := range []string{"version ", "records ", "imported ", "newest ", "source "} {
+				if strings.HasPrefix(l, k) && !strings.HasPrefix(l, "source   ") {
+					keep = append(keep, l)
+				}
+			}
+		}
+		return strings.Join(keep, "\n")
+	}
+	here, there := database(run(t, nil, gatehouseBin, "db", "info", "--config", gh.config)), database(run(t, nil, gatehouseBin, "db", "info", "--data", elsewhere))
+	if here == "" || here != there {
+		t.Errorf("db info after importing the export:\n%s\nwant:\n%s", there, here)
 	}
 }

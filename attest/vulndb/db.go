@@ -177,7 +177,7 @@ func candidates(ctx context.Context, db *sql.DB, names ...string) ([]Record, err
 		if name == "" {
 			continue
 		}
-		rows, err := db.QueryContext(ctx, `SELECT r.id, r.body FROM affected a JOIN records r ON r.id = a.id WHERE a.name = ?`, name)
+		rows, err := db.QueryContext(ctx, `SELECT DISTINCT r.id, r.body FROM affected a JOIN records r ON r.id = a.id WHERE a.name = ?`, name)
 		if err != nil {
 			return nil, err
 		}
@@ -206,7 +206,9 @@ func candidates(ctx context.Context, db *sql.DB, names ...string) ([]Record, err
 
 // Import builds a new database from an OSV source — an http(s) URL of a zip, a zip file, a JSON
 // file, or a directory of either — and moves it into place at path in one rename, so readers
-// see the old database or the new one, never half of one. progress, if set, gets a progress bar.
+// see the old database or the new one, never half of one. A zip that is a Gatehouse export (see
+// Export) is checked against its manifest and put in place as it is. progress, if set, gets a
+// progress bar.
 func Import(ctx context.Context, path, from string, progress io.Writer) (Info, error) {
 	if progress == nil {
 		progress = io.Discard
@@ -219,6 +221,22 @@ func Import(ctx context.Context, path, from string, progress io.Writer) (Info, e
 		}
 		defer os.Remove(f)
 		src = f
+	}
+	if zr, err := zip.OpenReader(src); err == nil {
+		m, dbf, ok, err := readExport(&zr.Reader)
+		if ok {
+			defer zr.Close()
+			if err != nil {
+				return Info{}, fmt.Errorf("importing %s: it is a Gatehouse export, but %w", from, err)
+			}
+			info, err := importExport(ctx, path, m, dbf)
+			if err != nil {
+				return Info{}, fmt.Errorf("importing %s: %w", from, err)
+			}
+			fmt.Fprintf(progress, "imported the export of %s (%d records, exported %s): version %s\n", m.Database.Source, info.Records, m.Exported.Format(time.RFC3339), info.Version)
+			return info, nil
+		}
+		zr.Close()
 	}
 	b, err := newBuilder(ctx, path, progress)
 	if err != nil {
@@ -299,15 +317,19 @@ func (b *builder) finish(source string) (Info, error) {
 	if _, err := b.tx.ExecContext(b.ctx, `CREATE INDEX affected_by_name ON affected (name)`); err != nil {
 		return Info{}, err
 	}
+	var records int // distinct: a record in two sources is kept once, from the later
+	if err := b.tx.QueryRowContext(b.ctx, `SELECT COUNT(*) FROM records`).Scan(&records); err != nil {
+		return Info{}, err
+	}
 	sum := sha256.New()
 	for _, h := range b.ins.hashed {
 		sum.Write(h[:])
 	}
 	info := Info{
 		Version:  time.Now().UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(sum.Sum(nil))[:12],
-		Imported: time.Now().UTC(),
+		Imported: time.Now().UTC().Truncate(time.Second), // as it is stored
 		Newest:   b.ins.newest,
-		Records:  b.ins.count,
+		Records:  records,
 		Source:   source,
 	}
 	for k, v := range map[string]string{"version": info.Version, "imported": info.Imported.Format(time.RFC3339),

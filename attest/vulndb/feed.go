@@ -104,8 +104,20 @@ type Feed struct {
 	mu      sync.Mutex  // one update at a time
 	running atomic.Bool // Run is keeping the database current
 	handle  atomic.Pointer[DB]
+	last    atomic.Pointer[UpdateOutcome]
 	lastErr atomic.Value // string: why the last update failed ("" when it did not)
 }
+
+// UpdateOutcome is how the last update in the background went.
+type UpdateOutcome struct {
+	At      time.Time
+	Took    time.Duration
+	Changed bool
+	Err     string // "" when it worked
+}
+
+// LastUpdate is how the last update in the background went (nil before the first ends).
+func (f *Feed) LastUpdate() *UpdateOutcome { return f.last.Load() }
 
 // Fetching says whether admissions should wait for a first database: Run is under way and none is
 // in place yet. why says what the feed is doing (its last failure, if any).
@@ -451,11 +463,12 @@ func (f *Feed) run(ctx context.Context, db *DB, every time.Duration, log *slog.L
 				log.Warn("vulnerability source failed; its previous archive stays in the database", "source", st.Name, "err", st.LastError)
 			}
 		}
+		outcome := &UpdateOutcome{At: time.Now().UTC(), Took: time.Since(start), Changed: changed}
 		if err != nil {
-			f.lastErr.Store(err.Error())
-		} else {
-			f.lastErr.Store("")
+			outcome.Err = err.Error()
 		}
+		f.last.Store(outcome)
+		f.lastErr.Store(outcome.Err)
 		if _, derr := db.Info(); derr != nil {
 			// still no database: try again soon (backing off up to the interval)
 			wait, retry = min(retry, every), min(2*retry, every)

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gatehouse-dev/gatehouse/attest/inventory"
 )
 
 // bucket is a test server in OSV's bucket layout (<Ecosystem>/all.zip) that answers conditional
@@ -268,5 +270,71 @@ func TestSources(t *testing.T) {
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("Sources = %v, want %v", got, want)
+	}
+}
+
+// TestExport: an export imported on another site puts the very same database in place, and one
+// that does not match its manifest is refused, leaving the database there as it was.
+func TestExport(t *testing.T) {
+	f, _ := newFeed(t)
+	ctx := context.Background()
+	info, _, status, err := f.Update(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "export.zip")
+	ef, _ := os.Create(out)
+	m, err := Export(f.Path, status, ef)
+	ef.Close()
+	if err != nil || m.Database.Version != info.Version || len(m.Sources) != 3 || m.Sources[0].Records == 0 || m.SHA256 == "" {
+		t.Fatalf("export: %+v %v", m, err)
+	}
+	other := filepath.Join(t.TempDir(), "vulndb.sqlite")
+	got, err := Import(ctx, other, out, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	there, _ := Open(other).Info()
+	if got != info || there != info {
+		t.Errorf("imported %+v (in place %+v), want %+v", got, there, info)
+	}
+	// tampered with: the database in the export is not the one its manifest describes
+	body, _ := os.ReadFile(out)
+	zr, _ := zip.NewReader(bytes.NewReader(body), int64(len(body)))
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	for _, e := range zr.File {
+		w, _ := zw.Create(e.Name)
+		rc, _ := e.Open()
+		b := new(bytes.Buffer)
+		b.ReadFrom(rc)
+		rc.Close()
+		if e.Name == exportDatabase {
+			b.Bytes()[len(b.Bytes())-1] ^= 1
+		}
+		w.Write(b.Bytes())
+	}
+	zw.Close()
+	bad := filepath.Join(t.TempDir(), "bad.zip")
+	os.WriteFile(bad, buf.Bytes(), 0o644)
+	if _, err := Import(ctx, other, bad, nil); err == nil || !strings.Contains(err.Error(), "not the one its manifest describes") {
+		t.Errorf("a tampered export: %v", err)
+	}
+	if there, _ := Open(other).Info(); there != info {
+		t.Errorf("a refused export changed the database in place: %+v", there)
+	}
+}
+
+// TestFeedRecordInTwoSources: a record two sources carry is counted and matched once.
+func TestFeedRecordInTwoSources(t *testing.T) {
+	dir := t.TempDir()
+	f := &Feed{Path: filepath.Join(dir, "db.sqlite"), Cache: filepath.Join(dir, "cache"), Sources: []Source{{Name: "a", URL: "testdata/osv"}, {Name: "b", URL: "testdata/osv"}}}
+	info, _, _, err := f.Update(context.Background())
+	if err != nil || info.Records != 4 {
+		t.Fatalf("two sources of the same records: %+v %v", info, err)
+	}
+	found, _, err := Open(f.Path).Match(context.Background(), []inventory.Package{{Ecosystem: "npm", Name: "lodash", Version: "4.17.15", Path: "app/node_modules/lodash/package.json"}})
+	if err != nil || len(found) != 1 {
+		t.Errorf("findings %+v, %v; want one", found, err)
 	}
 }

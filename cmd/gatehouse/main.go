@@ -5,6 +5,7 @@
 //	gatehouse config check FILE
 //	gatehouse db update [--from URL|FILE|DIR] [--config FILE] [--data DIR]
 //	gatehouse db info [--config FILE] [--data DIR]
+//	gatehouse db export FILE [--config FILE] [--data DIR]
 //	gatehouse policy test [--dir DIR]
 //	gatehouse policy eval --repo REPO --digest DIGEST [--config FILE] [--data DIR]
 //	gatehouse version
@@ -52,6 +53,7 @@ const usage = `usage:
   gatehouse config check FILE
   gatehouse db update [--from URL|FILE|DIR] [--config FILE] [--data DIR]
   gatehouse db info [--config FILE] [--data DIR]
+  gatehouse db export [--config FILE] [--data DIR] FILE
   gatehouse policy test [--dir DIR]
   gatehouse policy eval --repo REPO --digest DIGEST [--config FILE] [--data DIR]
   gatehouse version
@@ -143,8 +145,8 @@ func loadConfig(path string, o config.Overrides) (config.Config, error) {
 
 // dbCmd imports a vulnerability database or describes the one in place.
 func dbCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || (args[0] != "update" && args[0] != "info") {
-		return usageError{"db takes: update [--from URL|FILE|DIR], or info"}
+	if len(args) == 0 || (args[0] != "update" && args[0] != "info" && args[0] != "export") {
+		return usageError{"db takes: update [--from URL|FILE|DIR], info, or export FILE"}
 	}
 	fs := flag.NewFlagSet("db "+args[0], flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -157,6 +159,12 @@ func dbCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg, err := loadConfig(*cfgPath, config.Overrides{Data: *data})
 	if err != nil {
 		return err
+	}
+	if args[0] == "export" {
+		if fs.NArg() != 1 {
+			return usageError{"db export takes one FILE to write"}
+		}
+		return dbExport(cfg, fs.Arg(0), stdout)
 	}
 	if args[0] == "info" {
 		printSources(stdout, newFeed(cfg, nil).State())
@@ -189,6 +197,29 @@ func dbCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "%s: version %s, %d records\n", cfg.VulnDB.Path, info.Version, info.Records)
+	return nil
+}
+
+// dbExport writes the database in place, with a manifest of what it is, to file (written beside
+// and renamed, so a half-written export is never left under its name).
+func dbExport(cfg config.Config, file string, stdout io.Writer) error {
+	tmp := file + ".partial"
+	out, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp)
+	m, err := vulndb.Export(cfg.VulnDB.Path, newFeed(cfg, nil).State(), out)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, file); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: version %s, %d records, SHA-256 %s (import it with gatehouse db update --from %s)\n", file, m.Database.Version, m.Database.Records, m.SHA256, file)
 	return nil
 }
 

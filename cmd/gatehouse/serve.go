@@ -107,14 +107,15 @@ func serve(ctx context.Context, cfg config.Config, cfgPath string, stderr io.Wri
 	if err != nil {
 		return err
 	}
-	handler, err := newAPI(cfg, p, gt, reg, log)
+	feed := newFeed(cfg, nil)
+	vulndbMetrics(reg, p.vulndb, feed)
+	handler, err := newAPI(cfg, p, gt, feed, reg, log)
 	if err != nil {
 		return err
 	}
 	bg, stopBackground := context.WithCancel(ctx)
 	defer stopBackground()
 	if every := time.Duration(*cfg.VulnDB.UpdateInterval); every > 0 {
-		feed := newFeed(cfg, nil)
 		p.pipeline.Feed, p.pipeline.DBWait = feed, time.Duration(cfg.Admission.Hold)/2
 		feed.Start(bg, every, log)
 	}
@@ -240,12 +241,12 @@ func (p *parts) admission(ctx context.Context, cfg config.Config, reg prometheus
 }
 
 // newAPI builds the HTTP handler.
-func newAPI(cfg config.Config, p *parts, gt *gate.Gate, reg *prometheus.Registry, log *slog.Logger) (*api.Handler, error) {
+func newAPI(cfg config.Config, p *parts, gt *gate.Gate, feed *vulndb.Feed, reg *prometheus.Registry, log *slog.Logger) (*api.Handler, error) {
 	return api.New(p.content, p.meta,
 		api.WithRoutes(p.routes),
 		api.WithPuller(p.puller),
 		api.WithGate(gt),
-		api.WithReports(p.meta, p.vulndb, time.Duration(cfg.VulnDB.MaxAge)),
+		api.WithReports(p.meta, p.vulndb, feed, time.Duration(cfg.VulnDB.MaxAge)),
 		api.WithLogger(log),
 		api.WithMaxManifestSize(int64(cfg.Limits.ManifestSize)),
 		api.WithMaxNameLength(cfg.Limits.NameLength),
@@ -257,6 +258,44 @@ func newAPI(cfg config.Config, p *parts, gt *gate.Gate, reg *prometheus.Registry
 		api.WithBodyTimeouts(time.Duration(cfg.Limits.BodyIdleTimeout), int64(cfg.Limits.BodyMinRate)),
 		api.WithManifestCache(*cfg.Cache.Manifests),
 		api.WithMetricsRegistry(reg),
+	)
+}
+
+// vulndbMetrics exposes the database's age and size and how its last update went.
+func vulndbMetrics(reg prometheus.Registerer, db *vulndb.DB, feed *vulndb.Feed) {
+	info := func(f func(vulndb.Info) float64) func() float64 {
+		return func() float64 {
+			i, err := db.Info()
+			if err != nil {
+				return 0
+			}
+			return f(i)
+		}
+	}
+	last := func(f func(*vulndb.UpdateOutcome) float64) func() float64 {
+		return func() float64 {
+			if o := feed.LastUpdate(); o != nil {
+				return f(o)
+			}
+			return 0
+		}
+	}
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gatehouse_vulndb_age_seconds", Help: "Age of the vulnerability database in place (since its newest record); 0 without one."},
+			info(func(i vulndb.Info) float64 { return i.Age(time.Now()).Seconds() })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gatehouse_vulndb_records", Help: "OSV records in the vulnerability database in place."},
+			info(func(i vulndb.Info) float64 { return float64(i.Records) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gatehouse_vulndb_last_update_success", Help: "1 when the last background update of the database worked, 0 when it failed or none ran."},
+			last(func(o *vulndb.UpdateOutcome) float64 {
+				if o.Err == "" {
+					return 1
+				}
+				return 0
+			})),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gatehouse_vulndb_last_update_seconds", Help: "How long the last background update of the database took."},
+			last(func(o *vulndb.UpdateOutcome) float64 { return o.Took.Seconds() })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gatehouse_vulndb_last_update_timestamp_seconds", Help: "When the last background update of the database ended (Unix time)."},
+			last(func(o *vulndb.UpdateOutcome) float64 { return float64(o.At.Unix()) })),
 	)
 }
 

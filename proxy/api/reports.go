@@ -29,11 +29,36 @@ type VulnDB interface {
 	Info() (vulndb.Info, error)
 }
 
+// Sources says how the vulnerability database's sources stand (attest/vulndb.Feed implements it).
+type Sources interface {
+	State() []vulndb.SourceStatus
+}
+
 // reports is what WithReports configures.
 type reports struct {
-	src    ReportSource
-	db     VulnDB
-	maxAge time.Duration
+	src     ReportSource
+	db      VulnDB
+	maxAge  time.Duration
+	sources Sources // nil: no feed
+}
+
+// VulnDBStatus is what GET /gatehouse/v1/vulndb answers: the database in place and its sources.
+type VulnDBStatus struct {
+	Database *DBStatus      `json:"database"`
+	Records  int            `json:"records"`
+	Newest   time.Time      `json:"newest,omitzero"`
+	Imported time.Time      `json:"imported,omitzero"`
+	Sources  []SourceStatus `json:"sources"`
+}
+
+// SourceStatus is one source of the database, as the management API shows it.
+type SourceStatus struct {
+	Name        string    `json:"name"`
+	URL         string    `json:"url"`
+	LastAttempt time.Time `json:"last_attempt,omitzero"`
+	LastSuccess time.Time `json:"last_success,omitzero"`
+	LastError   string    `json:"last_error,omitempty"`
+	Records     int       `json:"records"`
 }
 
 // Report is what GET /gatehouse/v1/scans/<digest> answers: the scan's summary and one page of
@@ -96,9 +121,12 @@ type DBStatus struct {
 // only the page is copied, so a report costs its page, not the image's whole inventory.
 func (h *Handler) scanReport(w http.ResponseWriter, r *http.Request, _ Target) error {
 	rp := h.opts.reports
+	if r.URL.Path == "/gatehouse/v1/vulndb" && r.Method == http.MethodGet {
+		return h.vulndbStatus(w)
+	}
 	rest, ok := strings.CutPrefix(r.URL.Path, "/gatehouse/v1/scans/")
 	if !ok || r.Method != http.MethodGet {
-		return apierr.New(apierr.Unsupported, "no such endpoint: the management API answers GET /gatehouse/v1/scans/<digest>").WithStatus(http.StatusNotFound)
+		return apierr.New(apierr.Unsupported, "no such endpoint: the management API answers GET /gatehouse/v1/scans/<digest> and GET /gatehouse/v1/vulndb").WithStatus(http.StatusNotFound)
 	}
 	d, err := digest.Parse(rest)
 	if err != nil {
@@ -148,6 +176,24 @@ func (h *Handler) scanReport(w http.ResponseWriter, r *http.Request, _ Target) e
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(rep) // the status is sent: a client gone mid-body is not an error to answer
 	return nil
+}
+
+// vulndbStatus serves GET /gatehouse/v1/vulndb: the database in place and each source's state.
+func (h *Handler) vulndbStatus(w http.ResponseWriter) error {
+	rp := h.opts.reports
+	st := VulnDBStatus{Database: rp.dbStatus(), Sources: []SourceStatus{}}
+	if info, err := rp.db.Info(); err == nil {
+		st.Records, st.Newest, st.Imported = info.Records, info.Newest, info.Imported
+	}
+	if rp.sources != nil {
+		for _, s := range rp.sources.State() {
+			st.Sources = append(st.Sources, SourceStatus{Name: s.Name, URL: s.URL, LastAttempt: s.LastAttempt, LastSuccess: s.LastSuccess, LastError: s.LastError, Records: s.Records})
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(st)
 }
 
 // dbStatus describes the database in place; older than maxAge is stale.

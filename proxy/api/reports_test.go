@@ -44,7 +44,7 @@ func reportHandler(t testing.TB, db VulnDB, opts ...Option) (*Handler, *sqlite.S
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { md.Close() })
-	h, err := New(c, md, append([]Option{WithReports(md, db, 24*time.Hour)}, opts...)...)
+	h, err := New(c, md, append([]Option{WithReports(md, db, nil, 24*time.Hour)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -204,9 +204,10 @@ func WithGate(g Gate) Option { return func(o *options) { o.gate = g } }
 
 // WithReports serves Gatehouse's own API under /gatehouse/v1/: the scan reports,
 // GET /gatehouse/v1/scans/<digest>, read from src, with the state of db (stale when older than
-// maxAge). Without it nothing is served under /gatehouse/v1/.
-func WithReports(src ReportSource, db VulnDB, maxAge time.Duration) Option {
-	return func(o *options) { o.reports = &reports{src: src, db: db, maxAge: maxAge} }
+// maxAge), and GET /gatehouse/v1/vulndb, the database and its sources (sources may be nil: no
+// feed). Without it nothing is served under /gatehouse/v1/.
+func WithReports(src ReportSource, db VulnDB, sources Sources, maxAge time.Duration) Option {
+	return func(o *options) { o.reports = &reports{src: src, db: db, sources: sources, maxAge: maxAge} }
 }
 
 // New returns the API handler over a content store and a metadata store.
