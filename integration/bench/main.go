@@ -52,6 +52,8 @@ var (
 	imageSize    = flag.String("image-size", "100MiB", "size of the image in the pull-through comparison")
 	proxyRounds  = flag.Int("proxy-rounds", 3, "rounds of the pull-through comparison (medians are reported)")
 	scanOnly     = flag.Bool("scan-only", false, "run only the scanning comparison")
+	vulndbOnly   = flag.Bool("vulndb-only", false, "run only the vulnerability database import measurement")
+	vulndbSize   = flag.Int("vulndb-records", 200000, "records in the generated OSV archive of the import measurement")
 	scanRounds   = flag.Int("scan-rounds", 3, "rounds of the scanning comparison (the best is reported)")
 	upstreamRate = flag.String("upstream-rate", "200MiB", "bandwidth of the emulated WAN link to the upstream, per second, for the second pull-through round (0: only the unlimited loopback round)")
 	baseline     = flag.String("baseline", "", "a second gatehouse binary (e.g. built from an older commit): the gate table also measures it, enforcing, interleaved with the others")
@@ -77,6 +79,14 @@ func run() error {
 	blobSize, err := parseSize(*blobSizeFlag)
 	if err != nil {
 		return err
+	}
+	if *vulndbOnly {
+		work, err := os.MkdirTemp("", "gatehouse-bench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(work)
+		return vulndbBench(work, *vulndbSize)
 	}
 	for _, t := range []string{"registry", "nginx", "wrk"} {
 		if _, err := lookTool(t); err != nil {
