@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"database/sql"
+	"encoding"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -296,15 +297,21 @@ func (b *builder) add(src string) (int, error) {
 		return 0, err
 	}
 	before, newest := b.ins.count, b.ins.newest
-	hashBefore := b.ins.hashed
+	hashBefore, err := b.ins.hash.(encoding.BinaryMarshaler).MarshalBinary()
+	if err != nil {
+		return 0, err
+	}
 	if err := walkSource(src, b.ins); err != nil {
-		b.ins.count, b.ins.newest, b.ins.hashed = before, newest, hashBefore
+		b.ins.count, b.ins.newest = before, newest
+		if herr := b.ins.hash.(encoding.BinaryUnmarshaler).UnmarshalBinary(hashBefore); herr != nil {
+			return 0, herr
+		}
 		if _, rerr := b.tx.ExecContext(b.ctx, `ROLLBACK TO source`); rerr != nil {
 			return 0, rerr
 		}
 		return 0, err
 	}
-	_, err := b.tx.ExecContext(b.ctx, `RELEASE source`)
+	_, err = b.tx.ExecContext(b.ctx, `RELEASE source`)
 	return b.ins.count - before, err
 }
 
@@ -321,12 +328,8 @@ func (b *builder) finish(source string) (Info, error) {
 	if err := b.tx.QueryRowContext(b.ctx, `SELECT COUNT(*) FROM records`).Scan(&records); err != nil {
 		return Info{}, err
 	}
-	sum := sha256.New()
-	for _, h := range b.ins.hashed {
-		sum.Write(h[:])
-	}
 	info := Info{
-		Version:  time.Now().UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(sum.Sum(nil))[:12],
+		Version:  time.Now().UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b.ins.hash.Sum(nil))[:12],
 		Imported: time.Now().UTC().Truncate(time.Second), // as it is stored
 		Newest:   b.ins.newest,
 		Records:  records,
@@ -365,8 +368,7 @@ func (b *builder) abort() {
 type inserter struct {
 	tx     *sql.Tx
 	ctx    context.Context
-	hash   hash.Hash
-	hashed [][sha256.Size]byte // one per record, in import order: the database version's content part
+	hash   hash.Hash // of every record in import order: the content part of the database's version
 	count  int
 	newest time.Time
 	bar    *progressbar.ProgressBar
@@ -409,11 +411,7 @@ func (in *inserter) add(name string, body []byte) error {
 	if t, err := time.Parse(time.RFC3339, r.Modified); err == nil && t.After(in.newest) {
 		in.newest = t.UTC()
 	}
-	in.hash.Reset()
 	fmt.Fprintf(in.hash, "%s\x00%s\x00%x\n", r.ID, r.Modified, sha256.Sum256(body))
-	var h [sha256.Size]byte
-	in.hash.Sum(h[:0])
-	in.hashed = append(in.hashed, h)
 	in.count++
 	in.bar.Add(1)
 	return nil
