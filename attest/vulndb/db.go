@@ -2,10 +2,12 @@ package vulndb
 
 import (
 	"archive/zip"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"database/sql"
 	"encoding"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -311,6 +313,14 @@ func (b *builder) add(src string) (int, error) {
 		}
 		return 0, err
 	}
+	if b.ins.count == before {
+		// a source that suddenly holds nothing would take every advisory it had away: refused
+		b.ins.newest = newest
+		if _, rerr := b.tx.ExecContext(b.ctx, `ROLLBACK TO source`); rerr != nil {
+			return 0, rerr
+		}
+		return 0, errors.New("it holds no OSV records")
+	}
 	_, err = b.tx.ExecContext(b.ctx, `RELEASE source`)
 	return b.ins.count - before, err
 }
@@ -393,6 +403,11 @@ func (in *inserter) add(name string, body []byte) error {
 	if err := json.Unmarshal(body, &r); err != nil {
 		return fmt.Errorf("%s is not an OSV record: %w", name, err)
 	}
+	var compact bytes.Buffer // stored without the padding a record may carry
+	if err := json.Compact(&compact, body); err != nil {
+		return fmt.Errorf("%s is not an OSV record: %w", name, err)
+	}
+	body = compact.Bytes()
 	if r.ID == "" {
 		return fmt.Errorf("%s is not an OSV record: it has no id", name)
 	}
@@ -456,6 +471,14 @@ func addFile(p string, in *inserter) error {
 		}
 		return in.add(p, b)
 	}
+	// archive/zip holds the whole central directory in memory (about 240 bytes an entry): count
+	// the entries first, from the end record, so a zip of millions of empty entries is refused
+	// before it is read
+	if n, err := zipEntries(p); err != nil {
+		return fmt.Errorf("%s: %w", p, err)
+	} else if n > maxArchiveEntries {
+		return fmt.Errorf("%s lists %d entries; at most %d are read from one archive", p, n, maxArchiveEntries)
+	}
 	zr, err := zip.OpenReader(p)
 	if err != nil {
 		return fmt.Errorf("%s: %w", p, err)
@@ -482,6 +505,47 @@ func addFile(p string, in *inserter) error {
 		}
 	}
 	return nil
+}
+
+// maxArchiveEntries bounds the entries read from one zip (osv.dev's largest all.zip, of every
+// ecosystem, lists well under one million).
+const maxArchiveEntries = 2_000_000
+
+// zipEntries reads how many entries a zip says it holds from its end of central directory record
+// (or, past 65535, its zip64 end record).
+func zipEntries(p string) (uint64, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	tail := min(fi.Size(), 22+65535+20)
+	buf := make([]byte, tail)
+	if _, err := f.ReadAt(buf, fi.Size()-tail); err != nil {
+		return 0, err
+	}
+	i := bytes.LastIndex(buf, []byte("PK\x05\x06"))
+	if i < 0 || len(buf)-i < 22 {
+		return 0, zip.ErrFormat
+	}
+	n := uint64(binary.LittleEndian.Uint16(buf[i+10:]))
+	if n != 0xffff || i < 20 || !bytes.Equal(buf[i-20:i-16], []byte("PK\x06\x07")) {
+		return n, nil
+	}
+	// zip64: the locator before the end record says where the zip64 end record is
+	off := int64(binary.LittleEndian.Uint64(buf[i-20+8:]))
+	rec := make([]byte, 56)
+	if off < 0 || off > fi.Size()-56 {
+		return 0, zip.ErrFormat
+	}
+	if _, err := f.ReadAt(rec, off); err != nil || !bytes.Equal(rec[:4], []byte("PK\x06\x06")) {
+		return 0, zip.ErrFormat
+	}
+	return binary.LittleEndian.Uint64(rec[32:]), nil
 }
 
 // download fetches a URL into a temporary file, with a progress bar.

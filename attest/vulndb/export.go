@@ -140,9 +140,12 @@ func importExport(ctx context.Context, path string, m ExportManifest, dbf *zip.F
 		return Info{}, err
 	}
 	info, err := readInfo(db)
+	if err == nil {
+		err = checkSchema(ctx, db, info)
+	}
 	db.Close()
 	if err != nil {
-		return Info{}, fmt.Errorf("the export's database cannot be opened: %w", err)
+		return Info{}, fmt.Errorf("the export's database is not one Gatehouse built: %w", err)
 	}
 	if info.Version != m.Database.Version || info.Records != m.Database.Records {
 		return Info{}, fmt.Errorf("the export's database is version %s with %d records; its manifest says %s with %d", info.Version, info.Records, m.Database.Version, m.Database.Records)
@@ -154,4 +157,49 @@ func importExport(ctx context.Context, path string, m ExportManifest, dbf *zip.F
 		return Info{}, err
 	}
 	return info, nil
+}
+
+// checkSchema checks that a database holds what Gatehouse builds and nothing else: the three
+// tables and their one index (no view, no trigger standing in for them), as many records as it
+// says, and an affected row for every record that names a package.
+func checkSchema(ctx context.Context, db *sql.DB, info Info) error {
+	want := map[string]string{"info": "table", "records": "table", "affected": "table", "affected_by_name": "index"}
+	rows, err := db.QueryContext(ctx, `SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_autoindex_%'`)
+	if err != nil {
+		return err
+	}
+	seen := map[string]bool{}
+	for rows.Next() {
+		var typ, name string
+		if err := rows.Scan(&typ, &name); err != nil {
+			rows.Close()
+			return err
+		}
+		if want[name] != typ {
+			rows.Close()
+			return fmt.Errorf("it holds %s %q", typ, name)
+		}
+		seen[name] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if len(seen) != len(want) {
+		return fmt.Errorf("it lacks some of %v", []string{"info", "records", "affected", "affected_by_name"})
+	}
+	var records, affected int
+	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM records`).Scan(&records); err != nil {
+		return err
+	}
+	if err := db.QueryRowContext(ctx, `SELECT COUNT(DISTINCT id) FROM affected`).Scan(&affected); err != nil {
+		return err
+	}
+	switch {
+	case records != info.Records:
+		return fmt.Errorf("it holds %d records but says %d", records, info.Records)
+	case records > 0 && affected == 0:
+		return errors.New("none of its records names a package")
+	}
+	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -100,6 +101,7 @@ type Feed struct {
 	Stall    time.Duration // a download that brings no byte for this long is cut (default 1m)
 	MaxSize  int64         // an archive larger than this is refused (default 4 GiB)
 	Progress io.Writer     // progress bars (nil: none)
+	Timeout  time.Duration // one source's fetch may take this long in all (default 30m)
 
 	mu      sync.Mutex  // one update at a time
 	running atomic.Bool // Run is keeping the database current
@@ -176,6 +178,9 @@ func (f *Feed) Update(ctx context.Context) (info Info, changed bool, status []So
 			}
 		}
 	}()
+	if ctx.Err() != nil {
+		return Info{}, false, status, ctx.Err() // stopped, not failed: the state stays as it was
+	}
 	cur, curErr := Open(f.Path).Info()
 	anyNew := false
 	for _, file := range fetched {
@@ -194,6 +199,9 @@ func (f *Feed) Update(ctx context.Context) (info Info, changed bool, status []So
 		st := &status[i]
 		if fetched[i] != "" {
 			n, err := b.add(fetched[i])
+			if ctx.Err() != nil {
+				return Info{}, false, status, ctx.Err() // stopped, not failed: the state stays as it was
+			}
 			if err == nil {
 				keep, kerr := f.keep(fetched[i], f.Sources[i])
 				if kerr != nil {
@@ -210,14 +218,20 @@ func (f *Feed) Update(ctx context.Context) (info Info, changed bool, status []So
 			continue // never fetched well: this source adds nothing yet
 		}
 		n, err := b.add(st.Archive)
+		if ctx.Err() != nil {
+			return Info{}, false, status, ctx.Err()
+		}
 		if err != nil {
-			st.LastError = fmt.Sprintf("%s; the previous archive cannot be read either: %v", st.LastError, err)
+			st.LastError = strings.TrimPrefix(fmt.Sprintf("%s; the previous archive cannot be read either (it is fetched again, whole, at the next update): %v", st.LastError, err), "; ")
 			st.Archive, st.ETag, st.LastModified = "", "", ""
 			continue
 		}
 		st.Records = n
 	}
 	info, err = b.finish(sourcesName(f.Sources))
+	if ctx.Err() != nil {
+		return Info{}, false, status, ctx.Err()
+	}
 	if err != nil {
 		f.saveState(status)
 		return Info{}, false, status, fmt.Errorf("no database could be built from the sources: %w (%s)", err, failures(status))
@@ -242,7 +256,11 @@ func (f *Feed) fetch(ctx context.Context, s Source, st *SourceStatus) (string, e
 		st.ETag = sig
 		return s.URL, nil
 	}
-	ctx, cancel := context.WithCancel(ctx)
+	timeout := f.Timeout
+	if timeout <= 0 {
+		timeout = 30 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.URL, nil)
 	if err != nil {
@@ -260,7 +278,7 @@ func (f *Feed) fetch(ctx context.Context, s Source, st *SourceStatus) (string, e
 	}
 	client := f.Client
 	if client == nil {
-		client = http.DefaultClient
+		client = f.defaultClient()
 	}
 	resp, err := client.Do(req)
 	if err != nil {
@@ -299,6 +317,8 @@ func (f *Feed) fetch(ctx context.Context, s Source, st *SourceStatus) (string, e
 	switch {
 	case err != nil && body.fired.Load():
 		err = fmt.Errorf("fetching %s: no byte came for %s after %d bytes; cut off", s.URL, stall, n)
+	case err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded):
+		err = fmt.Errorf("fetching %s: not done after %s (%d bytes); cut off", s.URL, timeout, n)
 	case err != nil:
 		err = fmt.Errorf("fetching %s: %w after %d bytes", s.URL, err, n)
 	case n > limit:
@@ -314,12 +334,25 @@ func (f *Feed) fetch(ctx context.Context, s Source, st *SourceStatus) (string, e
 	return tmp.Name(), nil
 }
 
+// defaultClient answers within the stall for headers too: a source that never answers is cut.
+func (f *Feed) defaultClient() *http.Client {
+	stall := f.Stall
+	if stall <= 0 {
+		stall = time.Minute
+	}
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.ResponseHeaderTimeout = stall
+	return &http.Client{Transport: t}
+}
+
 // keep moves a fetched archive to its place in the cache (a local source is not copied).
 func (f *Feed) keep(file string, s Source) (string, error) {
 	if !f.fetchedHere(file) {
 		return file, nil
 	}
-	dst := filepath.Join(f.Cache, cacheName(s.Name)+".zip")
+	// named by the source's URL: two sources never share a file, whatever their names
+	sum := sha256.Sum256([]byte(s.URL))
+	dst := filepath.Join(f.Cache, cacheName(s.Name)+"-"+hex.EncodeToString(sum[:8])+".zip")
 	return dst, os.Rename(file, dst)
 }
 

@@ -4,6 +4,7 @@ import (
 	"archive/zip"
 	"bytes"
 	"context"
+	"database/sql"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -337,4 +338,103 @@ func TestFeedRecordInTwoSources(t *testing.T) {
 	if err != nil || len(found) != 1 {
 		t.Errorf("findings %+v, %v; want one", found, err)
 	}
+}
+
+// TestFeedSecondRound holds what the adversarial round on the feed found.
+func TestFeedSecondRound(t *testing.T) {
+	ctx := context.Background()
+	t.Run("two sources with one name keep two archives", func(t *testing.T) {
+		b := &bucket{files: map[string][]byte{}, handler: map[string]http.HandlerFunc{}, bodies: map[string]int{}}
+		b.set("/m1/npm/all.zip", zipOf(t, []string{"GHSA-p6mc-m468-83gw"}, nil), nil)
+		b.set("/m2/npm/all.zip", zipOf(t, []string{"GO-2024-3333"}, nil), nil)
+		srv := httptest.NewServer(b)
+		defer srv.Close()
+		dir := t.TempDir()
+		f := &Feed{Path: filepath.Join(dir, "db.sqlite"), Cache: filepath.Join(dir, "cache"), Sources: Sources([]string{srv.URL + "/m1", srv.URL + "/m2"}, []string{"npm"})}
+		if _, _, _, err := f.Update(ctx); err != nil {
+			t.Fatal(err)
+		}
+		b.set("/m2/npm/all.zip", zipOf(t, []string{"GO-2024-3333", "GHSA-w32m-9786-jp63"}, nil), nil)
+		info, _, status, err := f.Update(ctx)
+		if err != nil || info.Records != 3 || status[0].Archive == status[1].Archive {
+			t.Errorf("after the second source changed: %+v %+v %v", info, status, err)
+		}
+	})
+	t.Run("a stopped update keeps the state", func(t *testing.T) {
+		f, b := newFeed(t)
+		if _, _, _, err := f.Update(ctx); err != nil {
+			t.Fatal(err)
+		}
+		before, _ := os.ReadFile(filepath.Join(f.Cache, "sources.json"))
+		b.set("/Go/all.zip", zipOf(t, []string{"GO-2024-3333"}, nil), nil)
+		stopped, cancel := context.WithCancel(ctx)
+		cancel()
+		if _, _, _, err := f.Update(stopped); err == nil {
+			t.Errorf("a stopped update succeeded")
+		}
+		if after, _ := os.ReadFile(filepath.Join(f.Cache, "sources.json")); !bytes.Equal(before, after) {
+			t.Errorf("a stopped update changed the state:\n%s\nwas:\n%s", after, before)
+		}
+	})
+	t.Run("a source that never answers is cut", func(t *testing.T) {
+		f, b := newFeed(t)
+		if _, _, _, err := f.Update(ctx); err != nil {
+			t.Fatal(err)
+		}
+		b.set("/Go/all.zip", nil, func(w http.ResponseWriter, r *http.Request) {
+			select {
+			case <-r.Context().Done():
+			case <-time.After(10 * time.Second):
+			}
+		})
+		start := time.Now()
+		info, _, status, err := f.Update(ctx)
+		if err != nil || time.Since(start) > 5*time.Second || statusOf(status, "Go").LastError == "" || info.Records != 4 {
+			t.Errorf("a silent source: %v after %s, Go %+v, %d records", err, time.Since(start), statusOf(status, "Go"), info.Records)
+		}
+	})
+	t.Run("an empty archive takes nothing away", func(t *testing.T) {
+		f, b := newFeed(t)
+		first, _, _, err := f.Update(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.set("/npm/all.zip", zipOf(t, nil, nil), nil)
+		info, _, status, err := f.Update(ctx)
+		if err != nil || info.Records != first.Records || !strings.Contains(statusOf(status, "npm").LastError, "holds no OSV records") {
+			t.Errorf("an emptied source: %+v %+v %v", info, statusOf(status, "npm"), err)
+		}
+	})
+	t.Run("a crafted export is refused", func(t *testing.T) {
+		dir := t.TempDir()
+		db, err := sql.Open("sqlite", "file:"+filepath.Join(dir, "crafted.sqlite"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		db.Exec(`CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT NOT NULL); CREATE TABLE records (id TEXT PRIMARY KEY, modified TEXT NOT NULL, body BLOB NOT NULL);
+			CREATE TABLE affected (name TEXT NOT NULL, ecosystem TEXT NOT NULL, id TEXT NOT NULL); CREATE INDEX affected_by_name ON affected (name);
+			INSERT INTO info VALUES ('version','v-crafted'),('imported','2026-01-01T00:00:00Z'),('newest','2026-01-01T00:00:00Z'),('records','250000'),('source','crafted')`)
+		db.Close()
+		var out bytes.Buffer
+		if _, err := Export(filepath.Join(dir, "crafted.sqlite"), nil, &out); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, "crafted.zip"), out.Bytes(), 0o644)
+		if _, err := Import(ctx, filepath.Join(dir, "db.sqlite"), filepath.Join(dir, "crafted.zip"), nil); err == nil || !strings.Contains(err.Error(), "holds 0 records but says 250000") {
+			t.Errorf("an export claiming records it does not hold: %v", err)
+		}
+	})
+	t.Run("entries are counted before a zip is read", func(t *testing.T) {
+		p := filepath.Join(t.TempDir(), "many.zip")
+		var buf bytes.Buffer
+		zw := zip.NewWriter(&buf)
+		for i := range 1000 {
+			zw.Create(fmt.Sprintf("e%d.json", i))
+		}
+		zw.Close()
+		os.WriteFile(p, buf.Bytes(), 0o644)
+		if n, err := zipEntries(p); err != nil || n != 1000 {
+			t.Errorf("zipEntries = %d, %v; want 1000", n, err)
+		}
+	})
 }
