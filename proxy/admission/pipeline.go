@@ -337,6 +337,7 @@ type tree struct {
 	mu    sync.Mutex
 	seen  map[digest.Digest]*judged
 	limit int
+	over  bool // a visit found the tree past its limit (the other children's errors are its echoes)
 }
 
 type judged struct {
@@ -354,6 +355,7 @@ func (t *tree) visit(d digest.Digest) (j *judged, first, ok bool) {
 		return j, false, true
 	}
 	if len(t.seen) >= t.limit+1 { // the root is in seen too
+		t.over = true
 		return nil, false, false
 	}
 	j = &judged{done: make(chan struct{})}
@@ -439,7 +441,12 @@ func (p *Pipeline) judgeTree(ctx context.Context, rt route.Resolved, d digest.Di
 		})
 	}
 	err := eg.Wait()
-	if errors.Is(err, errTreeTooLarge) && t.root == d {
+	t.mu.Lock()
+	over := t.over
+	t.mu.Unlock()
+	if err != nil && over && t.root == d && ctx.Err() == nil {
+		// whichever child's error came first (one waiting on a judgment the overflow cancelled
+		// says "context canceled"), the tree is too large
 		// refused at the root only: an index inside the tree is not at fault for its parent's size
 		return refuse("index.children", fmt.Sprintf("the index and the indexes it lists name more than %d distinct manifests (admission.max_index_children)", t.limit),
 			map[string]int{"limit": t.limit})
