@@ -102,6 +102,30 @@ func (f *fixture) importDB(t *testing.T, dir string) vulndb.Info {
 	return info
 }
 
+// importWithoutLodash puts a database in place that knows nothing of lodash (one Go record).
+func (f *fixture) importWithoutLodash(t *testing.T) {
+	t.Helper()
+	older := t.TempDir()
+	b, err := os.ReadFile("../../attest/vulndb/testdata/osv/GO-2024-3333.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(older, "GO-2024-3333.json"), b, 0o644)
+	f.importDB(t, older)
+}
+
+// updateDB imports the whole test database (lodash's advisory included) and re-matches the
+// stored scans through g, as the server's watch does.
+func (f *fixture) updateDB(t *testing.T, g Gate) vulndb.Info {
+	t.Helper()
+	info := f.importDB(t, "../../attest/vulndb/testdata/osv")
+	time.Sleep(1100 * time.Millisecond) // the database handle looks for a new import once a second
+	if err := f.p.Rematch(context.Background(), g); err != nil {
+		t.Fatal(err)
+	}
+	return info
+}
+
 func (f *fixture) rt(t *testing.T, name string) route.Resolved {
 	t.Helper()
 	rt, err := f.routes.Resolve(name, "")
@@ -463,14 +487,7 @@ func TestPullRouteIndexAdmitsOnlyWhatIsAskedFor(t *testing.T) {
 func TestDatabaseChange(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
-	// the database in place knows nothing of lodash
-	older := t.TempDir()
-	b, err := os.ReadFile("../../attest/vulndb/testdata/osv/GO-2024-3333.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(older, "GO-2024-3333.json"), b, 0o644)
-	f.importDB(t, older)
+	f.importWithoutLodash(t)
 	img := newImage(t, badFiles)
 	repos := []string{"team/a", "team/b"}
 	for _, repo := range repos {
@@ -489,11 +506,7 @@ func TestDatabaseChange(t *testing.T) {
 	}
 	before := f.verdict(t, "team/a", img.digest)
 
-	info := f.importDB(t, "../../attest/vulndb/testdata/osv")
-	time.Sleep(1100 * time.Millisecond) // the database handle looks for a new import once a second
-	if err := f.p.Rematch(ctx, f.gate); err != nil {
-		t.Fatal(err)
-	}
+	info := f.updateDB(t, f.gate)
 	for _, repo := range repos {
 		v := f.verdict(t, repo, img.digest)
 		if v.State != meta.Quarantined || v.DBVersion != info.Version || v.DBVersion == before.DBVersion {
@@ -745,13 +758,7 @@ func TestIndexOfIndexes(t *testing.T) {
 func TestFailedReadmissionFailsClosed(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
-	older := t.TempDir()
-	b, err := os.ReadFile("../../attest/vulndb/testdata/osv/GO-2024-3333.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(older, "GO-2024-3333.json"), b, 0o644)
-	f.importDB(t, older)
+	f.importWithoutLodash(t)
 	img := newImage(t, badFiles)
 	repo := "team/del"
 	f.push(t, repo, img.body, img.blobs)
@@ -762,11 +769,7 @@ func TestFailedReadmissionFailsClosed(t *testing.T) {
 	if err := f.md.ManifestDelete(ctx, repo, img.digest); err != nil {
 		t.Fatal(err)
 	}
-	f.importDB(t, "../../attest/vulndb/testdata/osv")
-	time.Sleep(1100 * time.Millisecond) // the database handle looks for a new import once a second
-	if err := f.p.Rematch(ctx, f.gate); err != nil {
-		t.Fatal(err)
-	}
+	f.updateDB(t, f.gate)
 	if v := f.verdict(t, repo, img.digest); v.State != meta.Pending {
 		t.Errorf("verdict after a failed re-admission: %s, want pending", v.State)
 	}
@@ -788,13 +791,7 @@ func TestFailedReadmissionFailsClosed(t *testing.T) {
 func TestIndexAfterRestart(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
-	older := t.TempDir()
-	b, err := os.ReadFile("../../attest/vulndb/testdata/osv/GO-2024-3333.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(older, "GO-2024-3333.json"), b, 0o644)
-	f.importDB(t, older)
+	f.importWithoutLodash(t)
 	repo := "team/multi"
 	img := newImage(t, badFiles)
 	f.push(t, repo, img.body, img.blobs)
@@ -804,11 +801,7 @@ func TestIndexAfterRestart(t *testing.T) {
 		t.Fatalf("index before the update: %v", err)
 	}
 	restarted, _ := gate.New(gate.Config{}, f.md, f.cs, f.p, nil, nil)
-	f.importDB(t, "../../attest/vulndb/testdata/osv")
-	time.Sleep(1100 * time.Millisecond) // the database handle looks for a new import once a second
-	if err := f.p.Rematch(ctx, restarted); err != nil {
-		t.Fatal(err)
-	}
+	f.updateDB(t, restarted)
 	if v := f.verdict(t, repo, idx); v.State != meta.Admitted {
 		t.Fatalf("the index's stored verdict changed without being asked for: %+v", v)
 	}
